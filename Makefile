@@ -1,0 +1,65 @@
+# Everything a fresh Debian 12 / Raspberry Pi OS Bookworm machine needs: `make run`, `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+# On a Pi, picamera2 comes from apt (python3-picamera2): the venv must see system packages.
+IS_PI := $(shell grep -qs 'Raspberry Pi' /proc/device-tree/model && echo yes)
+VENV_FLAGS := $(if $(IS_PI),--system-site-packages,)
+RUN_APT := $(if $(IS_PI),python3-picamera2,)
+TEST_APT := openssh-server openssh-client chromium systemd
+BENCH_APT := ffmpeg
+SOURCE ?= auto
+PORT ?= 8000
+
+.PHONY: run test lint unit bench apt-run apt-test apt-bench clean
+
+$(VENV)/.made:
+	python3 -m venv $(VENV_FLAGS) $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.made pyproject.toml
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+# Install missing Debian packages when we are root; otherwise say what is missing.
+define apt_ensure
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (run: sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
+endef
+
+apt-run:
+	$(if $(RUN_APT),$(call apt_ensure,$(RUN_APT)),@true)
+
+apt-test:
+	$(call apt_ensure,$(TEST_APT))
+
+apt-bench:
+	$(call apt_ensure,$(BENCH_APT))
+
+run: apt-run $(VENV)/.installed
+	mkdir -p h264
+	$(PY) pancake.py --source $(SOURCE) --port $(PORT) --record-continuous h264
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy griddle pancake.py postproc.py customize.py util bench
+
+unit: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+test: apt-test lint unit
+
+bench: apt-bench $(VENV)/.installed-test
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

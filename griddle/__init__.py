@@ -1,0 +1,1 @@
+"""Raspberry Pancake, rebuilt: the stages behind pancake.py and postproc.py."""
