@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Delete the oldest recordings in each directory until its filesystem has enough free space.
+
+examples:
+  python3 util/limit_free_space.py h264 2G
+      deletes the oldest recordings in h264/ until its filesystem has 2 GiB free
+  python3 util/limit_free_space.py --only-recordings h264 10% mp4 10%
+      keeps 10% of the filesystem free: h264/ gives up its recordings first, mp4/ only
+      if that was not enough (directories are used in the order given)
+
+Sizes may be written in bytes, with K, M, G or T (powers of 1024, as `df -h` shows them), or
+as a percentage of the filesystem's size; free space is what `df` calls Avail. A recording goes
+together with its sidecars (X.h264 with X.pts and X.jpg). Age is the time in the name
+(YYYYMMDD-hhmm[ss]), else the modification time. A file still being written (open by any
+process, or modified in the last minute) is never deleted, and symlinks and subdirectories are
+left alone. Exit code 1 when the target could not be reached.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from griddle.retention import (
+    Amount,
+    RecordingDir,
+    Remover,
+    human_bytes,
+    parse_amount,
+    run_script,
+)
+
+
+def parse_free(text: str) -> Amount:
+    return parse_amount(text, percent_ok=True)
+
+
+def limit_free_space(remover: Remover, path: Path, want: Amount, only_recordings: bool) -> None:
+    """Delete the oldest items of `path` until its filesystem has `want` free."""
+    with RecordingDir(path) as rdir:
+        usage = shutil.disk_usage(path)
+        need = want.of(usage.total)
+        free = usage.free
+        if free >= need:
+            return
+        for item in rdir.items(only_recordings):
+            if not remover.remove(rdir, item):
+                continue
+            # A dry run can only estimate; a real one asks the filesystem again.
+            free = free + item.disk if remover.dry_run else shutil.disk_usage(path).free
+            if free >= need:
+                return
+        remover.fail(f"{path}: {human_bytes(free)} free after deleting what could go, "
+                     f"short of {want} ({human_bytes(need)})")
+
+
+LIMIT = ("FREE", "free space wanted, as 2G or 10%%")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script("limit_free_space.py", __doc__ or "", LIMIT,
+                      parse_free, limit_free_space, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
