@@ -58,14 +58,14 @@ def validate(obj: Any) -> Event:
             raise EventError(f"{key}: wrong type")
         if not isinstance(value, types):
             raise EventError(f"{key}: wrong type")
-        if key in _PATHS and (not value or "\0" in value or not value.startswith("/")):
+        if key in _PATHS and (not value or "\0" in value or not str(value).startswith("/")):
             raise EventError(f"{key}: not an absolute path")
         event[key] = value
     if not event.keys() & {"h264", "detection", "disk"}:
         raise EventError("neither h264, detection nor disk")
     if "disk" in event and not ("free" in event and "dir" in event):
         raise EventError("disk without free and dir")
-    return Event(**event)  # type: ignore[typeddict-item]
+    return Event(**event)  # type: ignore[typeddict-item,no-any-return]
 
 
 def encode(event: Event) -> bytes:

@@ -13,7 +13,8 @@ class Frame:
     """A captured picture: yuv420p at the configured size, annotated, flipped and rotated.
 
     Consumers must not write to `image`: one frame is shared by the encoder, the live view and
-    the detector. `mono` (time.monotonic) and `wall` (time.time) are its capture time.
+    the detector (its `pts` and `pict_type` belong to the recording encoder; others reformat or
+    encode it without touching them). `mono` (time.monotonic) and `wall` (time.time) are its capture time.
     """
 
     seq: int
@@ -24,12 +25,17 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Packet:
-    """One encoded H.264 access unit, with the capture time of the frame it encodes."""
+    """One encoded H.264 access unit, with the capture time of the frame it encodes.
+
+    `boundary` marks the keyframe that starts a new segment (a split time, or the first packet
+    after the source came back): writers split there and nowhere else.
+    """
 
     data: bytes
     keyframe: bool
     mono: float
     wall: float
+    boundary: bool = False
 
 
 class LatestFrame:

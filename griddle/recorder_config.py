@@ -258,7 +258,7 @@ def load_detect(path: Path, kind: str) -> Callable[..., Any]:
     try:
         sig = inspect.signature(detect)
     except (TypeError, ValueError):
-        return detect  # a builtin or C callable: trust it
+        return detect  # type: ignore[no-any-return]  # a builtin or C callable: trust it
     args: tuple[object, ...] = () if kind == "no-image" else (b"",)
     try:
         sig.bind(*args)
@@ -266,4 +266,4 @@ def load_detect(path: Path, kind: str) -> Callable[..., Any]:
         want = "detect()" if kind == "no-image" else "detect(bytes)"
         raise ConfigError(f"--detect {kind} needs {want}, but {str(path)!r} defines "
                           f"detect{sig}") from None
-    return detect
+    return detect  # type: ignore[no-any-return]

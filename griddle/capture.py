@@ -1,0 +1,324 @@
+"""Frames from the camera: picks the source, paces it, annotates, flips, reopens it on failure."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import av
+import av.filter
+
+from griddle.annotate import Annotator
+from griddle.encode import EncoderConfig, EncoderThread, PacketSink
+from griddle.frames import Frame
+from griddle.recorder_config import RecorderConfig, Size
+
+log = logging.getLogger(__name__)
+
+FrameSink = Callable[[Frame], None]
+# Reopening a failed source: first retry after this, doubling up to the cap.
+BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
+# Network sources: seconds to connect, and to wait for data before calling it an outage.
+OPEN_TIMEOUT, READ_TIMEOUT = 10.0, 5.0
+
+
+class SourceError(Exception):
+    """A source that cannot be opened or read: the message names the source and the reason."""
+
+
+class Camera(Protocol):
+    """What the recorder needs of a source: frames for viewers and detect(), packets to record."""
+
+    name: str
+
+    def open(self) -> None:
+        """Open the source once, so that an unreachable one is reported at start (SourceError)."""
+
+    def start(self, on_frame: FrameSink, on_packet: PacketSink) -> None:
+        """Start delivering frames and packets, from the camera's own threads."""
+
+    def stop(self) -> None:
+        """Stop and join the threads; every packet encoded so far has been delivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    kind: str  # testsrc | picamera2 | device | url | file
+    target: str  # device path, URL, file path, or camera index
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "testsrc" else f"{self.kind}:{self.target}"
+
+
+def resolve(spec: str) -> SourceSpec:
+    """Turn --source into a concrete source; `auto` looks for a camera and says what it chose."""
+    if spec == "auto":
+        if importlib.util.find_spec("picamera2") is not None and _picamera2_attached():
+            chosen = SourceSpec("picamera2", "0")
+        else:
+            devices = sorted(glob.glob("/dev/video*"), key=lambda d: (len(d), d))
+            chosen = SourceSpec("device", devices[0]) if devices else SourceSpec("testsrc", "")
+        log.info("source auto: using %s", chosen)
+        return chosen
+    if spec == "testsrc":
+        return SourceSpec("testsrc", "")
+    if spec == "picamera2" or spec.startswith("picamera2:"):
+        index = spec.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise SourceError(f"source {spec}: camera index must be a number")
+        return SourceSpec("picamera2", index)
+    if spec.startswith("/dev/"):
+        return SourceSpec("device", spec)
+    if "://" in spec:
+        return SourceSpec("url", spec)
+    return SourceSpec("file", os.path.abspath(spec))
+
+
+def _picamera2_attached() -> bool:
+    try:
+        from picamera2 import Picamera2
+
+        return bool(Picamera2.global_camera_info())
+    except (ImportError, RuntimeError, OSError):
+        return False
+
+
+def open_camera(spec: SourceSpec, cfg: RecorderConfig) -> Camera:
+    if spec.kind == "picamera2":
+        from griddle.picam import Picamera2Camera
+
+        return Picamera2Camera(int(spec.target), cfg)
+    return AVCamera(spec, cfg)
+
+
+class AVInput:
+    """One opening of a PyAV input, with the filter graph that makes its frames ours:
+    scaled to --resolution, yuv420p, flipped and rotated."""
+
+    def __init__(self, spec: SourceSpec, cfg: RecorderConfig) -> None:
+        self.spec = spec
+        self._cfg = cfg
+        self._container: av.container.InputContainer | None = None
+        self._graph: av.filter.Graph | None = None
+
+    def _transforms(self) -> list[tuple[str, str]]:
+        cfg = self._cfg
+        steps: list[tuple[str, str]] = []
+        if cfg.hflip:
+            steps.append(("hflip", ""))
+        if cfg.vflip:
+            steps.append(("vflip", ""))
+        if cfg.rotation == 90:
+            steps.append(("transpose", "clock"))
+        elif cfg.rotation == 180:
+            steps += [("hflip", ""), ("vflip", "")]
+        elif cfg.rotation == 270:
+            steps.append(("transpose", "cclock"))
+        return steps
+
+    def open(self) -> None:
+        cfg, spec = self._cfg, self.spec
+        size = cfg.resolution
+        try:
+            if spec.kind == "testsrc":
+                # Generated in libavfilter: motion, colour bars, a frame counter; the clock is ours.
+                chain = [f"testsrc2=size={size}:rate={cfg.fps:g}", "format=yuv420p"]
+                chain += [f"{n}={a}" if a else n for n, a in self._transforms()]
+                self._container = av.open(",".join(chain), format="lavfi")
+            elif spec.kind == "device":
+                self._container = av.open(spec.target, format="v4l2", options={
+                    "video_size": f"{size}", "framerate": f"{cfg.fps:g}"})
+            elif spec.kind == "url":
+                options = {"rtsp_transport": "tcp"} if spec.target.startswith("rtsp") else {}
+                self._container = av.open(spec.target, options=options,
+                                          timeout=(OPEN_TIMEOUT, READ_TIMEOUT))
+            else:
+                self._container = av.open(spec.target)
+            if not self._container.streams.video:
+                raise SourceError(f"source {spec}: has no video stream")
+        except (av.FFmpegError, OSError) as exc:
+            self.close()
+            raise SourceError(f"source {spec}: cannot open: {exc}") from None
+        if spec.kind != "testsrc":
+            self._graph = self._build_graph(self._container.streams.video[0], size)
+
+    def _build_graph(self, stream: av.video.stream.VideoStream, size: Size) -> av.filter.Graph:
+        graph = av.filter.Graph()
+        node = graph.add_buffer(template=stream)
+        steps = [("scale", f"{size.width}:{size.height}"), ("format", "yuv420p"),
+                 *self._transforms()]
+        for name, args in steps:
+            nxt = graph.add(name, args) if args else graph.add(name)
+            node.link_to(nxt)
+            node = nxt
+        sink = graph.add("buffersink")
+        node.link_to(sink)
+        graph.configure()
+        return graph
+
+    def frames(self) -> Iterator[tuple[av.VideoFrame, float | None]]:
+        """Decoded frames with their media time in seconds (None when the source has none)."""
+        container = self._container
+        if container is None:
+            raise SourceError(f"source {self.spec}: not open")
+        try:
+            for frame in container.decode(video=0):
+                media_time = frame.time
+                if self._graph is None:
+                    yield frame, media_time
+                    continue
+                self._graph.push(frame)
+                while True:
+                    try:
+                        out = self._graph.pull()
+                    except (av.BlockingIOError, av.EOFError):
+                        break
+                    assert isinstance(out, av.VideoFrame)
+                    yield out, media_time
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"source {self.spec}: {exc}") from None
+        raise SourceError(f"source {self.spec}: ended")
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = None
+        self._graph = None
+
+
+class Pacer:
+    """Releases frames at the rate a live camera would: real time for generated and file
+    sources, and at most --fps for cameras that deliver more."""
+
+    def __init__(self, fps: float, realtime: bool) -> None:
+        self._interval = 1.0 / fps
+        self._realtime = realtime
+        self._anchor: tuple[float, float] | None = None  # (monotonic, media time) of the start
+        self._count = 0
+        self._next = 0.0
+
+    def reset(self) -> None:
+        self._anchor, self._count, self._next = None, 0, 0.0
+
+    def delay(self, media_time: float | None, now: float) -> float | None:
+        """Seconds to wait before releasing this frame, or None to skip it."""
+        if self._realtime:
+            if self._anchor is None:
+                self._anchor = (now, media_time or 0.0)
+            self._count += 1
+            offset = (media_time - self._anchor[1] if media_time is not None
+                      else (self._count - 1) * self._interval)
+            due = self._anchor[0] + offset
+            if due < now - 1.0:  # fell far behind (a stall): start over, never burst to catch up
+                self._anchor, self._count = (now, media_time or 0.0), 1
+                return 0.0
+            return max(0.0, due - now)
+        if now < self._next - self._interval / 2:
+            return None
+        self._next = max(self._next + self._interval, now)
+        return 0.0
+
+
+class CaptureThread(threading.Thread):
+    """Reads the source, stamps capture times, annotates, and hands each frame on."""
+
+    def __init__(self, source: AVInput, cfg: RecorderConfig, on_frame: FrameSink,
+                 encoder: EncoderThread | None, stop: threading.Event) -> None:
+        super().__init__(name="capture", daemon=True)
+        self._source = source
+        self._cfg = cfg
+        self._on_frame = on_frame
+        self._encoder = encoder
+        self._stop_event = stop
+        self._annotate = Annotator(cfg.annotate_text_size)
+        realtime = source.spec.kind in ("testsrc", "file")
+        self._pacer = Pacer(cfg.fps, realtime)
+        self.frames = 0
+
+    def run(self) -> None:
+        backoff = BACKOFF_START
+        outage_since: float | None = None
+        while not self._stop_event.is_set():
+            try:
+                if outage_since is not None:
+                    self._source.open()
+                    log.info("%s is back after %.1f s; recording resumes in a new segment",
+                             self._source.spec, time.monotonic() - outage_since)
+                    outage_since, backoff = None, BACKOFF_START
+                    self._pacer.reset()
+                    if self._encoder is not None:
+                        self._encoder.restart()
+                self._pump()
+                return
+            except SourceError as exc:
+                self._source.close()
+                if self._stop_event.is_set():
+                    return
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    if self._source.spec.kind == "file" and str(exc).endswith("ended"):
+                        log.info("%s ended: playing it again", self._source.spec)
+                    else:
+                        log.warning("%s failed (%s); reopening with backoff", self._source.spec,
+                                    str(exc).partition(": ")[2])
+                self._stop_event.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _pump(self) -> None:
+        for image, media_time in self._source.frames():
+            if self._stop_event.is_set():
+                return
+            delay = self._pacer.delay(media_time, time.monotonic())
+            if delay is None:
+                continue
+            if delay > 0 and self._stop_event.wait(delay):
+                return
+            frame = Frame(self.frames, image, time.monotonic(), time.time())
+            self._annotate(image, frame.wall)
+            self.frames += 1
+            self._on_frame(frame)
+            if self._encoder is not None:
+                self._encoder.put(frame)
+
+
+class AVCamera:
+    """Any source PyAV can open (testsrc, V4L2 devices, RTSP/HTTP, files), encoded by libx264."""
+
+    def __init__(self, spec: SourceSpec, cfg: RecorderConfig) -> None:
+        self.name = str(spec)
+        self._cfg = cfg
+        self._input = AVInput(spec, cfg)
+        self._stop = threading.Event()
+        self._capture: CaptureThread | None = None
+        self._encoder: EncoderThread | None = None
+
+    def open(self) -> None:
+        self._input.open()
+
+    def start(self, on_frame: FrameSink, on_packet: PacketSink) -> None:
+        cfg = self._cfg
+        if cfg.recording:
+            self._encoder = EncoderThread(
+                EncoderConfig(size=cfg.record_size, fps=cfg.fps, split=cfg.record_split),
+                [on_packet])
+            self._encoder.start()
+        self._capture = CaptureThread(self._input, cfg, on_frame, self._encoder, self._stop)
+        self._capture.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._capture is not None:
+            self._capture.join(timeout=2.0)
+            if self._capture.is_alive():
+                log.warning("capture thread still blocked in the source; leaving it")
+        if self._encoder is not None:
+            self._encoder.stop()
+            self._encoder.join(timeout=2.0)
+        self._input.close()

@@ -1,0 +1,57 @@
+"""pancake.py's main: check the command line, open the camera, run until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from griddle import capture, web
+from griddle.emitter import Emitter
+from griddle.logs import setup_logging
+from griddle.recorder import Recorder
+from griddle.recorder_config import ConfigError, parse
+
+log = logging.getLogger("pancake")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = parse(argv)
+        web.prepare(cfg)
+    except ConfigError as exc:
+        print(f"pancake.py: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log)
+    try:
+        spec = capture.resolve(cfg.source)
+        camera = capture.open_camera(spec, cfg)
+        camera.open()
+    except capture.SourceError as exc:
+        print(f"pancake.py: error: {exc}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    emitter = Emitter(cfg.emit)
+    recorder = Recorder(cfg, camera, emitter)
+    log.info("pancake: %s at %s, %g fps; live view on port %d", camera.name, cfg.frame_size,
+             cfg.fps, cfg.port)
+    recorder.start()
+    try:
+        web.run(recorder.state, stop)  # returns once stop is set
+    finally:
+        stop.set()
+        recorder.stop()
+        emitter.close()
+        log.info("pancake: stopped")
+    return 0

@@ -1,0 +1,137 @@
+"""Continuous recording: packets into back-to-back raw H.264 files split on the clock."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from griddle.events import Event
+from griddle.frames import Packet
+from griddle.logs import RateLimiter
+from griddle.splits import create_unique, file_stem
+
+log = logging.getLogger(__name__)
+_limit = RateLimiter()
+
+# The first line of a timestamps sidecar, in the form mkvmerge and picamera2 use.
+PTS_HEADER = "# timecode format v2\n"
+# Packets waiting for the disk: minutes of video at any sane bitrate, so a slow SD card
+# stalls nothing; past it, packets drop with a log line.
+QUEUE_PACKETS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class WriterHooks:
+    """What a writer tells the rest of the recorder: files opened and finished."""
+
+    opened: Callable[[str], None]
+    closed: Callable[[str], None]
+    emit: Callable[[Event], None]
+
+
+class H264File:
+    """One raw .h264 file and its .pts sidecar (capture times, ms from the first frame)."""
+
+    def __init__(self, directory: Path, wall: float, with_seconds: bool) -> None:
+        self.path, self._file = create_unique(directory, file_stem(wall, with_seconds), ".h264")
+        self.pts_path = self.path.with_suffix(".pts")
+        self._pts: BinaryIO = open(self.pts_path, "wb")
+        self._pts.write(PTS_HEADER.encode())
+        self.wall = wall
+        self._first: float | None = None
+        self.frames = 0
+        self.first_mono = 0.0
+        self.last_mono = 0.0
+
+    def write(self, packet: Packet) -> None:
+        if self._first is None:
+            self._first = self.first_mono = packet.mono
+        self._file.write(packet.data)
+        self._pts.write(f"{(packet.mono - self._first) * 1000:.3f}\n".encode())
+        self.frames += 1
+        self.last_mono = packet.mono
+
+    @property
+    def duration(self) -> float:
+        return self.last_mono - self.first_mono
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self._pts.close()
+
+    def event(self) -> Event:
+        return Event(h264=str(self.path), pts=str(self.pts_path), time=round(self.wall, 3))
+
+
+class SegmentWriter(threading.Thread):
+    """Writes every packet; starts a new file at each boundary packet (an IDR at a split time)."""
+
+    def __init__(self, directory: Path, split: float, hooks: WriterHooks) -> None:
+        super().__init__(name="segments", daemon=True)
+        self._dir = directory
+        self._with_seconds = split % 60 != 0
+        self._hooks = hooks
+        self._queue: queue.Queue[Packet | None] = queue.Queue(maxsize=QUEUE_PACKETS)
+        self._file: H264File | None = None
+        self.dropped = 0
+
+    def put(self, packet: Packet) -> None:
+        """From the encoder thread; never blocks it."""
+        try:
+            self._queue.put_nowait(packet)
+        except queue.Full:
+            self.dropped += 1
+            _limit.log(log, logging.ERROR, "drop", "disk too slow: segment packet dropped (%d)",
+                       self.dropped)
+
+    def stop(self) -> None:
+        """Write what is queued, close the file, then end (after the encoder has stopped)."""
+        self._queue.put(None)
+
+    def run(self) -> None:
+        while (packet := self._queue.get()) is not None:
+            try:
+                self._write(packet)
+            except OSError as exc:
+                # ENOSPC and friends: lose this file's tail, never the process; the next
+                # boundary opens a fresh file once the disk takes writes again.
+                _limit.log(log, logging.ERROR, "write", "segment write failed: %s", exc)
+                self._abandon()
+        self._close()
+
+    def _write(self, packet: Packet) -> None:
+        if packet.boundary or (self._file is None and packet.keyframe):
+            self._close()
+            self._file = H264File(self._dir, packet.wall, self._with_seconds)
+            self._hooks.opened(str(self._file.path))
+        if self._file is not None:
+            self._file.write(packet)
+
+    def _close(self) -> None:
+        f, self._file = self._file, None
+        if f is None:
+            return
+        try:
+            f.close()
+        except OSError as exc:
+            log.error("closing %s failed: %s", f.path, exc)
+        self._hooks.closed(str(f.path))
+        log.info("segment %s: %d frames, %.1f s", f.path.name, f.frames, f.duration)
+        self._hooks.emit(f.event())
+
+    def _abandon(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+            self._hooks.closed(str(f.path))
+            self._hooks.emit(f.event())
