@@ -1,0 +1,430 @@
+"""Uploads converted mp4s into remote YYYY/MM/DD trees (SFTP, FTP): one worker per destination."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ftplib
+import logging
+import queue
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+import paramiko
+
+from griddle.logs import RateLimiter
+from griddle.postproc_config import FtpTarget, ScpTarget
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+# A transfer that makes no progress for this long is cut off and retried.
+TRANSFER_TIMEOUT = 30.0
+CHUNK = 256 * 1024
+PART = ".part"
+# Retries: 2, 4, 8 … s, at most 5 min apart; a file is given up after this many attempts
+# (about an hour), and stays on disk.
+BACKOFF_FIRST = 2.0
+BACKOFF_MAX = 300.0
+MAX_ATTEMPTS = 16
+# An idle connection is closed rather than left to the server's idle timeout.
+IDLE_CLOSE = 60.0
+POLL = 0.25
+
+# Recording names: continuous YYYYMMDD-hhmm or -hhmmss, detection YYYYMMDD-hhmmss, maybe -N.
+_NAME = re.compile(r"^(\d{4})(\d{2})(\d{2})-\d{4}(?:\d{2})?(?:-\d+)?$")
+
+Progress = Callable[[int, int], None]
+
+
+class UploadError(Exception):
+    """One attempt failed; the message says why in a few words. Retried with backoff."""
+
+
+class UploadAborted(UploadError):
+    """The transfer was cut off on purpose (shutdown); only the .part is left remotely."""
+
+
+def date_dirs(path: Path) -> tuple[str, str, str]:
+    """YYYY, MM, DD from the recording's name, or from its mtime when the name does not parse."""
+    match = _NAME.match(path.stem)
+    if match:
+        y, m, d = match.groups()
+        try:
+            dt.date(int(y), int(m), int(d))
+        except ValueError:
+            pass
+        else:
+            return y, m, d
+    try:
+        day = dt.date.fromtimestamp(path.stat().st_mtime)
+    except OSError:
+        day = dt.date.today()
+    return f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}"
+
+
+class Destination(Protocol):
+    label: str
+
+    def upload(self, local: Path, stop: threading.Event,
+               progress: Progress | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def _read_chunks(local: Path, stop: threading.Event, progress: Progress | None,
+                 total: int, send: Callable[[bytes], Any]) -> int:
+    sent = 0
+    with local.open("rb") as f:
+        while True:
+            if stop.is_set():
+                raise UploadAborted("stopping")
+            chunk = f.read(CHUNK)
+            if not chunk:
+                return sent
+            send(chunk)
+            sent += len(chunk)
+            if progress is not None:
+                progress(sent, total)
+
+
+class SftpDestination:
+    """SFTP through paramiko: key or agent auth, host key checked against known_hosts only."""
+
+    def __init__(self, dest: ScpTarget, known_hosts: Path, key: Path | None) -> None:
+        self.dest = dest
+        self.label = dest.label
+        self._known_hosts = known_hosts
+        self._key = key
+        self._lock = threading.Lock()  # guards _client, which abort() closes from another thread
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    def _connect(self) -> paramiko.SFTPClient:
+        if self._sftp is not None:
+            return self._sftp
+        client = paramiko.SSHClient()
+        try:
+            client.load_host_keys(str(self._known_hosts))
+        except OSError as exc:
+            raise UploadError(f"cannot read known_hosts {self._known_hosts}: "
+                              f"{exc.strerror or exc}") from None
+        # Never trust on first use: an unknown host is refused, never added.
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        d = self.dest
+        try:
+            client.connect(
+                d.host, port=d.port, username=d.user,
+                key_filename=str(self._key) if self._key else None,
+                look_for_keys=self._key is None, allow_agent=True,
+                timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT,
+                auth_timeout=CONNECT_TIMEOUT, channel_timeout=CONNECT_TIMEOUT,
+            )
+            sftp = client.open_sftp()
+            sftp.get_channel().settimeout(TRANSFER_TIMEOUT)
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise UploadError(f"host key of {d.host}:{d.port} does not match known_hosts: "
+                              "refused") from None
+        except paramiko.AuthenticationException as exc:
+            client.close()
+            raise UploadError(f"authentication as {d.user} failed: {exc}") from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "known_hosts" in str(exc):
+                raise UploadError(f"host key of {d.host}:{d.port} is not in "
+                                  f"{self._known_hosts}: refused") from None
+            raise UploadError(f"SSH: {exc}") from None
+        except (OSError, EOFError) as exc:
+            client.close()
+            raise UploadError(f"cannot connect: {exc}") from None
+        with self._lock:
+            self._client, self._sftp = client, sftp
+        return sftp
+
+    def _makedirs(self, sftp: paramiko.SFTPClient, path: PurePosixPath) -> None:
+        current = PurePosixPath(path.anchor) if path.is_absolute() else PurePosixPath()
+        for part in path.parts[1 if path.is_absolute() else 0:]:
+            current = current / part
+            try:
+                sftp.stat(str(current))
+            except FileNotFoundError:
+                sftp.mkdir(str(current))
+
+    def upload(self, local: Path, stop: threading.Event, progress: Progress | None = None) -> None:
+        try:
+            total = local.stat().st_size
+            sftp = self._connect()
+            remote_dir = PurePosixPath(self.dest.remote_dir, *date_dirs(local))
+            self._makedirs(sftp, remote_dir)
+            final = str(remote_dir / local.name)
+            part = final + PART
+            with sftp.open(part, "wb") as f:
+                f.set_pipelined(True)
+                _read_chunks(local, stop, progress, total, f.write)
+            size = sftp.stat(part).st_size
+            if size != total:
+                raise UploadError(f"{part} has {size} bytes, not {total}")
+            try:
+                sftp.posix_rename(part, final)
+            except OSError:
+                # A server without the posix-rename extension: plain SFTP rename will not
+                # replace a file, so remove the old upload first.
+                with contextlib.suppress(FileNotFoundError):
+                    sftp.remove(final)
+                sftp.rename(part, final)
+        except UploadError:
+            self.close()
+            raise
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.close()
+            if stop.is_set():
+                raise UploadAborted("stopping") from None
+            raise UploadError(f"{type(exc).__name__}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client, self._sftp = self._client, None, None
+        if client is not None:
+            client.close()
+
+    def abort(self) -> None:
+        self.close()
+
+
+class FtpDestination:
+    """FTP through ftplib, with timeouts on connect and on every read and write."""
+
+    def __init__(self, dest: FtpTarget) -> None:
+        self.dest = dest
+        self.label = dest.label
+        self._lock = threading.Lock()  # guards _ftp and _data, which abort() shuts down
+        self._ftp: ftplib.FTP | None = None
+        self._data: socket.socket | None = None
+        self._home = "/"
+
+    def _connect(self) -> ftplib.FTP:
+        if self._ftp is not None:
+            return self._ftp
+        d = self.dest
+        # The user asked for FTP (the original's --upload-ftp); SFTP is there too.
+        ftp = ftplib.FTP(timeout=TRANSFER_TIMEOUT)  # noqa: S321
+        try:
+            ftp.connect(d.host, d.port, timeout=CONNECT_TIMEOUT)
+            ftp.login(d.user, d.password.reveal())
+            ftp.voidcmd("TYPE I")
+            self._home = ftp.pwd()
+        except ftplib.error_perm as exc:
+            ftp.close()
+            raise UploadError(f"login as {d.user} refused: {exc}") from None
+        except ftplib.all_errors as exc:
+            ftp.close()
+            raise UploadError(f"cannot connect: {type(exc).__name__}: {exc}") from None
+        with self._lock:
+            self._ftp = ftp
+        return ftp
+
+    def _chdirs(self, ftp: ftplib.FTP, path: PurePosixPath) -> None:
+        ftp.cwd("/" if path.is_absolute() else self._home)
+        for part in path.parts[1 if path.is_absolute() else 0:]:
+            try:
+                ftp.cwd(part)
+            except ftplib.error_perm:
+                ftp.mkd(part)
+                ftp.cwd(part)
+
+    def upload(self, local: Path, stop: threading.Event, progress: Progress | None = None) -> None:
+        try:
+            total = local.stat().st_size
+            ftp = self._connect()
+            self._chdirs(ftp, PurePosixPath(self.dest.remote_dir, *date_dirs(local)))
+            part = local.name + PART
+            conn = ftp.transfercmd(f"STOR {part}")
+            with self._lock:
+                self._data = conn
+            try:
+                _read_chunks(local, stop, progress, total, conn.sendall)
+            finally:
+                with self._lock:
+                    self._data = None
+                conn.close()
+            ftp.voidresp()
+            size = ftp.size(part)
+            if size != total:
+                raise UploadError(f"{part} has {size} bytes, not {total}")
+            ftp.rename(part, local.name)
+        except UploadError:
+            self.close()
+            raise
+        except ftplib.all_errors as exc:
+            self.close()
+            if stop.is_set():
+                raise UploadAborted("stopping") from None
+            raise UploadError(f"{type(exc).__name__}: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            ftp, self._ftp = self._ftp, None
+        if ftp is not None:
+            ftp.close()
+
+    def abort(self) -> None:
+        with self._lock:
+            data, ftp = self._data, self._ftp
+        for sock in (data, ftp.sock if ftp is not None else None):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+class UploadWorker:
+    """One destination's thread and bounded queue: a dead destination holds back only itself."""
+
+    def __init__(self, dest: Destination, queue_size: int, stop: threading.Event,
+                 backoff_first: float = BACKOFF_FIRST, max_attempts: int = MAX_ATTEMPTS) -> None:
+        self.dest = dest
+        self._queue: queue.Queue[Path] = queue.Queue(maxsize=queue_size)
+        self._stop = stop
+        self._backoff_first = backoff_first
+        self._max_attempts = max_attempts
+        self._limiter = RateLimiter()
+        name = "upload-" + re.sub(r"[^A-Za-z0-9@.:_-]", "_", dest.label.split("://", 1)[-1])
+        self._thread = threading.Thread(target=self._run, name=name[:60], daemon=True)
+        self.uploaded = 0
+        self.dropped = 0
+        self.given_up = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, mp4: Path) -> bool:
+        try:
+            self._queue.put_nowait(mp4)
+        except queue.Full:
+            self.dropped += 1
+            log.warning("upload queue of %s full: dropped %s (it stays on disk)",
+                        self.dest.label, mp4)
+            return False
+        return True
+
+    def abort(self) -> None:
+        """Cut off a transfer in progress (shutdown: it leaves only the remote .part)."""
+        self.dest.abort()
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        idle_since = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                try:
+                    mp4 = self._queue.get(timeout=POLL)
+                except queue.Empty:
+                    if time.monotonic() - idle_since > IDLE_CLOSE:
+                        self.dest.close()
+                        idle_since = float("inf")
+                    continue
+                self._upload(mp4)
+                idle_since = time.monotonic()
+        finally:
+            self.dest.close()
+            left = self._queue.qsize()
+            if left:
+                log.info("%s: %d upload(s) not done at stop", self.dest.label, left)
+
+    def _upload(self, mp4: Path) -> None:
+        delay = self._backoff_first
+        for attempt in range(1, self._max_attempts + 1):
+            if not mp4.is_file():
+                log.warning("%s: %s no longer exists: not uploaded", self.dest.label, mp4)
+                return
+            started = time.monotonic()
+            try:
+                self.dest.upload(mp4, self._stop)
+            except UploadAborted:
+                log.info("%s: upload of %s cut off by shutdown", self.dest.label, mp4)
+                return
+            except UploadError as exc:
+                self._limiter.log(log, logging.WARNING, "fail",
+                                  "%s: upload of %s failed (attempt %d): %s; retry in %g s",
+                                  self.dest.label, mp4.name, attempt, exc, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            self.uploaded += 1
+            log.info("%s: uploaded %s in %.1f s", self.dest.label, mp4.name,
+                     time.monotonic() - started)
+            return
+        self.given_up += 1
+        log.error("%s: gave up on %s after %d attempts (it stays on disk)",
+                  self.dest.label, mp4, self._max_attempts)
+
+
+class UploadTrigger:
+    """Collects converted files and hands them to every destination when a trigger fires:
+    after every N conversions, and/or at given minutes of the hour. A trigger minute that
+    passes while the machine sleeps or the clock jumps is skipped, not fired late."""
+
+    def __init__(self, workers: Sequence[UploadWorker], after: int | None,
+                 minutes: tuple[int, ...], stop: threading.Event) -> None:
+        self._workers = list(workers)
+        self._after = after
+        self._minutes = frozenset(minutes)
+        self._stop = stop
+        self._lock = threading.Lock()  # guards _pending and _count (converter and clock threads)
+        self._pending: list[Path] = []
+        self._count = 0
+        self._thread = threading.Thread(target=self._clock, name="upload-clock", daemon=True)
+
+    def start(self) -> None:
+        if self._minutes and self._workers:
+            self._thread.start()
+
+    def join(self, timeout: float) -> bool:
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def converted(self, mp4: Path) -> None:
+        if not self._workers:
+            return
+        with self._lock:
+            self._pending.append(mp4)
+            self._count += 1
+            due = self._after is not None and self._count >= self._after
+        if due:
+            self.fire(f"{self._after} conversion(s)")
+
+    def fire(self, reason: str) -> None:
+        with self._lock:
+            files, self._pending, self._count = self._pending, [], 0
+        if not files:
+            return
+        log.info("upload triggered by %s: %d file(s)", reason, len(files))
+        for worker in self._workers:
+            for mp4 in files:
+                worker.offer(mp4)
+
+    def _clock(self) -> None:
+        fired: tuple[int, int, int, int] | None = None
+        while not self._stop.is_set():
+            now = dt.datetime.now()
+            # Wake just after the next minute starts (wall clock, as the user's minutes are).
+            wait = 60.0 - now.second - now.microsecond / 1e6 + 0.05
+            if self._stop.wait(min(wait, 60.0)):
+                return
+            now = dt.datetime.now()
+            key = (now.toordinal(), now.hour, now.minute, now.year)
+            if now.minute in self._minutes and key != fired:
+                fired = key
+                self.fire(f"minute {now.minute:02d}")
