@@ -1,0 +1,405 @@
+"""Helpers for the web tests: a synthetic camera, the live server in a thread or a process, clients.
+
+Run as a script (`python tests/web_helpers.py serve PANCAKE-FLAGS...`) it is a stand-in daemon
+process (synthetic camera + griddle.web.run) for as long as pancake.py cannot serve yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from griddle import recorder_config, web  # noqa: E402
+from griddle.frames import Frame, LatestFrame  # noqa: E402
+from griddle.state import RecorderState  # noqa: E402
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {HOST}:{port}")
+
+
+class SyntheticCamera:
+    """Publishes lavfi testsrc2 frames into a LatestFrame in real time, like the capture thread."""
+
+    def __init__(self, hub: LatestFrame, state: RecorderState | None, width: int, height: int,
+                 fps: float) -> None:
+        self.hub = hub
+        self.state = state
+        self.size = (width, height)
+        self.fps = fps
+        self.published = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-camera", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _frames(self) -> Iterator[av.VideoFrame]:
+        w, h = self.size
+        # Pre-decode one second and loop it: the test machine's CPU belongs to the server.
+        spec = f"testsrc2=size={w}x{h}:rate={self.fps:g}"
+        with av.open(spec, format="lavfi") as src:
+            clip = []
+            for frame in src.decode(video=0):
+                clip.append(frame.reformat(format="yuv420p"))
+                if len(clip) >= max(1, int(self.fps)):
+                    break
+        while True:
+            yield from clip
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        for seq, image in enumerate(self._frames(), start=1):
+            due = start + seq / self.fps
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
+            self.hub.publish(Frame(seq, image, time.monotonic(), time.time()))
+            if self.state is not None:
+                self.state.capture_rate.tick()
+            self.published = seq
+
+
+class ServerThread:
+    """griddle.web.run in a thread of this process, on loopback, fed by a SyntheticCamera."""
+
+    def __init__(self, flags: list[str] | tuple[str, ...] = (), *, fps: float = 30.0,
+                 size: tuple[int, int] = (320, 240), camera: bool = True) -> None:
+        self.port = free_port()
+        argv = ["--port", str(self.port), "--resolution", str(size[0]), str(size[1]),
+                "--fps", f"{fps:g}", *flags]
+        self.cfg = recorder_config.parse(argv)
+        web.prepare(self.cfg)
+        self.hub = LatestFrame()
+        self.state = RecorderState(self.cfg, "testsrc", self.hub)
+        self.camera = SyntheticCamera(self.hub, self.state, size[0], size[1], fps) if camera else None
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, name="test-web", daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            web.run(self.state, self.stop, address=HOST)
+        except BaseException as exc:  # reported by __exit__ / the test
+            self.error = exc
+
+    def __enter__(self) -> ServerThread:
+        if self.camera is not None:
+            self.camera.start()
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise self.error
+            with contextlib.suppress(OSError), socket.create_connection((HOST, self.port), 0.5):
+                return self
+            time.sleep(0.02)
+        raise TimeoutError("server thread did not listen")
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(5)
+        if self.camera is not None:
+            self.camera.stop()
+        self.hub.close()
+        assert not self._thread.is_alive(), "web.run did not return after stop"
+        if self.error is not None:
+            raise self.error
+
+    def encodes(self) -> int:
+        return int(get_json(self.port, "/status")["jpeg_encodes"])
+
+
+def pancake_available() -> bool:
+    return importlib.util.find_spec("griddle.pancake_main") is not None
+
+
+@dataclass
+class Daemon:
+    """A real server process on loopback: pancake.py --source testsrc when it can serve,
+    else this file's `serve` stand-in (the same web code fed by a synthetic camera)."""
+
+    flags: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    real: bool = field(default_factory=pancake_available)
+    log: Path | None = None
+
+    def argv(self) -> list[str]:
+        args = ["--port", str(self.port), *self.flags]
+        if self.real:
+            return [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc", *args]
+        return [sys.executable, str(Path(__file__).resolve()), "serve", *args]
+
+    def __enter__(self) -> Daemon:
+        out = open(self.log, "wb") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.argv(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        try:
+            wait_port(self.port, 20, self.proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError("server did not exit within 5 s of SIGTERM") from None
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None,
+        ) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def get_json(port: int, path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    import json
+
+    status, _, body = get(port, path, headers)
+    assert status == 200, (status, body[:200])
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+def set_cookies(response_headers: list[tuple[str, str]]) -> list[str]:
+    return [v for k, v in response_headers if k.lower() == "set-cookie"]
+
+
+@dataclass
+class LoginResult:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    elapsed: float
+
+    def cookie(self, name: str) -> str | None:
+        for line in set_cookies(self.headers):
+            m = re.match(rf"{re.escape(name)}=([^;]*)", line)
+            if m and m.group(1):
+                return m.group(1)
+        return None
+
+    def set_cookie_line(self, name: str) -> str:
+        for line in set_cookies(self.headers):
+            if line.startswith(name + "="):
+                return line
+        raise AssertionError(f"no Set-Cookie for {name}: {self.headers}")
+
+
+def xsrf(port: int) -> str:
+    """An _xsrf token from the login page (the cookie and the form field carry the same one)."""
+    status, _headers, body = get(port, "/login")
+    m = re.search(rb'name="_xsrf" value="([^"]+)"', body)
+    assert m, (status, body[:300])
+    return m.group(1).decode()
+
+
+def post_login(port: int, password: str | bytes, *, token: str | None = "auto",
+               next_: str = "/") -> LoginResult:
+    from urllib.parse import urlencode
+
+    fields: dict[str, str | bytes] = {"password": password, "next": next_}
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if token == "auto":
+        token = xsrf(port)
+    if token is not None:
+        fields["_xsrf"] = token
+        headers["Cookie"] = f"_xsrf={token}"
+    conn = http.client.HTTPConnection(HOST, port, timeout=120)
+    start = time.monotonic()
+    try:
+        conn.request("POST", "/login", body=urlencode(fields), headers=headers)
+        r = conn.getresponse()
+        body = r.read()
+        return LoginResult(r.status, r.getheaders(), body, time.monotonic() - start)
+    finally:
+        conn.close()
+
+
+# --- websocket clients -------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    seq: int
+    wall: float
+    age: float
+    hold: float
+    jpeg: bytes
+    at: float  # time.monotonic() when it arrived
+
+
+def parse_frame(data: bytes) -> Received:
+    seq, wall, age, hold = web.HEADER.unpack_from(data)
+    return Received(seq, wall, age, hold, data[web.HEADER.size:], time.monotonic())
+
+
+class WsClient:
+    """tornado's websocket client with the protocol's two halves split out for tests."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.frames: list[Received] = []
+        self.statuses: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(cls, port: int, headers: dict[str, str] | None = None,
+                      scheme: str = "ws", ssl_ctx: Any = None) -> WsClient:
+        from tornado.httpclient import HTTPRequest
+        from tornado.websocket import websocket_connect
+
+        req = HTTPRequest(f"{scheme}://{HOST}:{port}/websocket", headers=headers or {},
+                          ssl_options=ssl_ctx, connect_timeout=5, request_timeout=5)
+        return cls(await websocket_connect(req))
+
+    async def next_frame(self, timeout: float = 5.0) -> Received | None:
+        """The next binary frame (status texts are collected on the way), None on timeout."""
+        import json
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                msg = await asyncio.wait_for(self.conn.read_message(), left)
+            except TimeoutError:
+                return None
+            if msg is None:
+                raise ConnectionError("websocket closed")
+            if isinstance(msg, str):
+                self.statuses.append(json.loads(msg))
+                continue
+            frame = parse_frame(msg)
+            self.frames.append(frame)
+            return frame
+
+    async def ack(self) -> None:
+        await self.conn.write_message(web.ACK)
+
+    async def run_acking(self, seconds: float) -> int:
+        """Ack every frame as soon as it arrives for `seconds`; the number of frames got."""
+        end = time.monotonic() + seconds
+        got = 0
+        while time.monotonic() < end:
+            frame = await self.next_frame(max(0.05, end - time.monotonic()))
+            if frame is None:
+                break
+            got += 1
+            await self.ack()
+        return got
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def stalled_socket(port: int) -> socket.socket:
+    """A websocket that completes the handshake and then never reads again."""
+    s = socket.create_connection((HOST, port), timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    s.sendall((f"GET /websocket HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        if not chunk:
+            raise ConnectionError("closed during the handshake")
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s
+
+
+def make_hash_file(directory: Path, hashed: bytes, name: str = "password.txt") -> Path:
+    path = directory / name
+    path.write_bytes(hashed + b"\n")
+    path.chmod(0o600)
+    return path
+
+
+def _serve_main(argv: list[str]) -> int:
+    """The stand-in daemon: pancake's web part on a synthetic camera, stopped by SIGTERM."""
+    import logging
+
+    from griddle.logs import setup_logging
+
+    setup_logging(None, logging.INFO)
+    try:
+        cfg = recorder_config.parse(argv)
+        web.prepare(cfg)
+    except recorder_config.ConfigError as exc:
+        print(f"pancake.py: error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    hub = LatestFrame()
+    state = RecorderState(cfg, "testsrc", hub)
+    size = cfg.frame_size
+    camera = SyntheticCamera(hub, state, size.width, size.height, cfg.fps)
+    camera.start()
+    try:
+        web.run(state, stop, address=HOST)  # loopback only: a test server stays off the LAN
+    finally:
+        camera.stop()
+        hub.close()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        sys.exit(_serve_main(sys.argv[2:]))
+    print(f"usage: {os.path.basename(sys.argv[0])} serve PANCAKE-FLAGS...", file=sys.stderr)
+    sys.exit(2)
