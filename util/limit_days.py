@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from datetime import date
@@ -69,8 +70,10 @@ def find_days(top: Path) -> list[Day]:
 
 def _remove_day(remover: Remover, day: Path, only_recordings: bool) -> bool:
     """Delete one day; True if its directory is gone (or would be)."""
-    files = [(p, st) for p, st in iter_tree(day) if not p.is_dir() or p.is_symlink()]
-    busy = [p for p, st in files if remover.busy.reason_stat(p, st) is not None]
+    files = [(p, st) for p, st in iter_tree(day) if not stat.S_ISDIR(st.st_mode)]
+    # A symlink is not being written, and rmtree removes the link, never what it points to.
+    busy = [p for p, st in files
+            if stat.S_ISREG(st.st_mode) and remover.busy.reason_stat(p, st) is not None]
     if not only_recordings and not busy:
         size = sum(st.st_size for _, st in files)
         if remover.dry_run:

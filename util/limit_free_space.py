@@ -53,8 +53,9 @@ def limit_free_space(remover: Remover, path: Path, want: Amount, only_recordings
             free = free + item.disk if remover.dry_run else shutil.disk_usage(path).free
             if free >= need:
                 return
+        wanted = f"{want} ({human_bytes(need)})" if want.percent is not None else str(want)
         remover.fail(f"{path}: {human_bytes(free)} free after deleting what could go, "
-                     f"short of {want} ({human_bytes(need)})")
+                     f"short of {wanted}")
 
 
 LIMIT = ("FREE", "free space wanted, as 2G or 10%%")
