@@ -1,0 +1,449 @@
+"""Real servers on loopback for postproc's tests: OpenSSH sshd, pyftpdlib, a Bot API server.
+
+Also makes raw .h264 recordings (libx264 through PyAV) with their .pts sidecars, and runs
+postproc.py as a child process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.parser
+import email.policy
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import av
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+SIDECAR_HEADER = "# timecode format v2"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; return its value, or raise AssertionError."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- recordings
+
+@lru_cache(maxsize=8)
+def h264_bytes(frames: int, width: int = 320, height: int = 240, fps: int = 12,
+               keyint: int = 12) -> bytes:
+    """Annex-B H.264 as pancake writes it: libx264, SPS/PPS + IDR first, no B-frames."""
+    import io
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "tune": "zerolatency", "g": str(keyint),
+                          "bf": "0"}
+        with av.open(f"testsrc2=size={width}x{height}:rate={fps}", format="lavfi") as src:
+            for n, frame in enumerate(src.decode(video=0)):
+                if n >= frames:
+                    break
+                out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def write_sidecar(path: Path, times_ms: list[float]) -> Path:
+    path.write_text(SIDECAR_HEADER + "\n" + "".join(f"{t:.3f}\n" for t in times_ms))
+    return path
+
+
+def make_recording(path: Path, frames: int = 24, times_ms: list[float] | None = None,
+                   **kw: int) -> Path:
+    """Write path (.h264) and, when times_ms is given, its .pts sidecar beside it."""
+    path.write_bytes(h264_bytes(frames, **kw))
+    if times_ms is not None:
+        write_sidecar(path.with_suffix(".pts"), times_ms)
+    return path
+
+
+def mp4_packets(path: Path) -> list[tuple[float, bool, int]]:
+    """(time in seconds, keyframe, size) of every video packet in an mp4."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        tb = stream.time_base
+        assert tb is not None
+        return [(float(p.pts * tb), p.is_keyframe, p.size)
+                for p in c.demux(stream) if p.size and p.pts is not None]
+
+
+def decoded_frames(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def frame_digests(path: Path) -> list[str]:
+    """A digest of every decoded picture (same digests: same bitstream, not re-encoded)."""
+    import hashlib
+
+    fmt = "h264" if path.suffix == ".h264" else None
+    with av.open(str(path), format=fmt) as c:
+        return [hashlib.sha1(f.to_ndarray().tobytes()).hexdigest() for f in c.decode(video=0)]
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """The mp4's top-level box types in file order (moov before mdat: plays at once)."""
+    boxes = []
+    with path.open("rb") as f:
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return boxes
+            size = int.from_bytes(head[:4], "big")
+            kind = head[4:].decode("latin-1")
+            if size == 1:
+                size = int.from_bytes(f.read(8), "big") - 8
+            boxes.append(kind)
+            if size < 8:
+                return boxes
+            f.seek(size - 8, os.SEEK_CUR)
+
+
+# ---------------------------------------------------------------- postproc as a child process
+
+class PostprocProcess:
+    """postproc.py started with the given arguments, its output kept in a log file."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self._out = log.with_suffix(".out").open("wb")
+        self.proc = subprocess.Popen(
+            [PYTHON, str(ROOT / "postproc.py"), *args, "--log", str(log)],
+            stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+
+    def log_text(self) -> str:
+        text = self.log.read_text() if self.log.exists() else ""
+        return text + self.log.with_suffix(".out").read_text()
+
+    def wait_log(self, needle: str, timeout: float = 20.0) -> None:
+        wait_for(lambda: needle in self.log_text() or self.proc.poll() is not None, timeout)
+        assert needle in self.log_text(), self.log_text()
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._out.close()
+
+
+def send_event(name: str, event: dict[str, Any] | bytes) -> None:
+    data = event if isinstance(event, bytes) else json.dumps(event).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(data, "\0" + name)
+
+
+def wait_socket(name: str, timeout: float = 15.0) -> None:
+    """Wait until postproc has bound its abstract socket."""
+    def bound() -> bool:
+        with open("/proc/net/unix") as f:
+            return any(line.rstrip().endswith(" @" + name) for line in f)
+    wait_for(bound, timeout)
+
+
+# ---------------------------------------------------------------- OpenSSH sshd
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+class SshServer:
+    """A real OpenSSH sshd on a free loopback port, throw-away host key, one authorized key."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        self.host_key = base / "host_ed25519"
+        self.client_key = base / "client_ed25519"
+        _keygen(self.host_key)
+        _keygen(self.client_key)
+        (base / "authorized_keys").write_text(
+            self.client_key.with_suffix(".pub").read_text())
+        self.port = free_port()
+        self.remote = base / "remote"
+        self.remote.mkdir()
+        host_pub = self.host_key.with_suffix(".pub").read_text().split()
+        self.known_hosts = base / "known_hosts"
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_pub[0]} {host_pub[1]}\n")
+        config = base / "sshd_config"
+        config.write_text("\n".join([
+            f"HostKey {self.host_key}",
+            "ListenAddress 127.0.0.1",
+            f"AuthorizedKeysFile {base / 'authorized_keys'}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "StrictModes no",
+            "UsePAM no",
+            "Subsystem sftp internal-sftp",
+            f"PidFile {base / 'sshd.pid'}",
+            "LogLevel ERROR",
+        ]) + "\n")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+        self._log = (base / "sshd.log").open("wb")
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config),
+                                      "-p", str(self.port)],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for(self._listening, 10)
+
+    def _listening(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError("sshd exited: " + (self.base / "sshd.log").read_text())
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def kill_sessions(self) -> int:
+        """Kill every connection's sshd process (the listener stays): cuts a transfer off."""
+        pids = _children(self.proc.pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(pids)
+
+    def stop(self) -> None:
+        self.kill_sessions()
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()
+
+
+def sshd_available() -> bool:
+    return Path("/usr/sbin/sshd").exists() and shutil.which("ssh-keygen") is not None
+
+
+# ---------------------------------------------------------------- FTP
+
+class FtpServer:
+    """pyftpdlib serving `root` for one user, in a thread, on a free loopback port."""
+
+    def __init__(self, root: Path, user: str = "cam", password: str = "s3cret-ftp") -> None:
+        from pyftpdlib.authorizers import DummyAuthorizer
+        from pyftpdlib.handlers import FTPHandler
+        from pyftpdlib.servers import ThreadedFTPServer
+
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.user, self.password = root, user, password
+        auth = DummyAuthorizer()
+        auth.add_user(user, password, str(root), perm="elradfmwMT")
+        handler = type("Handler", (FTPHandler,), {"authorizer": auth,
+                                                  "passive_ports": None})
+        self.port = free_port()
+        self.server = ThreadedFTPServer(("127.0.0.1", self.port), handler)
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"timeout": 0.2, "blocking": True},
+                                        name="test-ftpd", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.close_all()
+        self._thread.join(5)
+
+
+class StallingServer:
+    """Accepts TCP connections on loopback and never says a word (an FTP server that hangs)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-stall", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        for c in self.accepted:
+            c.close()
+        self.sock.close()
+
+
+# ---------------------------------------------------------------- Telegram Bot API
+
+@dataclass
+class BotCall:
+    at: float  # time.time() when the request arrived
+    token: str
+    method: str
+    fields: dict[str, str]
+    files: dict[str, int]  # multipart file field -> bytes received
+    status: int
+
+
+@dataclass
+class _Plan:
+    """Scripted answers: per method, a list of (status, extra JSON) used before the 200s."""
+
+    answers: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
+
+
+class FakeBotApi:
+    """A local HTTP server speaking enough of the Bot API (sendMessage, sendPhoto, sendVideo,
+    getMe) for python-telegram-bot: records every call; answers can be scripted (429, 400…)."""
+
+    def __init__(self) -> None:
+        self.calls: list[BotCall] = []
+        self.plan = _Plan()
+        self._lock = threading.Lock()
+        self._next_id = 1
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                api._handle(self)
+
+            do_GET = do_POST
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.base_url = f"http://127.0.0.1:{self.port}/bot"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="test-botapi",
+                                        daemon=True)
+        self._thread.start()
+
+    def script(self, method: str, *answers: tuple[int, dict[str, Any]]) -> None:
+        with self._lock:
+            self.plan.answers.setdefault(method, []).extend(answers)
+
+    def calls_to(self, method: str, status: int | None = 200) -> list[BotCall]:
+        with self._lock:
+            return [c for c in self.calls
+                    if c.method == method and (status is None or c.status == status)]
+
+    def _parse(self, handler: BaseHTTPRequestHandler) -> tuple[dict[str, str], dict[str, int]]:
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        ctype = handler.headers.get("Content-Type", "")
+        fields: dict[str, str] = {}
+        files: dict[str, int] = {}
+        if ctype.startswith("multipart/form-data"):
+            msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
+            for part in msg.iter_parts():
+                name = part.get_param("name", header="content-disposition") or ""
+                payload = part.get_payload(decode=True) or b""
+                if part.get_filename():
+                    files[str(name)] = len(payload)
+                else:
+                    fields[str(name)] = payload.decode("utf-8", "replace")
+        elif ctype.startswith("application/json"):
+            fields = {k: str(v) for k, v in json.loads(body or b"{}").items()}
+        else:
+            fields = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        return fields, files
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
+        at = time.time()
+        path = handler.path.split("?", 1)[0].strip("/")
+        token, _, method = path.partition("/")
+        token = token.removeprefix("bot")
+        fields, files = self._parse(handler)
+        with self._lock:
+            answers = self.plan.answers.get(method)
+            status, extra = answers.pop(0) if answers else (200, {})
+            message_id = self._next_id
+            self._next_id += 1
+            self.calls.append(BotCall(at, token, method, fields, files, status))
+        if status == 200:
+            result: Any
+            if method == "getMe":
+                result = {"id": 1, "is_bot": True, "first_name": "cam", "username": "cam_bot"}
+            else:
+                result = {"message_id": message_id, "date": int(at),
+                          "chat": {"id": int(fields.get("chat_id", "1") or 1),
+                                   "type": "private"}}
+            reply: dict[str, Any] = {"ok": True, "result": result}
+        else:
+            reply = {"ok": False, "error_code": status,
+                     "description": extra.get("description", f"error {status}")}
+            if "retry_after" in extra:
+                reply["parameters"] = {"retry_after": extra["retry_after"]}
+        data = json.dumps(reply).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(5)
+
+
+@contextlib.contextmanager
+def bot_api() -> Iterator[FakeBotApi]:
+    api = FakeBotApi()
+    try:
+        yield api
+    finally:
+        api.stop()

@@ -1,0 +1,110 @@
+"""postproc.py's command line: the original's flags, cross-checks, secrets from files and env."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from griddle.credentials import RedactingFilter, Secret, SecretError, resolve
+from griddle.postproc_config import ConfigError, parse
+from griddle.postproc_main import main
+from tests.postproc_servers import PYTHON, ROOT
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PYTHON, str(ROOT / "postproc.py"), *args], capture_output=True,
+                          text=True, timeout=30, cwd=ROOT)
+
+
+def test_original_command_line_parses(tmp_path: Path) -> None:
+    (tmp_path / "known_hosts").write_text("")
+    cfg = parse(["ppp", "--convert", str(tmp_path), "12", "--upload-after-convert", "3",
+                 "--upload-minutes", "5", "20", "35", "50",
+                 "--upload-scp", "pi@127.0.0.1", "22", "bakery/cam4",
+                 "--upload-ftp", "127.0.0.1", "21", "nick", "nickpass", "bakery/cam2",
+                 "--notify-telegram", "123:ABC", "42",
+                 "--known-hosts", str(tmp_path / "known_hosts")])
+    assert cfg.socket_name == "ppp"
+    assert cfg.mp4_dir == tmp_path and cfg.fps == 12.0
+    assert cfg.upload_after_convert == 3 and cfg.upload_minutes == (5, 20, 35, 50)
+    assert cfg.upload_scp[0].user == "pi" and cfg.upload_scp[0].port == 22
+    assert cfg.upload_ftp[0].password.reveal() == "nickpass"
+    assert "nickpass" not in repr(cfg) and "123:ABC" not in repr(cfg)
+    assert cfg.upload_queue_size == 8 and cfg.notify_queue_size == 8
+    assert cfg.converter == "pyav"
+    assert cfg.public_bot_api
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--upload-scp", "pi@127.0.0.1", "22", "bak"], "need a trigger"),
+    (["--upload-after-convert", "1"], "need a destination"),
+    (["--upload-minutes", "0", "20"], "need a destination"),
+    (["--upload-minutes", "5", "5", "--upload-after-convert", "1"], "repeated"),
+    (["--upload-minutes", "60"], "not a minute"),
+    (["--upload-after-convert", "0"], "less than 1"),
+    (["--upload-scp", "nohost", "22", "bak", "--upload-after-convert", "1"], "user@host"),
+    (["--upload-ftp", "h", "99999", "u", "p", "d", "--upload-after-convert", "1"],
+     "not in 1..65535"),
+    (["--converter", "mp4box"], "MP4Box is not installed"),
+    (["--h264-dir", "/nonexistent/dir"], "not a directory"),
+    (["--notify-telegram", "@/nonexistent/token", "1"], "cannot read secret file"),
+    (["--notify-telegram", "env:POSTPROC_TEST_UNSET_VAR", "1"], "not set"),
+    (["--telegram-api-url", "ftp://x/bot"], "not an http(s) URL"),
+    (["--allow-uid", "root"], "not a numeric uid"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, extra: list[str], needle: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(["ppp", "--convert", str(tmp_path), "12", *extra])
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+
+
+def test_convert_is_required_and_checked(tmp_path: Path) -> None:
+    """Through the real entry point: one line on stderr, exit 2, no traceback."""
+    for args, needle in ((["ppp"], "--convert"),
+                         (["ppp", "--convert", str(tmp_path / "no"), "12"], "not a directory"),
+                         (["ppp", "--convert", str(tmp_path), "fast"], "not a number")):
+        done = _run(*args)
+        assert done.returncode == 2 and needle in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_known_hosts_file_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="known-hosts"):
+        parse(["ppp", "--convert", str(tmp_path), "12", "--upload-after-convert", "1",
+               "--upload-scp", "pi@127.0.0.1", "22", "bak",
+               "--known-hosts", str(tmp_path / "none")])
+
+
+def test_secret_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "token"
+    f.write_text("123:FROMFILE\n")
+    assert resolve("x", f"@{f}").reveal() == "123:FROMFILE"
+    monkeypatch.setenv("PP_TOKEN", "123:FROMENV")
+    s = resolve("x", "env:PP_TOKEN")
+    assert s.reveal() == "123:FROMENV" and "FROMENV" not in f"{s} {s!r}"
+    assert resolve("x", "literal").from_command_line
+    (tmp_path / "empty").write_text("\n")
+    for bad in (f"@{tmp_path / 'empty'}", "env:", "env:PP_NOT_SET", ""):
+        with pytest.raises(SecretError):
+            resolve("x", bad)
+
+
+def test_redacting_filter_masks_message_args_and_tracebacks() -> None:
+    flt = RedactingFilter([Secret("123:SECRET", "test")])
+    try:
+        raise ValueError("url https://api/bot123:SECRET/sendMessage")
+    except ValueError as exc:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed %s", (exc,),
+                                   exc_info=(type(exc), exc, exc.__traceback__))
+    assert flt.filter(record)
+    text = logging.Formatter().format(record)
+    assert "123:SECRET" not in text and "[secret]" in text

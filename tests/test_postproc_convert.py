@@ -1,0 +1,179 @@
+"""The converter: remux with true timing, moov first, damaged and empty inputs, catch-up list."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from griddle.convert import (
+    Converter,
+    ConvertSettings,
+    EmptyRecording,
+    Job,
+    convert,
+    pending,
+    read_sidecar,
+    remove_stale_temporaries,
+    remux,
+)
+from tests.postproc_servers import (
+    decoded_frames,
+    frame_digests,
+    h264_bytes,
+    make_recording,
+    mp4_packets,
+    top_level_boxes,
+    wait_for,
+    write_sidecar,
+)
+
+
+def test_sidecar_sets_true_timing_and_moov_comes_first(tmp_path: Path) -> None:
+    # Irregular capture times, as when the camera dropped frames.
+    times = [0.0, 83.412, 166.8, 500.0, 583.333, 1400.25] + [1400.25 + 83.3 * i
+                                                             for i in range(1, 19)]
+    h264 = make_recording(tmp_path / "20240102-101530.h264", frames=24, times_ms=times)
+    out = tmp_path / "out"
+    out.mkdir()
+    mp4 = convert(ConvertSettings(out, fps=12.0), Job(h264))
+    assert mp4 == out / "20240102-101530.mp4"
+    packets = mp4_packets(mp4)
+    assert len(packets) == 24
+    # The 90 kHz clock rounds to 11 µs; the sidecar has 1 µs steps.
+    assert [t * 1000 for t, _, _ in packets] == pytest.approx(
+        [round(t, 3) for t in times], abs=0.012)
+    assert packets[0][1], "the first packet is the IDR"
+    boxes = top_level_boxes(mp4)
+    assert boxes.index("moov") < boxes.index("mdat"), boxes
+    assert decoded_frames(mp4) == 24
+    assert [p.name for p in out.iterdir()] == ["20240102-101530.mp4"], "no temporary left"
+
+
+def test_no_sidecar_uses_fps_and_never_reencodes(tmp_path: Path) -> None:
+    h264 = make_recording(tmp_path / "20240102-1015.h264", frames=30)
+    out = tmp_path / "out"
+    out.mkdir()
+    mp4 = convert(ConvertSettings(out, fps=10.0), Job(h264))
+    packets = mp4_packets(mp4)
+    assert [round(t, 3) for t, _, _ in packets] == [round(i / 10, 3) for i in range(30)]
+    # Remuxed, not re-encoded: every decoded picture is bit-identical to the raw stream's.
+    assert frame_digests(mp4) == frame_digests(h264)
+
+
+def test_event_sidecar_field_wins_over_the_file_beside(tmp_path: Path) -> None:
+    h264 = make_recording(tmp_path / "a.h264", frames=12, times_ms=[i * 100.0 for i in range(12)])
+    other = write_sidecar(tmp_path / "elsewhere.pts", [i * 250.0 for i in range(12)])
+    out = tmp_path / "out"
+    out.mkdir()
+    mp4 = convert(ConvertSettings(out, fps=12.0), Job(h264, pts=other))
+    assert mp4_packets(mp4)[-1][0] == pytest.approx(2.75, abs=0.001)
+
+
+def test_short_sidecar_continues_at_fps(tmp_path: Path) -> None:
+    h264 = make_recording(tmp_path / "a.h264", frames=12, times_ms=[0.0, 500.0, 1000.0])
+    out = tmp_path / "out"
+    out.mkdir()
+    times = [t for t, _, _ in mp4_packets(convert(ConvertSettings(out, fps=4.0), Job(h264)))]
+    assert times[:3] == pytest.approx([0.0, 0.5, 1.0])
+    assert times[3:5] == pytest.approx([1.25, 1.5])
+    assert len(times) == 12
+
+
+def test_read_sidecar_stops_at_garbage(tmp_path: Path) -> None:
+    p = tmp_path / "x.pts"
+    p.write_text("# timecode format v2\n0.000\n40.000\n\n80.5\nnot a number\n120\n")
+    assert read_sidecar(p) == pytest.approx([0.0, 0.04, 0.0805])
+    p.write_text("0.000\n40.000\n")
+    assert read_sidecar(p) == []
+    p.write_text("# timecode format v2\n0.000\n50.000\n40.000\n")
+    assert read_sidecar(p) == pytest.approx([0.0, 0.05])
+
+
+def test_truncated_file_converts_what_it_holds(tmp_path: Path) -> None:
+    data = h264_bytes(36, keyint=12)
+    h264 = tmp_path / "cut.h264"
+    h264.write_bytes(data[: len(data) * 2 // 3])
+    out = tmp_path / "out"
+    out.mkdir()
+    mp4 = convert(ConvertSettings(out, fps=12.0), Job(h264))
+    n = decoded_frames(mp4)
+    assert 12 <= n < 36
+
+
+def test_damaged_start_skips_to_first_keyframe(tmp_path: Path) -> None:
+    data = h264_bytes(36, keyint=12)
+    h264 = tmp_path / "damaged.h264"
+    # Lose the first 30 % (SPS/PPS, the first IDR and a few frames): what follows the next
+    # keyframe still decodes, given parameter sets… which this stream repeats at each IDR.
+    h264.write_bytes(b"\x00\x00\x01\x09\xff" * 7 + data[len(data) * 3 // 10:])
+    out = tmp_path / "out"
+    out.mkdir()
+    mp4 = convert(ConvertSettings(out, fps=12.0), Job(h264))
+    packets = mp4_packets(mp4)
+    assert packets and packets[0][1], "starts on a keyframe"
+    assert 0 < decoded_frames(mp4) < 36
+
+
+def test_empty_and_garbage_files_are_skipped(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    empty = tmp_path / "empty.h264"
+    empty.write_bytes(b"")
+    with pytest.raises(EmptyRecording):
+        convert(ConvertSettings(out, fps=12.0), Job(empty))
+    junk = tmp_path / "junk.h264"
+    junk.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(EmptyRecording):
+        remux(junk, out / "junk.mp4", 12.0, None)
+    with pytest.raises(EmptyRecording):
+        convert(ConvertSettings(out, fps=12.0), Job(junk))
+    assert list(out.iterdir()) == [] or [p.name for p in out.iterdir()] == ["junk.mp4"]
+    assert not (out / "empty.mp4").exists()
+
+
+def test_catch_up_list_and_stale_temporaries(tmp_path: Path) -> None:
+    h = tmp_path / "h264"
+    out = tmp_path / "mp4"
+    h.mkdir()
+    out.mkdir()
+    for name in ("20240101-0000.h264", "20240101-0015.h264", "20240101-001507.h264"):
+        (h / name).write_bytes(b"x")
+    (out / "20240101-0000.mp4").write_bytes(b"done")
+    (h / "notes.txt").write_text("not a recording")
+    (h / "link.h264").symlink_to(tmp_path / "elsewhere.h264")
+    (out / ".20240101-0015.tmp.mp4").write_bytes(b"half")
+    jobs = pending([h], out)
+    assert [j.h264.name for j in jobs] == ["20240101-0015.h264", "20240101-001507.h264"]
+    assert all(j.catch_up for j in jobs)
+    remove_stale_temporaries(out)
+    assert sorted(p.name for p in out.iterdir()) == ["20240101-0000.mp4"]
+
+
+def test_converter_thread_takes_live_events_before_catch_up(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    backlog = [make_recording(tmp_path / f"old{i}.h264", frames=6) for i in range(3)]
+    live = make_recording(tmp_path / "live.h264", frames=6)
+    done: list[str] = []
+    stop = threading.Event()
+    conv = Converter(ConvertSettings(out, fps=12.0), stop, lambda job, mp4: done.append(mp4.name))
+    conv.catch_up([Job(p, catch_up=True) for p in backlog])
+    conv.submit(Job(live, clip=True))
+    conv.start()
+    wait_for(lambda: len(done) == 4, 20)
+    stop.set()
+    assert conv.join(5)
+    assert done[0] == "live.mp4"
+    assert sorted(done[1:]) == ["old0.mp4", "old1.mp4", "old2.mp4"]
+
+
+def test_full_inbox_drops_and_says_which_file(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    stop = threading.Event()
+    conv = Converter(ConvertSettings(tmp_path, fps=12.0), stop, lambda j, m: None, inbox_size=2)
+    assert conv.submit(Job(tmp_path / "a.h264"))
+    assert conv.submit(Job(tmp_path / "b.h264"))
+    assert not conv.submit(Job(tmp_path / "c.h264"))
+    assert "c.h264" in caplog.text
