@@ -1,0 +1,147 @@
+"""Shared test helpers: free ports, the real pancake.py daemon, an abstract-socket listener."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Listener:
+    """A post-processor stand-in for pancake's events: a real abstract datagram socket that
+    records every message with its arrival time (time.time())."""
+
+    def __init__(self) -> None:
+        self.name = f"pancake-test-{uuid.uuid4().hex[:12]}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name)
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, dict[str, Any]]] = []
+        self.raw: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-listener", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.raw.append(data)
+            self.messages.append((time.time(), json.loads(data)))
+
+    def events(self) -> list[dict[str, Any]]:
+        return [m for _, m in self.messages]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    li = Listener()
+    yield li
+    li.close()
+
+
+class Pancake:
+    """The real pancake.py, run as a separate process with its output in a log file."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log_path = cwd / f"pancake-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "pancake.py"), "--port", str(self.port), *args],
+            cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> tuple[int, float]:
+        """Send `sig`; return the exit code and how long the exit took."""
+        t = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._log.close()
+        return rc, time.monotonic() - t
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pancake exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.log()}")
+
+
+@pytest.fixture
+def pancakes() -> Iterator[list[Pancake]]:
+    """Collects the daemons a test starts, and kills any still running at the end."""
+    started: list[Pancake] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
+def run_pancake(pancakes: list[Pancake], args: list[str], cwd: Path,
+                env: dict[str, str] | None = None) -> Pancake:
+    p = Pancake(args, cwd, env)
+    pancakes.append(p)
+    return p
+
+
+def schedule_customize(path: Path, windows: list[tuple[float, float]], t0: float,
+                       image: bool = False, size: tuple[int, int] | None = None,
+                       body: str = "") -> Path:
+    """A customize.py whose detect() is True inside the given windows (seconds after t0).
+    With `size`, detect(bytes) raises unless it gets exactly w*h*3 bytes of RGB."""
+    arg = "rgb" if image else ""
+    check = ""
+    if size is not None:
+        check = (f"    if len(rgb) != {size[0] * size[1] * 3}:\n"
+                 f"        raise ValueError(f'got {{len(rgb)}} bytes')\n")
+    path.write_text(
+        "import time\n"
+        f"T0 = {t0!r}\n"
+        f"WINDOWS = {windows!r}\n"
+        f"def detect({arg}):\n"
+        f"{check}{body}"
+        "    t = time.time() - T0\n"
+        "    return any(a <= t < b for a, b in WINDOWS)\n")
+    return path
