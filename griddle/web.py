@@ -408,6 +408,16 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Only refusals and errors reach the daemon's log; a page polled all day must not."""
+    status = handler.get_status()
+    if status < 400:
+        return
+    request = handler.request
+    _limiter.log(log, logging.WARNING if status >= 500 else logging.INFO, f"http-{status}",
+                 "%d %s %s from %s", status, request.method, request.path, request.remote_ip)
+
+
 def make_app(state: RecorderState, live: Live, login: Login | None, tls: bool,
              cookie_secret: bytes | None) -> tornado.web.Application:
     deps = {"state": state, "live": live, "login": login, "tls": tls}
@@ -428,6 +438,7 @@ def make_app(state: RecorderState, live: Live, login: Login | None, tls: bool,
         websocket_ping_interval=20,
         websocket_max_message_size=4096,
         compress_response=False,
+        log_function=_log_request,
     )
 
 

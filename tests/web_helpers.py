@@ -362,6 +362,26 @@ def stalled_socket(port: int) -> socket.socket:
     return s
 
 
+def ws_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each complete unmasked websocket frame in `data` (server to client)."""
+    out = []
+    i = 0
+    while i + 2 <= len(data):
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n = int.from_bytes(data[i:i + 2], "big")
+            i += 2
+        elif n == 127:
+            n = int.from_bytes(data[i:i + 8], "big")
+            i += 8
+        if i + n > len(data):
+            break
+        out.append((opcode, data[i:i + n]))
+        i += n
+    return out
+
+
 def make_hash_file(directory: Path, hashed: bytes, name: str = "password.txt") -> Path:
     path = directory / name
     path.write_bytes(hashed + b"\n")
