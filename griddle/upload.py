@@ -68,6 +68,44 @@ def date_dirs(path: Path) -> tuple[str, str, str]:
     return f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}"
 
 
+class _Dialer:
+    """Opens the TCP connection itself, so that abort() from another thread can shut down a
+    socket still waiting for a banner or welcome (a library's connect() cannot be cut off)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _sockets
+        self._sockets: set[socket.socket] = set()
+
+    def dial(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        with self._lock:
+            self._sockets.add(sock)
+        return sock
+
+    def forget(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sockets.discard(sock)  # type: ignore[arg-type]
+
+    def shutdown_all(self) -> None:
+        with self._lock:
+            socks = list(self._sockets)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class _FTP(ftplib.FTP):
+    """ftplib.FTP on a socket opened by the caller (see _Dialer). Plain FTP because the user
+    asked for it (the original's --upload-ftp); SFTP is there for everyone else."""
+
+    def connect_socket(self, sock: socket.socket) -> str:
+        self.sock = sock
+        self.af = sock.family
+        self.file = sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+
 class Destination(Protocol):
     label: str
 
@@ -98,14 +136,19 @@ def _read_chunks(local: Path, stop: threading.Event, progress: Progress | None,
 class SftpDestination:
     """SFTP through paramiko: key or agent auth, host key checked against known_hosts only."""
 
-    def __init__(self, dest: ScpTarget, known_hosts: Path, key: Path | None) -> None:
+    def __init__(self, dest: ScpTarget, known_hosts: Path, key: Path | None,
+                 connect_timeout: float = CONNECT_TIMEOUT,
+                 transfer_timeout: float = TRANSFER_TIMEOUT) -> None:
         self.dest = dest
+        self._connect_timeout = connect_timeout
+        self._transfer_timeout = transfer_timeout
         self.label = dest.label
         self._known_hosts = known_hosts
         self._key = key
         self._lock = threading.Lock()  # guards _client, which abort() closes from another thread
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._dialer = _Dialer()
 
     def _connect(self) -> paramiko.SFTPClient:
         if self._sftp is not None:
@@ -119,16 +162,20 @@ class SftpDestination:
         # Never trust on first use: an unknown host is refused, never added.
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         d = self.dest
+        sock: socket.socket | None = None
         try:
+            sock = self._dialer.dial(d.host, d.port, self._connect_timeout)
             client.connect(
-                d.host, port=d.port, username=d.user,
+                d.host, port=d.port, username=d.user, sock=sock,
                 key_filename=str(self._key) if self._key else None,
                 look_for_keys=self._key is None, allow_agent=True,
-                timeout=CONNECT_TIMEOUT, banner_timeout=CONNECT_TIMEOUT,
-                auth_timeout=CONNECT_TIMEOUT, channel_timeout=CONNECT_TIMEOUT,
+                timeout=self._connect_timeout, banner_timeout=self._connect_timeout,
+                auth_timeout=self._connect_timeout, channel_timeout=self._connect_timeout,
             )
             sftp = client.open_sftp()
-            sftp.get_channel().settimeout(TRANSFER_TIMEOUT)
+            channel = sftp.get_channel()
+            assert channel is not None
+            channel.settimeout(self._transfer_timeout)
         except paramiko.BadHostKeyException:
             client.close()
             raise UploadError(f"host key of {d.host}:{d.port} does not match known_hosts: "
@@ -145,6 +192,8 @@ class SftpDestination:
         except (OSError, EOFError) as exc:
             client.close()
             raise UploadError(f"cannot connect: {exc}") from None
+        finally:
+            self._dialer.forget(sock)
         with self._lock:
             self._client, self._sftp = client, sftp
         return sftp
@@ -196,28 +245,36 @@ class SftpDestination:
             client.close()
 
     def abort(self) -> None:
+        self._dialer.shutdown_all()
         self.close()
 
 
 class FtpDestination:
     """FTP through ftplib, with timeouts on connect and on every read and write."""
 
-    def __init__(self, dest: FtpTarget) -> None:
+    def __init__(self, dest: FtpTarget, connect_timeout: float = CONNECT_TIMEOUT,
+                 transfer_timeout: float = TRANSFER_TIMEOUT) -> None:
         self.dest = dest
+        self._connect_timeout = connect_timeout
+        self._transfer_timeout = transfer_timeout
         self.label = dest.label
         self._lock = threading.Lock()  # guards _ftp and _data, which abort() shuts down
         self._ftp: ftplib.FTP | None = None
         self._data: socket.socket | None = None
         self._home = "/"
+        self._dialer = _Dialer()
 
     def _connect(self) -> ftplib.FTP:
         if self._ftp is not None:
             return self._ftp
         d = self.dest
-        # The user asked for FTP (the original's --upload-ftp); SFTP is there too.
-        ftp = ftplib.FTP(timeout=TRANSFER_TIMEOUT)  # noqa: S321
+        ftp = _FTP(timeout=self._transfer_timeout)
+        sock: socket.socket | None = None
         try:
-            ftp.connect(d.host, d.port, timeout=CONNECT_TIMEOUT)
+            sock = self._dialer.dial(d.host, d.port, self._connect_timeout)
+            ftp.connect_socket(sock)
+            # The welcome is read under the connect timeout; later replies under the other.
+            sock.settimeout(self._transfer_timeout)
             ftp.login(d.user, d.password.reveal())
             ftp.voidcmd("TYPE I")
             self._home = ftp.pwd()
@@ -226,7 +283,11 @@ class FtpDestination:
             raise UploadError(f"login as {d.user} refused: {exc}") from None
         except ftplib.all_errors as exc:
             ftp.close()
+            if sock is not None:
+                sock.close()
             raise UploadError(f"cannot connect: {type(exc).__name__}: {exc}") from None
+        finally:
+            self._dialer.forget(sock)
         with self._lock:
             self._ftp = ftp
         return ftp
@@ -276,6 +337,7 @@ class FtpDestination:
             ftp.close()
 
     def abort(self) -> None:
+        self._dialer.shutdown_all()
         with self._lock:
             data, ftp = self._data, self._ftp
         for sock in (data, ftp.sock if ftp is not None else None):

@@ -278,7 +278,7 @@ class FtpServer:
         auth = DummyAuthorizer()
         auth.add_user(user, password, str(root), perm="elradfmwMT")
         handler = type("Handler", (FTPHandler,), {"authorizer": auth,
-                                                  "passive_ports": None})
+                                                  "auth_failed_timeout": 0.1})
         self.port = free_port()
         self.server = ThreadedFTPServer(("127.0.0.1", self.port), handler)
         self._thread = threading.Thread(target=self.server.serve_forever,

@@ -1,0 +1,277 @@
+"""Uploads against a real OpenSSH sshd and a real FTP server (pyftpdlib), both on loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from griddle.credentials import Secret
+from griddle.postproc_config import FtpTarget, ScpTarget
+from griddle.upload import (
+    FtpDestination,
+    SftpDestination,
+    UploadError,
+    UploadTrigger,
+    UploadWorker,
+    date_dirs,
+)
+from tests.postproc_servers import (
+    FtpServer,
+    SshServer,
+    StallingServer,
+    sshd_available,
+    wait_for,
+)
+
+needs_sshd = pytest.mark.skipif(not sshd_available(),
+                                reason="OpenSSH sshd not installed (make test installs it)")
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[SshServer]:
+    server = SshServer(tmp_path / "sshd")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def ftpd(tmp_path: Path) -> Iterator[FtpServer]:
+    server = FtpServer(tmp_path / "ftproot")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _mp4(tmp_path: Path, name: str = "20240623-1715.mp4", size: int = 300_000) -> Path:
+    path = tmp_path / name
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def _sftp(server: SshServer, known_hosts: Path | None = None) -> SftpDestination:
+    target = ScpTarget("root", "127.0.0.1", server.port, str(server.remote / "cam1"))
+    return SftpDestination(target, known_hosts or server.known_hosts, server.client_key,
+                           connect_timeout=5, transfer_timeout=5)
+
+
+def test_date_dirs_from_name_or_mtime(tmp_path: Path) -> None:
+    assert date_dirs(Path("/x/20200623-1715.mp4")) == ("2020", "06", "23")
+    assert date_dirs(Path("/x/20200623-180511.mp4")) == ("2020", "06", "23")
+    assert date_dirs(Path("/x/20201231-2345-2.mp4")) == ("2020", "12", "31")
+    odd = tmp_path / "clip.mp4"
+    odd.write_bytes(b"x")
+    stamp = dt.datetime(2021, 3, 4, 12, 0).timestamp()
+    os.utime(odd, (stamp, stamp))
+    assert date_dirs(odd) == ("2021", "03", "04")
+    bad_date = tmp_path / "20211340-1200.mp4"
+    bad_date.write_bytes(b"x")
+    os.utime(bad_date, (stamp, stamp))
+    assert date_dirs(bad_date) == ("2021", "03", "04")
+
+
+@needs_sshd
+def test_sftp_upload_into_date_tree(tmp_path: Path, sshd: SshServer) -> None:
+    dest = _sftp(sshd)
+    stop = threading.Event()
+    first = _mp4(tmp_path)
+    second = _mp4(tmp_path, "20240624-000000.mp4", 1000)
+    dest.upload(first, stop)
+    dest.upload(second, stop)  # the same connection, another day's directory
+    dest.close()
+    got = sshd.remote / "cam1" / "2024" / "06" / "23" / first.name
+    assert got.read_bytes() == first.read_bytes()
+    assert (sshd.remote / "cam1/2024/06/24" / second.name).read_bytes() == second.read_bytes()
+    assert not list(sshd.remote.rglob("*.part"))
+    # An upload of the same name again (a file converted again) replaces the old one.
+    first.write_bytes(b"new content")
+    dest.upload(first, stop)
+    dest.close()
+    assert got.read_bytes() == b"new content"
+
+
+@needs_sshd
+def test_sftp_unknown_or_changed_host_key_is_refused(tmp_path: Path, sshd: SshServer) -> None:
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    with pytest.raises(UploadError, match="not in"):
+        _sftp(sshd, empty).upload(_mp4(tmp_path), threading.Event())
+    assert empty.read_text() == "", "never added"
+    other = tmp_path / "other_key"
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, key = other.with_suffix(".pub").read_text().split()[:2]
+    wrong = tmp_path / "wrong_known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{sshd.port} {kind} {key}\n")
+    with pytest.raises(UploadError, match="does not match"):
+        _sftp(sshd, wrong).upload(_mp4(tmp_path), threading.Event())
+    assert not list(sshd.remote.rglob("*.mp4*"))
+
+
+@needs_sshd
+def test_sftp_connection_killed_mid_transfer_leaves_part_and_retry_completes(
+        tmp_path: Path, sshd: SshServer) -> None:
+    mp4 = _mp4(tmp_path, size=8 * 1024 * 1024)
+    dest = _sftp(sshd)
+    stop = threading.Event()
+    killed: list[int] = []
+
+    def cut(sent: int, total: int) -> None:
+        if sent >= total // 3 and not killed:
+            killed.append(sshd.kill_sessions())
+            time.sleep(0.2)  # let the kill land before more is written
+
+    with pytest.raises(UploadError):
+        dest.upload(mp4, stop, progress=cut)
+    assert killed and killed[0] >= 1
+    day = sshd.remote / "cam1/2024/06/23"
+    assert [p.name for p in day.iterdir()] == [mp4.name + ".part"]
+    assert (day / (mp4.name + ".part")).stat().st_size < mp4.stat().st_size
+    dest.upload(mp4, stop)  # the retry: a new connection
+    dest.close()
+    assert [p.name for p in day.iterdir()] == [mp4.name]
+    assert (day / mp4.name).read_bytes() == mp4.read_bytes()
+
+
+@needs_sshd
+def test_worker_retries_with_backoff_until_the_server_is_back(tmp_path: Path) -> None:
+    server = SshServer(tmp_path / "sshd")
+    port = server.port
+    server.stop()  # the destination is down when the first attempt is made
+    stop = threading.Event()
+    dest = _sftp(server)
+    worker = UploadWorker(dest, queue_size=4, stop=stop, backoff_first=0.2)
+    worker.start()
+    mp4 = _mp4(tmp_path)
+    try:
+        assert worker.offer(mp4)
+        time.sleep(0.5)
+        assert worker.uploaded == 0
+        # The same sshd (keys, config, port) comes back.
+        import subprocess
+
+        server.proc = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(server.base / "sshd_config"),
+             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server._log = (server.base / "sshd2.log").open("wb")
+        wait_for(lambda: worker.uploaded == 1, 20)
+    finally:
+        stop.set()
+        worker.abort()
+        assert worker.join(5)
+        server.stop()
+    assert (server.remote / "cam1/2024/06/23" / mp4.name).read_bytes() == mp4.read_bytes()
+
+
+def test_ftp_upload_into_date_tree(tmp_path: Path, ftpd: FtpServer) -> None:
+    target = FtpTarget("127.0.0.1", ftpd.port, ftpd.user, Secret(ftpd.password, "test"),
+                       "bakery/cam2")
+    dest = FtpDestination(target, connect_timeout=5, transfer_timeout=5)
+    stop = threading.Event()
+    a = _mp4(tmp_path)
+    b = _mp4(tmp_path, "20240623-171530-1.mp4", 12345)
+    dest.upload(a, stop)
+    dest.upload(b, stop)
+    a.write_bytes(b"again")
+    dest.upload(a, stop)
+    dest.close()
+    day = ftpd.root / "bakery/cam2/2024/06/23"
+    assert sorted(p.name for p in day.iterdir()) == sorted([a.name, b.name])
+    assert (day / a.name).read_bytes() == b"again"
+    assert (day / b.name).read_bytes() == b.read_bytes()
+
+
+def test_ftp_wrong_password_fails(tmp_path: Path, ftpd: FtpServer) -> None:
+    target = FtpTarget("127.0.0.1", ftpd.port, ftpd.user, Secret("wrong", "test"), "bak")
+    with pytest.raises(UploadError, match="refused"):
+        FtpDestination(target, 5, 5).upload(_mp4(tmp_path), threading.Event())
+
+
+def test_ftp_stalled_server_fails_within_the_timeout(tmp_path: Path) -> None:
+    stall = StallingServer()
+    try:
+        target = FtpTarget("127.0.0.1", stall.port, "u", Secret("p", "test"), "bak")
+        dest = FtpDestination(target, connect_timeout=1.0, transfer_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(UploadError):
+            dest.upload(_mp4(tmp_path), threading.Event())
+        assert time.monotonic() - started < 10, "bounded by the timeout, not hanging"
+        assert stall.accepted, "it did connect; the server never answered"
+    finally:
+        stall.stop()
+
+
+def test_ftp_stop_mid_transfer_leaves_only_part(tmp_path: Path, ftpd: FtpServer) -> None:
+    target = FtpTarget("127.0.0.1", ftpd.port, ftpd.user, Secret(ftpd.password, "test"), "bak")
+    dest = FtpDestination(target, 5, 5)
+    stop = threading.Event()
+    mp4 = _mp4(tmp_path, size=4 * 1024 * 1024)
+
+    def halfway(sent: int, total: int) -> None:
+        if sent > total // 2:
+            stop.set()
+
+    with pytest.raises(UploadError, match="stopping"):
+        dest.upload(mp4, stop, progress=halfway)
+    dest.close()
+    day = ftpd.root / "bak/2024/06/23"
+    wait_for(lambda: list(day.iterdir()), 5)
+    assert [p.name for p in day.iterdir()] == [mp4.name + ".part"]
+
+
+def test_dead_destination_does_not_hold_back_a_live_one(tmp_path: Path, ftpd: FtpServer) -> None:
+    stall = StallingServer()
+    stop = threading.Event()
+    live = UploadWorker(FtpDestination(FtpTarget("127.0.0.1", ftpd.port, ftpd.user,
+                                                 Secret(ftpd.password, "t"), "live"), 5, 5),
+                        queue_size=8, stop=stop)
+    dead = UploadWorker(FtpDestination(FtpTarget("127.0.0.1", stall.port, "u",
+                                                 Secret("p", "t"), "dead"), 30, 30),
+                        queue_size=2, stop=stop)
+    trigger = UploadTrigger([dead, live], after=2, minutes=(), stop=stop)
+    for w in (live, dead):
+        w.start()
+    files = [_mp4(tmp_path, f"20240623-17{i:02d}.mp4", 1000) for i in range(6)]
+    try:
+        for f in files:
+            trigger.converted(f)
+        wait_for(lambda: live.uploaded == 6, 20)
+        # The dead one holds one file in its hung attempt, two queued, the rest dropped.
+        assert dead.uploaded == 0 and dead.dropped >= 3
+    finally:
+        stop.set()
+        for w in (live, dead):
+            w.abort()
+        assert live.join(5) and dead.join(5), "abort() cuts off a hung transfer at once"
+        stall.stop()
+    assert sorted(p.name for p in (ftpd.root / "live/2024/06/23").iterdir()) == \
+        sorted(f.name for f in files)
+
+
+def test_trigger_after_n_conversions(tmp_path: Path) -> None:
+    offered: list[str] = []
+
+    class Recorder(UploadWorker):
+        def offer(self, mp4: Path) -> bool:
+            offered.append(mp4.name)
+            return True
+
+    stop = threading.Event()
+    rec = Recorder(FtpDestination(FtpTarget("127.0.0.1", 1, "u", Secret("p", "t"), "d")), 8, stop)
+    trigger = UploadTrigger([rec], after=3, minutes=(), stop=stop)
+    for i in range(7):
+        trigger.converted(tmp_path / f"{i}.mp4")
+    assert offered == ["0.mp4", "1.mp4", "2.mp4", "3.mp4", "4.mp4", "5.mp4"]
+    trigger.fire("minute 20")
+    assert offered[-1] == "6.mp4"
+    trigger.fire("minute 40")  # nothing pending: nothing offered
+    assert len(offered) == 7
