@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import os
 import queue
 import threading
 import time
@@ -31,6 +32,10 @@ from griddle.credentials import RedactingFilter
 from griddle.postproc_config import TelegramTarget
 
 log = logging.getLogger(__name__)
+
+# PTB 22 warns on every flood-control reply unless timedeltas are opted into; this module
+# handles both forms (see _retry_after_seconds).
+os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 # The public Bot API takes uploads up to 50 MB; a self-hosted server takes up to 2000 MB.
 PUBLIC_UPLOAD_LIMIT = 50 * 1000 * 1000

@@ -1,0 +1,156 @@
+"""Telegram alerts against a local HTTP server that speaks the Bot API (python-telegram-bot)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import griddle.notify as notify
+from griddle.credentials import Secret, install_redaction
+from griddle.notify import Alert, Notifier
+from griddle.postproc_config import TelegramTarget
+from tests.postproc_servers import FakeBotApi, bot_api, wait_for
+
+TOKEN = "123456:TESTTOKEN-never-in-logs"
+
+
+@pytest.fixture
+def api() -> Iterator[FakeBotApi]:
+    with bot_api() as server:
+        yield server
+
+
+@pytest.fixture
+def stop() -> Iterator[threading.Event]:
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def _notifier(api: FakeBotApi, stop: threading.Event, queue_size: int = 8,
+              public: bool = False) -> Notifier:
+    n = Notifier(TelegramTarget(Secret(TOKEN, "test"), "42"), api.base_url, public, queue_size,
+                 stop)
+    n.start()
+    return n
+
+
+def test_edge_text_photo_and_video(tmp_path: Path, api: FakeBotApi,
+                                   stop: threading.Event) -> None:
+    jpeg = tmp_path / "edge.jpg"
+    jpeg.write_bytes(b"\xff\xd8" + b"j" * 5000 + b"\xff\xd9")
+    mp4 = tmp_path / "20240623-180511.mp4"
+    mp4.write_bytes(b"m" * 20000)
+    n = _notifier(api, stop)
+    n.edge(True, 1719158711.0, None)
+    n.edge(True, None, jpeg)
+    n.clip(mp4)
+    n.edge(False, None, None)
+    wait_for(lambda: n.sent == 4, 15)
+    messages = api.calls_to("sendMessage")
+    assert [m.fields["chat_id"] for m in messages] == ["42", "42"]
+    assert messages[0].fields["text"].startswith("Detection at ")
+    assert messages[1].fields["text"].startswith("Detection over at ")
+    photo = api.calls_to("sendPhoto")[0]
+    assert photo.files["photo"] == 5004 and photo.fields["caption"].startswith("Detection at")
+    video = api.calls_to("sendVideo")[0]
+    assert video.files["video"] == 20000 and mp4.name in video.fields["caption"]
+    assert all(c.token == TOKEN for c in api.calls)
+    assert n.join(0.1) is False and stop.set() is None and n.join(5)
+
+
+def test_429_retry_after_is_honoured(api: FakeBotApi, stop: threading.Event) -> None:
+    api.script("sendMessage", (429, {"retry_after": 1, "description": "Too Many Requests"}))
+    n = _notifier(api, stop)
+    n.submit(Alert("hello"))
+    wait_for(lambda: n.sent == 1, 15)
+    calls = api.calls_to("sendMessage", status=None)
+    assert [c.status for c in calls] == [429, 200]
+    assert calls[1].at - calls[0].at >= 0.95, "waited retry_after before trying again"
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_400_and_413_are_not_retried_forever(tmp_path: Path, api: FakeBotApi,
+                                             stop: threading.Event, status: int) -> None:
+    mp4 = tmp_path / "20240623-180511.mp4"
+    mp4.write_bytes(b"m" * 1000)
+    api.script("sendVideo", *[(status, {"description": "no"})] * 50)
+    api.script("sendMessage", *[(status, {"description": "no"})] * 50)
+    n = _notifier(api, stop)
+    n.clip(mp4)
+    n.submit(Alert("after"))
+    wait_for(lambda: n.failed == 2, 15)
+    time.sleep(0.3)
+    # One try each, and the video's fallback text: never a loop.
+    assert len(api.calls_to("sendVideo", status=None)) == 1
+    assert len(api.calls_to("sendMessage", status=None)) == 2
+
+
+def test_clip_over_the_public_limit_becomes_text(tmp_path: Path, api: FakeBotApi,
+                                                 stop: threading.Event,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(notify, "PUBLIC_UPLOAD_LIMIT", 10_000)
+    big = tmp_path / "20240623-180511.mp4"
+    big.write_bytes(b"m" * 10_001)
+    n = _notifier(api, stop, public=True)
+    n.clip(big)
+    wait_for(lambda: n.sent == 1, 15)
+    assert not api.calls_to("sendVideo", status=None)
+    text = api.calls_to("sendMessage")[0].fields["text"]
+    assert big.name in text and "limit" in text
+
+
+def test_full_queue_drops_and_logs(api: FakeBotApi, stop: threading.Event,
+                                   caplog: pytest.LogCaptureFixture) -> None:
+    n = Notifier(TelegramTarget(Secret(TOKEN, "test"), "42"), api.base_url, False, 2, stop)
+    # Not started: nothing drains the queue.
+    assert n.submit(Alert("one")) and n.submit(Alert("two"))
+    assert not n.submit(Alert("three"))
+    assert n.dropped == 1 and "three" in caplog.text
+
+
+def test_network_failure_retries_a_few_times_then_gives_up(stop: threading.Event,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setattr(notify, "BACKOFF_FIRST", 0.05)
+    # Nothing listens on this port (bound, never accepted, then closed).
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    n = Notifier(TelegramTarget(Secret(TOKEN, "t"), "42"), f"http://127.0.0.1:{port}/bot",
+                 False, 8, stop)
+    n.start()
+    n.submit(Alert("lost"))
+    wait_for(lambda: n.failed == 1, 15)
+
+
+def test_token_never_in_the_log(tmp_path: Path, api: FakeBotApi, stop: threading.Event) -> None:
+    log_path = tmp_path / "log.txt"
+    handler = logging.FileHandler(log_path)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)  # even at DEBUG, where httpx and PTB print request URLs
+    install_redaction([Secret(TOKEN, "test")])
+    try:
+        api.script("sendMessage", (429, {"retry_after": 1}), (400, {"description": "bad"}),
+                   (500, {"description": "oops"}))
+        n = _notifier(api, stop)
+        n.submit(Alert("a"))
+        n.submit(Alert("b"))
+        wait_for(lambda: n.sent + n.failed == 2, 20)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+    text = log_path.read_text()
+    assert "flood control" in text and "refused" in text, text
+    assert TOKEN not in text
+    assert "TESTTOKEN" not in text
