@@ -52,10 +52,16 @@ class Detector(threading.Thread):
                 seq, mono, wall = frame.seq, frame.mono, frame.wall
                 image = frame.image
                 if self._size is not None:
-                    image = image.reformat(self._size.width, self._size.height, "rgb24")
+                    # Fast bilinear: detection needs the picture, not the finest scaling.
+                    image = image.reformat(self._size.width, self._size.height, "rgb24",
+                                           interpolation="FAST_BILINEAR")
                 else:
                     image = image.reformat(format="rgb24")
-                result = self._call(image.to_ndarray().tobytes())
+                plane = image.planes[0]
+                # Tightly packed rows are already the bytes detect() wants: skip numpy's copy.
+                rgb = (bytes(plane) if plane.line_size == image.width * 3
+                       else image.to_ndarray().tobytes())
+                result = self._call(rgb)
             else:
                 mono, wall = time.monotonic(), time.time()
                 result = self._call()

@@ -58,7 +58,8 @@ def validate(obj: Any) -> Event:
             raise EventError(f"{key}: wrong type")
         if not isinstance(value, types):
             raise EventError(f"{key}: wrong type")
-        if key in _PATHS and (not value or "\0" in value or not str(value).startswith("/")):
+        if key in _PATHS and isinstance(value, str) and (
+                "\0" in value or not value.startswith("/")):
             raise EventError(f"{key}: not an absolute path")
         event[key] = value
     if not event.keys() & {"h264", "detection", "disk"}:

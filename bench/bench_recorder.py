@@ -1,0 +1,109 @@
+"""CPU and memory of pancake's recording, side by side with ffmpeg encoding the same source.
+
+1. CPU seconds for N s of 1280x720 at 30 fps testsrc recorded continuously: pancake ÷ the
+   ffmpeg command line (same libavfilter testsrc2, same x264 settings, segment muxer).
+2. continuous + edge detection + a trivial detect(bytes) ÷ continuous alone (one encoder).
+3. Peak RSS of pancake in run 2.
+Run: .venv/bin/python bench/bench_recorder.py [seconds]   (default 60)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.report import table, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+W, H, FPS = 1280, 720, 30
+
+
+@dataclass
+class Usage:
+    cpu: float  # user + system seconds
+    rss_mb: float  # peak resident set size
+    frames: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(cmd: list[str], seconds: float, out_dir: Path, stop_signal: int | None) -> Usage:
+    proc = subprocess.Popen(cmd, cwd=out_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if stop_signal is not None:
+        time.sleep(seconds)
+        proc.send_signal(stop_signal)
+    _, status, ru = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[:2]} exited {os.waitstatus_to_exitcode(status)}")
+    frames = 0
+    for pts in out_dir.glob("*.pts"):
+        frames += len(pts.read_text().splitlines()) - 1
+    if not frames:  # ffmpeg writes no sidecar: count the frames it encoded
+        import av
+
+        for f in sorted(out_dir.glob("*.h264")):
+            with av.open(str(f), format="h264") as c:
+                frames += sum(1 for _ in c.demux(video=0) if _.size)
+    return Usage(ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, frames)
+
+
+def main() -> int:
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 60.0
+    if shutil.which("ffmpeg") is None:
+        print("ffmpeg is not installed (make bench installs it)", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        dirs = {k: base / k for k in ("ffmpeg", "cont", "both")}
+        for d in dirs.values():
+            d.mkdir()
+        (base / "customize.py").write_text("def detect(rgb):\n    return rgb[0] > 250\n")
+        ffmpeg = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
+                  "-i", f"testsrc2=size={W}x{H}:rate={FPS}", "-t", str(seconds),
+                  "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-crf", "23",
+                  "-x264-params", f"keyint={FPS}:min-keyint=1:forced-idr=1:repeat-headers=1",
+                  "-f", "segment", "-segment_time", "900", "-segment_format", "h264",
+                  "seg%03d.h264"]
+        pancake = [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc",
+                   "--resolution", str(W), str(H), "--fps", str(FPS)]
+        ref = run(ffmpeg, seconds, dirs["ffmpeg"], None)
+        cont = run([*pancake, "--port", str(free_port()), "--record-continuous", str(dirs["cont"])],
+                   seconds, dirs["cont"], signal.SIGTERM)
+        both = run([*pancake, "--port", str(free_port()), "--record-continuous", str(dirs["both"]),
+                    "--record-detection", "edge", str(dirs["both"]), "--detect", "image",
+                    "--detect-resize", "224", "224", "--customize", str(base / "customize.py")],
+                   seconds, dirs["both"], signal.SIGTERM)
+    r1 = (cont.cpu / cont.frames) / (ref.cpu / ref.frames)
+    r2 = (both.cpu / both.frames) / (cont.cpu / cont.frames)
+    rows = [
+        ("ffmpeg CLI: CPU s / frames", f"{ref.cpu:.1f} s / {ref.frames}", "reference"),
+        ("pancake continuous: CPU s / frames", f"{cont.cpu:.1f} s / {cont.frames}", ""),
+        ("1. pancake ÷ ffmpeg, CPU per frame", f"{r1:.2f}", "≤ 1.10"),
+        ("pancake continuous + edge + detect(bytes): CPU s", f"{both.cpu:.1f} s / {both.frames}", ""),
+        ("2. with detection ÷ continuous alone, CPU per frame", f"{r2:.2f}", "≤ 1.10"),
+        ("3. peak RSS of pancake in run 2", f"{both.rss_mb:.0f} MB", "≤ 120 MB"),
+    ]
+    body = (f"{seconds:g} s of {W}x{H} at {FPS} fps testsrc2 (libavfilter), libx264 ultrafast/"
+            f"zerolatency crf 23, keyframe every second. detect(bytes) gets 224x224 RGB every "
+            f"1/fps; its clip writer cuts from the same packets.\n\n" + table(rows))
+    print(body)
+    write_section("recorder", "Recorder (pancake.py)", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
