@@ -36,14 +36,19 @@ def instance_name(unit: str) -> str:
 
 
 def parse_unit(text: str) -> dict[str, list[tuple[str, str]]]:
-    """Sections of a unit file, as systemd reads them: comments out, continuations joined."""
+    """Sections of a unit file, as systemd reads them: comment lines skipped (also inside a
+    continuation), a trailing backslash joins the next line."""
     sections: dict[str, list[tuple[str, str]]] = {}
     current: list[tuple[str, str]] = []
-    text = re.sub(r"\\\n", " ", text)
-    for line in text.splitlines():
-        line = line.strip()
+    logical = ""
+    for raw in text.splitlines():
+        line = raw.strip()
         if not line or line[0] in "#;":
             continue
+        if line.endswith("\\"):
+            logical += line[:-1] + " "
+            continue
+        line, logical = logical + line, ""
         if line.startswith("["):
             current = sections.setdefault(line.strip("[]"), [])
             continue

@@ -18,7 +18,7 @@ DAYS = ["2019/12/30", "2019/12/31", "2020/01/30", "2020/01/31", "2020/02/01", "2
         "2020/02/03"]
 
 
-def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def run(*args: str | Path | int) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)],
                           capture_output=True, text=True, timeout=60)
 

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OLD = time.time() - 3600
 
 
-def run(script: str, *args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def run(script: str, *args: str | Path | int,
+        cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "util" / script), *map(str, args)],
                           cwd=cwd, capture_output=True, text=True, timeout=60)
 
