@@ -269,9 +269,14 @@ class FtpServer:
     """pyftpdlib serving `root` for one user, in a thread, on a free loopback port."""
 
     def __init__(self, root: Path, user: str = "cam", password: str = "s3cret-ftp") -> None:
-        from pyftpdlib.authorizers import DummyAuthorizer
-        from pyftpdlib.handlers import FTPHandler
-        from pyftpdlib.servers import ThreadedFTPServer
+        import warnings
+
+        with warnings.catch_warnings():
+            # pyftpdlib is built on asyncore/asynchat, deprecated in Python 3.11.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from pyftpdlib.authorizers import DummyAuthorizer
+            from pyftpdlib.handlers import FTPHandler
+            from pyftpdlib.servers import ThreadedFTPServer
 
         root.mkdir(parents=True, exist_ok=True)
         self.root, self.user, self.password = root, user, password
