@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -160,13 +161,13 @@ class DiskGuard:
 
     def _free_up(self, dirs: list[Path], need: int, free: int, episode: _Episode) -> list[Path]:
         deleted: list[Path] = []
-        opened = [RecordingDir(d) for d in dirs]
-        self._busy.refresh()
-        try:
+        busy = 0
+        with ExitStack() as stack:
+            opened = [stack.enter_context(RecordingDir(d)) for d in dirs]
+            self._busy.refresh()
             candidates = [(rdir, item) for rdir in opened for item in rdir.items(True)]
             converted = self._converted()
             candidates.sort(key=lambda c: (self._tier(c[1], converted), c[1].age_key))
-            busy = 0
             for rdir, item in candidates:
                 if self._stop.is_set():  # shutting down: the next start carries on
                     return deleted
@@ -188,9 +189,6 @@ class DiskGuard:
                 if free >= need:
                     episode.stuck_logged = False
                     return deleted
-        finally:
-            for rdir in opened:
-                rdir.close()
         if not episode.stuck_logged:
             episode.stuck_logged = True
             log.error("%s: only %s free and nothing more may go (%d recording(s) in use or "
