@@ -1,0 +1,27 @@
+"""Stand-in for picamera2.outputs.output: the base class every encoder destination subclasses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Output:
+    """Receives encoded frames: `outputframe(frame, keyframe, timestamp, packet, audio)`."""
+
+    def __init__(self, pts: Any = None) -> None:
+        self.recording = False
+        self.ptsoutput = pts
+        self.needs_pacing = False
+
+    def start(self) -> None:
+        self.recording = True
+
+    def stop(self) -> None:
+        self.recording = False
+
+    def outputframe(self, frame: Any, keyframe: bool = True, timestamp: int | None = None,
+                    packet: Any = None, audio: bool = False) -> None:
+        """One encoded frame; `timestamp` is in microseconds from the encoder's first frame."""
+
+    def _add_stream(self, encoder_stream: Any, *args: Any, **kwargs: Any) -> None:
+        pass
