@@ -14,6 +14,8 @@ from griddle.emitter import Emitter
 from griddle.logs import setup_logging
 from griddle.recorder import Recorder
 from griddle.recorder_config import ConfigError, parse
+from griddle.sdnotify import Notifier
+from griddle.watchdog import Watchdog
 
 log = logging.getLogger("pancake")
 
@@ -47,11 +49,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("pancake: %s at %s, %g fps; live view on port %d", camera.name, cfg.frame_size,
              cfg.fps, cfg.port)
     recorder.start()
+    notifier = Notifier()
+    watchdog = Watchdog(recorder.hub, notifier, stop)
+    watchdog.start()
     try:
         web.run(recorder.state, stop)  # returns once stop is set
     finally:
         stop.set()
+        notifier.stopping()
         recorder.stop()
+        watchdog.join(timeout=1.0)
+        notifier.close()
         emitter.close()
         log.info("pancake: stopped")
     return 0

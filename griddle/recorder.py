@@ -8,6 +8,7 @@ import threading
 from griddle.capture import Camera
 from griddle.clips import PRE_ROLL, ClipConfig, ClipWriter, Edge
 from griddle.detection import Detector
+from griddle.diskguard import DiskGuard, DiskGuardConfig
 from griddle.emitter import Emitter
 from griddle.events import Event
 from griddle.frames import Frame, LatestFrame, Packet
@@ -41,11 +42,17 @@ class Recorder:
             merge_wait = PRE_ROLL + min(cfg.detect_interval, 2.0) + EDGE_LATENCY_MARGIN
             self.clips = ClipWriter(ClipConfig(cfg.detection_dir, cfg.detection_mode, merge_wait),
                                     hooks)
+        self.guard = (DiskGuard(DiskGuardConfig(cfg.record_dirs, cfg.min_free), self._stop,
+                                self._emit, is_open=self._is_open)
+                      if cfg.recording else None)
         self.detector: Detector | None = None
         if cfg.detect is not None and cfg.customize is not None:
             detect = load_detect(cfg.customize, cfg.detect)
             self.detector = Detector(detect, cfg.detect == "image", cfg.detect_resize,
                                      cfg.detect_interval, self.hub, self._on_edge, self._stop)
+
+    def _is_open(self, path: str) -> bool:
+        return path in self.state.open_files()
 
     def _emit(self, event: Event) -> None:
         self.emitter.emit(event)
@@ -74,6 +81,8 @@ class Recorder:
         self.camera.start(self._on_frame, self._on_packet)
         if self.detector is not None:
             self.detector.start()
+        if self.guard is not None:
+            self.guard.start()
 
     def stop(self) -> None:
         """Camera first (it flushes the encoder into the writers), then detector, then writers:
@@ -93,3 +102,5 @@ class Recorder:
                 writer.join(timeout=JOIN_TIMEOUT)
                 if writer.is_alive():
                     log.error("%s writer did not finish in time", writer.name)
+        if self.guard is not None:
+            self.guard.join(timeout=JOIN_TIMEOUT)

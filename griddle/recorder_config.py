@@ -13,6 +13,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NoReturn
 
+from griddle.diskguard import DEFAULT_MIN_FREE, parse_min_free
+from griddle.retention import Amount
+
 DEFAULT_SPLIT = 900.0
 # Linux abstract socket names share sun_path's 108 bytes with the leading NUL.
 MAX_SOCKET_NAME = 107
@@ -56,6 +59,7 @@ class RecorderConfig:
     log: str | None
     certfile: Path | None
     keyfile: Path | None
+    min_free: Amount
 
     @property
     def frame_size(self) -> Size:
@@ -137,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--customize", metavar="PATH",
                    help="file defining detect() (default: customize.py here, else beside pancake.py)")
     p.add_argument("--log", metavar="path", help="log file, rotated at midnight; stdout if not given")
+    p.add_argument("--min-free", default=DEFAULT_MIN_FREE, metavar="SIZE|PCT",
+                   help="keep this much free on the record directories' filesystems by deleting "
+                        "the oldest recordings (default 5%%; e.g. 2G, 500M, 10%%)")
     p.add_argument("--certfile", metavar="PEM", help="serve HTTPS/WSS with this certificate")
     p.add_argument("--keyfile", metavar="PEM", help="private key of --certfile")
     return p
@@ -194,6 +201,10 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         raise ConfigError("--record-split: at least 1 second")
     if a.emit is not None and not 0 < len(a.emit.encode()) <= MAX_SOCKET_NAME:
         raise ConfigError(f"--emit: a socket name of 1..{MAX_SOCKET_NAME} bytes")
+    try:
+        min_free = parse_min_free(a.min_free)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if (a.certfile is None) != (a.keyfile is None):
         raise ConfigError("--certfile and --keyfile go together")
     mode = detection_dir = None
@@ -231,6 +242,7 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         log=a.log,
         certfile=_readable_file("--certfile", a.certfile) if a.certfile else None,
         keyfile=_readable_file("--keyfile", a.keyfile) if a.keyfile else None,
+        min_free=min_free,
     )
 
 
