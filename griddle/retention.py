@@ -241,7 +241,7 @@ class Item:
 
     @property
     def has_h264(self) -> bool:
-        return any(f.name.endswith(".h264") for f in self.files)
+        return any(split_name(f.name)[1] == ".h264" for f in self.files)
 
     @property
     def age_key(self) -> tuple[float, int, str]:
@@ -284,10 +284,6 @@ class RecordingDir:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    @property
-    def device(self) -> int:
-        return os.fstat(self._fd).st_dev
 
     def items(self, only_recordings: bool = False) -> list[Item]:
         """Regular files, grouped into recordings with their sidecars, oldest first. Symlinks,
