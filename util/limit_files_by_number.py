@@ -6,6 +6,8 @@ examples:
       keeps the 8 newest recordings in h264/ and the 4 newest in mp4/
   python3 util/limit_files_by_number.py --dry-run --only-recordings h264 500
       lists what would go, touching only files named like recordings
+  crontab -e, then this line runs it every night at 03:30:
+    30 3 * * * cd ~/raspberry-pancake && python3 util/limit_files_by_number.py mp4 2000
 
 A recording counts once with its sidecars (X.h264 with X.pts and X.jpg) and goes with them.
 Age is the time in the name (YYYYMMDD-hhmm[ss]), else the modification time. A file still

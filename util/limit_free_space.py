@@ -7,6 +7,8 @@ examples:
   python3 util/limit_free_space.py --only-recordings h264 10% mp4 10%
       keeps 10% of the filesystem free: h264/ gives up its recordings first, mp4/ only
       if that was not enough (directories are used in the order given)
+  crontab -e, then this line runs it at 7 minutes past every hour:
+    7 * * * * cd ~/raspberry-pancake && python3 util/limit_free_space.py --only-recordings h264 10%
 
 Sizes may be written in bytes, with K, M, G or T (powers of 1024, as `df -h` shows them), or
 as a percentage of the filesystem's size; free space is what `df` calls Avail. A recording goes
