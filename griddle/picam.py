@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from griddle.annotate import Annotator, render
 from griddle.capture import BACKOFF_MAX, BACKOFF_START, FrameSink, SourceError
-from griddle.encode import PacketSink
+from griddle.encode import EncoderConfig, EncoderThread, PacketSink
 from griddle.frames import Frame, Packet
 from griddle.logs import RateLimiter
 from griddle.recorder_config import RecorderConfig, Size
@@ -261,11 +261,17 @@ _CAMERA_ERRORS = (RuntimeError, IndexError, ValueError, OSError)
 
 
 class Picamera2Camera:
-    """A Pi camera: picamera2 captures, its H264Encoder (the VideoCore on a Pi 4, libx264 inside
-    picamera2 on a Pi 5) records, a pre_callback stamps the clock and hands frames on.
+    """A Pi camera: picamera2 captures, a pre_callback stamps the clock and hands frames on, and
+    the VideoCore's H.264 encoder (picamera2's H264Encoder) records.
+
+    A Pi 5 has no hardware encoder: there picamera2's H264Encoder is its LibavH264Encoder, libx264
+    on the CPU. We then encode with griddle's own libx264 EncoderThread instead: the same work,
+    plus an IDR exactly at each split time, and no dependence on the PyAV build picamera2 expects
+    (it calls VideoFrame.from_ndarray(width=...), which Raspberry Pi's python3-av has and PyPI's
+    av, which the venv puts first, lacks until picamera2 caught up).
 
     Threads: picamera2's own (its event loop calls pre_callback; its encoder thread calls the
-    output), and "picam-watch", which reopens the camera when frames stop.
+    output), "encoder" on a Pi 5, and "picam-watch", which reopens the camera when frames stop.
     """
 
     def __init__(self, index: int, cfg: RecorderConfig) -> None:
@@ -287,6 +293,8 @@ class Picamera2Camera:
         self._stall_after = max(STALL_SECONDS, STALL_FRAMES / cfg.fps)
         self._last_frame = 0.0  # time.monotonic() of the newest frame (or a start grace)
         self._watch: threading.Thread | None = None
+        self._software = False  # picamera2 has no hardware encoder here: we encode (see above)
+        self._sw_encoder: EncoderThread | None = None
         self._seq = 0
         self.frames = 0
         self.outages = 0
@@ -306,6 +314,10 @@ class Picamera2Camera:
         if self.index >= len(cameras):
             raise SourceError(f"source {self.name}: no such camera ({len(cameras)} attached)")
         self.name = f"picamera2:{self.index} {cameras[self.index].get('Model', 'camera')}"
+        self._software = getattr(self._mods.H264Encoder, "__name__", "").startswith("Libav")
+        if self._software and self._plan.encode is not None:
+            log.info("%s: no hardware H.264 encoder (Pi 5): recording with libx264 on the CPU",
+                     self.name)
         if self._plan.turn:
             log.warning("%s: --rotation %d is done in software on the live view and detect() "
                         "frames; recordings are not rotated (the sensor can only flip)",
@@ -350,6 +362,11 @@ class Picamera2Camera:
     def start(self, on_frame: FrameSink, on_packet: PacketSink) -> None:
         self._on_frame = on_frame
         self._stamper = PacketStamper(self._cfg.record_split, self._clock, on_packet)
+        if self._software and self._plan is not None and self._plan.encode is not None:
+            cfg = self._cfg
+            self._sw_encoder = EncoderThread(
+                EncoderConfig(size=None, fps=cfg.fps, split=cfg.record_split), [on_packet])
+            self._sw_encoder.start()
         with self._swap:
             if self._picam is None:
                 self._picam = self._configure()
@@ -364,15 +381,12 @@ class Picamera2Camera:
         picam.pre_callback = self._on_request
         encoder = None
         try:
-            if plan.encode is not None:
+            if plan.encode is not None and not self._software:
                 size = plan.size(plan.encode)
                 fps = self._cfg.fps
                 # repeat: SPS/PPS before every IDR, so every segment and clip decodes alone.
                 encoder = mods.H264Encoder(bitrate=bitrate_for(size, fps), repeat=True,
                                            iperiod=max(1, round(fps)), framerate=fps)
-                if type(encoder).__name__.startswith("Libav"):
-                    _limit.log(log, logging.INFO, "sw-encoder", "%s: no hardware H.264 encoder "
-                               "(Pi 5): picamera2 encodes with libx264 on the CPU", self.name)
                 output = _packet_output(mods.Output, encoder, self._stamper)
                 picam.start_encoder(encoder, output, name=plan.encode)
             self._last_frame = time.monotonic() + START_GRACE
@@ -397,13 +411,19 @@ class Picamera2Camera:
         stamp_ns = request.get_metadata().get("SensorTimestamp")
         mono = self._clock.mono(int(stamp_ns) // 1000) if stamp_ns is not None else now
         wall = wall_of(mono)
+        record: av.VideoFrame | None = None
         if plan.encode is not None:
             size = Size(*request.config[plan.encode]["size"])
             with mods.MappedArray(request, plan.encode) as m:
                 self._stamp(m.array, size.width, size.height, wall)
+                if self._sw_encoder is not None:
+                    record = video_frame(yuv420_planes(m.array, size.width, size.height), 0)
         size = Size(*request.config[plan.frames]["size"])
-        with mods.MappedArray(request, plan.frames) as m:
-            image = video_frame(yuv420_planes(m.array, size.width, size.height), plan.turn)
+        if record is not None and plan.frames == plan.encode and not plan.turn:
+            image = record  # one copy serves both: the encoder touches only pts and pict_type
+        else:
+            with mods.MappedArray(request, plan.frames) as m:
+                image = video_frame(yuv420_planes(m.array, size.width, size.height), plan.turn)
         want = self._cfg.frame_size
         if (image.width, image.height) != (want.width, want.height):
             image = image.reformat(want.width, want.height, "yuv420p")
@@ -413,6 +433,8 @@ class Picamera2Camera:
         self._seq += 1
         if self._on_frame is not None:
             self._on_frame(Frame(self._seq, image, mono, wall))
+        if record is not None and self._sw_encoder is not None:
+            self._sw_encoder.put(Frame(self._seq, record, mono, wall))
 
     # --- failure and reopening -----------------------------------------------------------
 
@@ -441,6 +463,8 @@ class Picamera2Camera:
                         return
                     assert self._stamper is not None
                     self._stamper.restart()
+                    if self._sw_encoder is not None:
+                        self._sw_encoder.restart()
                     self._run(picam)
             except SourceError as exc:
                 log.debug("%s", exc)
@@ -479,3 +503,8 @@ class Picamera2Camera:
             self._swap.release()
         if picam is not None:
             self._close(picam, encoder)
+        if self._sw_encoder is not None:  # after the camera: no more frames can arrive
+            self._sw_encoder.stop()
+            self._sw_encoder.join(timeout=JOIN_TIMEOUT)
+            if self._sw_encoder.is_alive():
+                log.error("%s: encoder did not finish in time", self.name)
