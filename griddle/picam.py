@@ -339,7 +339,10 @@ class Picamera2Camera:
                 main={"size": (plan.main.width, plan.main.height), "format": "YUV420"},
                 lores=lores,
                 transform=mods.Transform(hflip=plan.hflip, vflip=plan.vflip),
-                controls={"FrameRate": self._cfg.fps},
+                # FrameRate is picamera2's name for fixed FrameDurationLimits, which a USB
+                # camera behind libcamera may not advertise (picamera2 would then refuse it).
+                controls=({"FrameRate": self._cfg.fps}
+                          if "FrameDurationLimits" in picam.camera_controls else {}),
                 encode=plan.encode or "main")
             picam.configure(config)
             self._check_sizes(picam.camera_configuration())
@@ -360,6 +363,8 @@ class Picamera2Camera:
     # --- running -------------------------------------------------------------------------
 
     def start(self, on_frame: FrameSink, on_packet: PacketSink) -> None:
+        if self._mods is None:
+            self.open()
         self._on_frame = on_frame
         self._stamper = PacketStamper(self._cfg.record_split, self._clock, on_packet)
         if self._software and self._plan is not None and self._plan.encode is not None:
@@ -368,9 +373,15 @@ class Picamera2Camera:
                 EncoderConfig(size=None, fps=cfg.fps, split=cfg.record_split), [on_packet])
             self._sw_encoder.start()
         with self._swap:
-            if self._picam is None:
-                self._picam = self._configure()
-            self._run(self._picam)
+            try:
+                if self._picam is None:
+                    self._picam = self._configure()
+                self._run(self._picam)
+            except SourceError as exc:
+                # Opened a moment ago, failing now: the watchdog reopens it with backoff.
+                self._picam = None
+                self._last_frame = time.monotonic() - self._stall_after
+                log.warning("%s", exc)
         self._watch = threading.Thread(target=self._watchdog, name="picam-watch", daemon=True)
         self._watch.start()
 

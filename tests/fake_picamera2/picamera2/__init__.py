@@ -94,6 +94,9 @@ class Picamera2:
         self.camera_properties = {"Model": info["Model"], "PixelArraySize": _SENSOR_SIZE,
                                   "Location": 2, "Rotation": 180}
         self.sensor_resolution = _SENSOR_SIZE
+        # (min, max, default) per control, as picamera2's camera_controls gives them.
+        self.camera_controls: dict[str, tuple[Any, Any, Any]] = {
+            "FrameDurationLimits": (8333, 1_000_000_000, 33333), "ExposureTime": (1, 66_000_000, 20000)}
         self.camera_config: dict[str, Any] | None = None
         self.pre_callback: Callable[[CompletedRequest], None] | None = None
         self.post_callback: Callable[[CompletedRequest], None] | None = None
