@@ -118,7 +118,7 @@ class TooManyAttempts(Exception):
 
 
 class LoginThrottle:
-    """Per client address: one password check at a time, each failure answered slower.
+    """Per client address: answers one at a time, each failure answered slower than the last.
 
     Lives on the event loop (asyncio only, no threads): the waiting is `asyncio.sleep`, so a
     throttled address delays nobody else and never the live view.
@@ -154,25 +154,31 @@ class LoginThrottle:
             del self._clients[address]
 
     async def run(self, address: str, check: CheckFn) -> bool:
-        """Run `check()` for `address` in its turn; on failure, hold the answer back.
+        """Run `check()` for `address` now; answer in arrival order, each failure held back.
 
-        Raises TooManyAttempts when MAX_PENDING attempts from the address already wait.
+        The check itself starts at once (its CPU work is bounded by the caller's pool), but
+        answers from one address leave one at a time, each failure after a growing delay:
+        ten guesses sent together are answered after 1, 3, 7, 15… seconds. Raises
+        TooManyAttempts when MAX_PENDING attempts from the address already wait.
         """
         client = self._client(address)
         if client.pending >= MAX_PENDING:
             raise TooManyAttempts(address)
         client.pending += 1
+        checking = asyncio.ensure_future(check())
         try:
-            async with client.lock:
-                ok = await check()
+            async with client.lock:  # FIFO: answers leave in the order the attempts came
+                ok = await checking
                 client.last = time.monotonic()
                 if ok:
                     client.failures = 0
                     return True
                 client.failures += 1
-                # Still holding the lock: the next attempt from this address waits this out too.
+                # Still holding the lock: the next answer for this address waits this out too.
                 await asyncio.sleep(self.delay(client.failures))
                 return False
         finally:
+            if not checking.done():
+                checking.cancel()
             client.pending -= 1
             client.last = time.monotonic()
