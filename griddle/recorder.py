@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
+import av
+
 from griddle.capture import Camera
 from griddle.clips import PRE_ROLL, ClipConfig, ClipWriter, Edge
 from griddle.detection import Detector
@@ -12,11 +14,15 @@ from griddle.diskguard import DiskGuard, DiskGuardConfig
 from griddle.emitter import Emitter
 from griddle.events import Event
 from griddle.frames import Frame, LatestFrame, Packet
+from griddle.live import JpegEncoder
+from griddle.logs import RateLimiter
 from griddle.recorder_config import RecorderConfig, load_detect
 from griddle.segments import SegmentWriter, WriterHooks
+from griddle.splits import create_unique, file_stem
 from griddle.state import RecorderState
 
 log = logging.getLogger(__name__)
+_limit = RateLimiter()
 
 # Joining a writer on shutdown: long enough to write what is queued, short enough for systemd.
 JOIN_TIMEOUT = 1.5
@@ -45,6 +51,9 @@ class Recorder:
         self.guard = (DiskGuard(DiskGuardConfig(cfg.record_dirs, cfg.min_free), self._stop,
                                 self._emit, is_open=self._is_open)
                       if cfg.recording else None)
+        # Edge snapshots go beside the clips (or the segments); none when nothing is recorded.
+        self._snapshot_dir = cfg.detection_dir or cfg.record_continuous
+        self._jpeg = JpegEncoder()  # the detector thread's alone
         self.detector: Detector | None = None
         if cfg.detect is not None and cfg.customize is not None:
             detect = load_detect(cfg.customize, cfg.detect)
@@ -70,9 +79,28 @@ class Recorder:
     def _on_edge(self, edge: Edge) -> None:
         self.state.detecting = edge.rising
         log.info("detection %s", "on" if edge.rising else "off")
-        self._emit(Event(detection=edge.rising, time=round(edge.wall, 3)))
+        event = Event(detection=edge.rising, time=round(edge.wall, 3))
+        snapshot = self._snapshot(edge)
+        if snapshot is not None:
+            event["jpeg"] = snapshot
+        self._emit(event)
         if self.clips is not None:
             self.clips.edge(edge)
+
+    def _snapshot(self, edge: Edge) -> str | None:
+        """A JPEG of the newest frame, named for the edge, for the alert's photo."""
+        frame = self.hub.latest()
+        if self._snapshot_dir is None or frame is None or not self.cfg.emit:
+            return None
+        try:
+            data = self._jpeg.encode(frame.image)
+            path, f = create_unique(self._snapshot_dir, file_stem(edge.wall, True), ".jpg")
+            with f:
+                f.write(data)
+        except (OSError, av.FFmpegError) as exc:
+            _limit.log(log, logging.ERROR, "snapshot", "edge snapshot not saved: %s", exc)
+            return None
+        return str(path)
 
     def start(self) -> None:
         for writer in (self.segments, self.clips):

@@ -76,8 +76,13 @@ def test_segments_clips_and_events(tmp_path: Path, listener: Listener,
     assert abs(total - FPS * span) <= 0.02 * FPS * span, (total, span)
 
     # Edges: sent at the edge, not seconds later.
-    edges = [(t, m) for t, m in listener.messages if set(m) == {"detection", "time"}]
+    edges = [(t, m) for t, m in listener.messages if "detection" in m and "h264" not in m]
     assert [m["detection"] for _, m in edges] == [True, False, True, False]
+    for _, m in edges:  # each with a snapshot of the moment, for the alert's photo
+        assert set(m) == {"detection", "time", "jpeg"}
+        with av.open(m["jpeg"]) as snap:
+            picture = next(snap.decode(video=0))
+            assert (picture.width, picture.height) == (320, 240)
     for (arrived, m), planned in zip(edges, [3.0, 9.0, 14.0, 15.0], strict=True):
         assert 0 <= m["time"] - (t0 + planned) < INTERVAL + 0.1, m
         assert arrived - (t0 + planned) <= INTERVAL + 0.3, (arrived - t0, planned)
