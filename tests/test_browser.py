@@ -1,0 +1,114 @@
+"""The live page in Debian's chromium (Playwright), against the real pancake.py on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from web_helpers import HOST, ROOT, Daemon, make_hash_file
+
+from griddle import auth
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+PASSWORD = "pancakes for breakfast"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="make test installs playwright")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        pytest.fail("Debian's chromium is missing: make test installs it (apt)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def test_live_page_logs_in_shows_moving_frames_and_logs_out(browser: object, tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    hash_file = make_hash_file(tmp_path, auth.hash_password(PASSWORD.encode()))
+    flags = ["--login", str(hash_file), "--resolution", "640", "480", "--fps", "15"]
+    with Daemon(flags=flags, log=tmp_path / "pancake.log") as daemon:
+        base = f"http://{HOST}:{daemon.port}"
+        context = browser.new_context(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+
+        page.goto(base + "/")
+        assert page.url.startswith(base + "/login"), page.url
+        page.fill("#password", "not the password")
+        page.click("#submit")
+        page.wait_for_selector("#error")
+        assert "Wrong password" in page.inner_text("#error")
+        page.screenshot(path=str(ARTIFACTS / "login.png"))
+        errors.clear()  # the refused POST (401) is logged by chromium as a console error
+
+        page.fill("#password", PASSWORD)
+        page.click("#submit")
+        page.wait_for_url(base + "/")
+        # Frames arrive and are shown: the counter rises and the image changes.
+        # (Polled from here: the page's CSP rightly forbids the eval wait_for_function needs.)
+        _wait(page, lambda: int(page.inner_text("#frames")) >= 3)
+        first_seq = page.get_attribute("#frame", "data-seq")
+        first_src = page.get_attribute("#frame", "src")
+        _wait(page, lambda: int(page.inner_text("#frames")) >= 8
+              and page.get_attribute("#frame", "data-seq") != first_seq)
+        assert page.get_attribute("#frame", "src") != first_src
+        frames = int(page.inner_text("#frames"))
+        assert frames >= 8
+        age = int(page.inner_text("#age"))
+        assert 0 <= age < 5000
+        assert float(page.inner_text("#fps")) > 0
+        assert page.inner_text("#source") == "testsrc"
+        assert page.inner_text("#clock")[:2] == "20"
+        assert page.inner_text("#viewers") == "1"
+        natural = page.evaluate(
+            "[document.getElementById('frame').naturalWidth, document.getElementById('frame').naturalHeight]")
+        assert natural == [640, 480]
+        _fits(page, 1280, 800)
+        page.screenshot(path=str(ARTIFACTS / "live-desktop.png"))
+
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.wait_for_timeout(300)
+        _fits(page, 390, 844)
+        page.screenshot(path=str(ARTIFACTS / "live-phone.png"))
+
+        # Recording and detection indicators start off (no recording, no detect()).
+        assert "on" not in (page.get_attribute("#rec", "class") or "").split()
+        assert "on" not in (page.get_attribute("#detect", "class") or "").split()
+
+        page.click("#logout")
+        page.wait_for_url(base + "/login")
+        page.goto(base + "/")
+        assert page.url.startswith(base + "/login"), "still logged in after logging out"
+        assert errors == [], errors
+        context.close()
+
+
+def _wait(page: object, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("the page did not get there in time")
+        page.wait_for_timeout(100)  # type: ignore[attr-defined]
+
+
+def _fits(page: object, width: int, height: int) -> None:
+    """The image is inside the window, not cropped and not scrolled off."""
+    box = page.locator("#frame").bounding_box()  # type: ignore[attr-defined]
+    assert box is not None
+    assert box["x"] >= 0 and box["y"] >= 0
+    assert box["x"] + box["width"] <= width + 1 and box["y"] + box["height"] <= height + 1
+    scroll = page.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")  # type: ignore[attr-defined]
+    assert scroll[0] <= width and scroll[1] <= height, f"the page scrolls: {scroll}"
+    # object-fit: contain — the picture itself is drawn at 4:3 inside that box.
+    assert min(box["width"], box["height"]) > 100
