@@ -133,6 +133,9 @@ class Notifier:
     def edge(self, detecting: bool, epoch: float | None, jpeg: Path | None) -> bool:
         return self.submit(Alert(edge_text(detecting, epoch), photo=jpeg))
 
+    def text(self, text: str) -> bool:
+        return self.submit(Alert(text))
+
     def clip(self, mp4: Path) -> bool:
         return self.submit(Alert(f"Clip {mp4.name}", video=mp4))
 

@@ -11,12 +11,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from griddle.convert import Converter, ConvertSettings, Job, pending, remove_stale_temporaries
 from griddle.credentials import install_redaction
 from griddle.logs import setup_logging
-from griddle.notify import Alert, Notifier
 from griddle.postproc_config import ConfigError, PostprocConfig, parse
 from griddle.receiver import Accepted, PathPolicy, Receiver, ReceiverError, open_socket
 from griddle.upload import (
@@ -26,6 +25,9 @@ from griddle.upload import (
     UploadTrigger,
     UploadWorker,
 )
+
+if TYPE_CHECKING:
+    from griddle.notify import Notifier
 
 log = logging.getLogger("griddle.postproc")
 
@@ -45,8 +47,13 @@ class Postproc:
         self.cfg = cfg
         self.stop_event = threading.Event()
         stop = self.stop_event
-        self.notifiers = [Notifier(t, cfg.telegram_api_url, cfg.public_bot_api,
-                                   cfg.notify_queue_size, stop) for t in cfg.notify_telegram]
+        self.notifiers: list[Notifier] = []
+        if cfg.notify_telegram:
+            # Imported only when needed: python-telegram-bot and httpx cost about 30 MB of RSS.
+            from griddle.notify import Notifier
+
+            self.notifiers = [Notifier(t, cfg.telegram_api_url, cfg.public_bot_api,
+                                       cfg.notify_queue_size, stop) for t in cfg.notify_telegram]
         dests: list[Destination] = [SftpDestination(d, cfg.known_hosts, cfg.ssh_key)
                                     for d in cfg.upload_scp]
         dests += [FtpDestination(d) for d in cfg.upload_ftp]
@@ -64,7 +71,7 @@ class Postproc:
         if "disk" in event:
             text = (f"Low disk: {event.get('dir')} has {event.get('free', 0) / 1e6:.0f} MB free")
             for n in self.notifiers:
-                n.submit(Alert(text))
+                n.text(text)
         if acc.h264 is not None:
             self.converter.submit(Job(acc.h264, acc.pts, clip="detection" in event))
         elif "detection" in event:

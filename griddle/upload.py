@@ -13,12 +13,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
-
-import paramiko
+from typing import TYPE_CHECKING, Any, Protocol
 
 from griddle.logs import RateLimiter
 from griddle.postproc_config import FtpTarget, ScpTarget
+
+if TYPE_CHECKING:
+    import paramiko
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,10 @@ class SftpDestination:
         self._dialer = _Dialer()
 
     def _connect(self) -> paramiko.SFTPClient:
+        # Imported here: paramiko and cryptography cost about 30 MB of RSS, which a
+        # postproc without --upload-scp does not need to carry.
+        import paramiko
+
         if self._sftp is not None:
             return self._sftp
         client = paramiko.SSHClient()
@@ -208,6 +213,8 @@ class SftpDestination:
                 sftp.mkdir(str(current))
 
     def upload(self, local: Path, stop: threading.Event, progress: Progress | None = None) -> None:
+        import paramiko
+
         try:
             total = local.stat().st_size
             sftp = self._connect()

@@ -114,7 +114,7 @@ def frame_digests(path: Path) -> list[str]:
 
 def top_level_boxes(path: Path) -> list[str]:
     """The mp4's top-level box types in file order (moov before mdat: plays at once)."""
-    boxes = []
+    boxes: list[str] = []
     with path.open("rb") as f:
         while True:
             head = f.read(8)
@@ -384,6 +384,14 @@ class FakeBotApi:
             return [c for c in self.calls
                     if c.method == method and (status is None or c.status == status)]
 
+    def edge_alerts(self) -> list[BotCall]:
+        """Detection texts, whether sent as a message or as a snapshot's caption."""
+        with self._lock:
+            return [c for c in self.calls
+                    if c.status == 200 and c.method in ("sendMessage", "sendPhoto")
+                    and (c.fields.get("text") or c.fields.get("caption") or "")
+                    .startswith("Detection")]
+
     def _parse(self, handler: BaseHTTPRequestHandler) -> tuple[dict[str, str], dict[str, int]]:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
@@ -395,7 +403,8 @@ class FakeBotApi:
                 b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + body)
             for part in msg.iter_parts():
                 name = part.get_param("name", header="content-disposition") or ""
-                payload = part.get_payload(decode=True) or b""
+                raw = part.get_payload(decode=True)
+                payload = raw if isinstance(raw, bytes) else b""
                 if part.get_filename():
                     files[str(name)] = len(payload)
                 else:
