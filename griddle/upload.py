@@ -445,7 +445,9 @@ class UploadTrigger:
     passes while the machine sleeps or the clock jumps is skipped, not fired late."""
 
     def __init__(self, workers: Sequence[UploadWorker], after: int | None,
-                 minutes: tuple[int, ...], stop: threading.Event) -> None:
+                 minutes: tuple[int, ...], stop: threading.Event,
+                 now: Callable[[], dt.datetime] = dt.datetime.now) -> None:
+        self._now = now  # wall clock: the user's minutes are local time
         self._workers = list(workers)
         self._after = after
         self._minutes = frozenset(minutes)
@@ -487,12 +489,13 @@ class UploadTrigger:
     def _clock(self) -> None:
         fired: tuple[int, int, int, int] | None = None
         while not self._stop.is_set():
-            now = dt.datetime.now()
-            # Wake just after the next minute starts (wall clock, as the user's minutes are).
+            now = self._now()
+            # Wake just after the next minute starts, then look at the clock again: after a
+            # sleep or a clock jump the minutes in between are simply not seen.
             wait = 60.0 - now.second - now.microsecond / 1e6 + 0.05
             if self._stop.wait(min(wait, 60.0)):
                 return
-            now = dt.datetime.now()
+            now = self._now()
             key = (now.toordinal(), now.hour, now.minute, now.year)
             if now.minute in self._minutes and key != fired:
                 fired = key

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from griddle.convert import (
     remove_stale_temporaries,
     remux,
 )
+from griddle.postproc_config import parse
 from tests.postproc_servers import (
     decoded_frames,
     frame_digests,
@@ -177,3 +179,40 @@ def test_full_inbox_drops_and_says_which_file(tmp_path: Path,
     assert conv.submit(Job(tmp_path / "b.h264"))
     assert not conv.submit(Job(tmp_path / "c.h264"))
     assert "c.h264" in caplog.text
+
+
+def test_mp4box_converter_runs_the_originals_command_line(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """MP4Box is not packaged in Debian 12: a stand-in on PATH takes its command line, records
+    it and writes the mp4, so that what is checked here is postproc's side of the call."""
+    import json
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls.json"
+    stand_in = bin_dir / "MP4Box"
+    stand_in.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from pathlib import Path\n"
+        "from griddle.convert import remux\n"
+        "a = sys.argv[1:]\n"
+        f"Path({str(calls)!r}).write_text(json.dumps(a))\n"
+        "assert a[0] == '-quiet' and a[1] == '-fps' and a[3] == '-cat' and a[5] == '-new'\n"
+        "remux(Path(a[4]), Path(a[6]), float(a[2]), None)\n")
+    stand_in.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = parse(["ppp", "--convert", str(out), "15", "--converter", "mp4box"])
+    assert cfg.mp4box == str(stand_in)
+    h264 = make_recording(tmp_path / "20240102-1015.h264", frames=12)
+    mp4 = convert(ConvertSettings(cfg.mp4_dir, cfg.fps, cfg.mp4box), Job(h264))
+    args = json.loads(calls.read_text())
+    assert args[:5] == ["-quiet", "-fps", "15", "-cat", str(h264)]
+    assert args[5] == "-new" and Path(args[6]).parent == out and args[6].endswith(".mp4")
+    assert Path(args[6]).name != mp4.name, "written under a temporary name, then renamed"
+    assert [p.name for p in out.iterdir()] == ["20240102-1015.mp4"]
+    assert decoded_frames(mp4) == 12

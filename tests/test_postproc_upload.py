@@ -275,3 +275,48 @@ def test_trigger_after_n_conversions(tmp_path: Path) -> None:
     assert offered[-1] == "6.mp4"
     trigger.fire("minute 40")  # nothing pending: nothing offered
     assert len(offered) == 7
+
+
+def test_trigger_at_minutes_skips_minutes_that_were_missed(tmp_path: Path) -> None:
+    fired: list[str] = []
+
+    class Recorder(UploadWorker):
+        def offer(self, mp4: Path) -> bool:
+            fired.append(mp4.name)
+            return True
+
+    # The wall clock as the trigger's thread sees it, two readings per wake-up: just before
+    # the minute, then just after. The third wake-up follows a clock jump from 10:20 to 10:45,
+    # over the trigger at minute 40.
+    readings = iter([
+        dt.datetime(2024, 6, 23, 10, 19, 59, 950000), dt.datetime(2024, 6, 23, 10, 20, 0, 10),
+        dt.datetime(2024, 6, 23, 10, 20, 59, 950000), dt.datetime(2024, 6, 23, 10, 21, 0, 10),
+        dt.datetime(2024, 6, 23, 10, 21, 59, 950000), dt.datetime(2024, 6, 23, 10, 45, 0, 10),
+    ])
+    stop = threading.Event()
+    pending = [tmp_path / "20240623-1015.mp4", tmp_path / "20240623-1030.mp4",
+               tmp_path / "20240623-1044.mp4"]
+    seen: list[dt.datetime] = []
+
+    def clock() -> dt.datetime:
+        try:
+            now = next(readings)
+        except StopIteration:
+            stop.set()
+            return dt.datetime(2024, 6, 23, 10, 45, 30)
+        seen.append(now)
+        if len(seen) == 3:
+            trigger.converted(pending[1])  # converted between 10:20 and 10:21
+        if len(seen) == 5:
+            trigger.converted(pending[2])
+        return now
+
+    rec = Recorder(FtpDestination(FtpTarget("127.0.0.1", 1, "u", Secret("p", "t"), "d")), 8, stop)
+    trigger = UploadTrigger([rec], after=None, minutes=(20, 40), stop=stop, now=clock)
+    trigger.converted(pending[0])
+    trigger.start()
+    assert trigger.join(10)
+    # 10:20 fired with the first file; 10:21 is not a trigger; 10:40 was jumped over.
+    assert fired == ["20240623-1015.mp4"]
+    trigger.fire("minute 20")
+    assert fired[1:] == ["20240623-1030.mp4", "20240623-1044.mp4"]
