@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from griddle.frames import Packet
+from griddle.inbox import Inbox
 from griddle.logs import RateLimiter
 from griddle.segments import QUEUE_PACKETS, H264File, WriterHooks
 
@@ -91,37 +91,28 @@ class ClipWriter(threading.Thread):
         self._cfg = cfg
         self._hooks = hooks
         self._ring = RingBuffer(PRE_ROLL + RING_SLACK)
-        self._queue: queue.Queue[Packet | Edge | None] = queue.Queue(maxsize=QUEUE_PACKETS)
+        self._inbox: Inbox[Packet | Edge] = Inbox(QUEUE_PACKETS, "clip writer", log)
         self._active = False  # a clip is being cut (its file opens at the first keyframe)
         self._file: H264File | None = None
         self._end: float | None = None  # None while open: detection still true (`all` mode)
         self._tail: list[Packet] = []  # after the end, waiting to see whether an edge merges
         self._last_written = float("-inf")
-        self.dropped = 0
 
     # -- from other threads ------------------------------------------------------------------
     def put(self, packet: Packet) -> None:
         """From the encoder thread; never blocks it."""
-        self._offer(packet)
+        self._inbox.offer(packet)
 
     def edge(self, edge: Edge) -> None:
         """From the detector thread, at the edge."""
-        self._offer(edge)
+        self._inbox.offer(edge)
 
     def stop(self) -> None:
-        self._queue.put(None)
-
-    def _offer(self, item: Packet | Edge) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-            _limit.log(log, logging.ERROR, "drop", "clip writer behind: item dropped (%d)",
-                       self.dropped)
+        self._inbox.close()
 
     # -- the writer thread -----------------------------------------------------------------
     def run(self) -> None:
-        while (item := self._queue.get()) is not None:
+        for item in self._inbox:
             try:
                 if isinstance(item, Edge):
                     self._on_edge(item)
@@ -195,15 +186,5 @@ class ClipWriter(threading.Thread):
         f, self._file = self._file, None
         self._active = False
         self._tail = []
-        if f is None:
-            return
-        try:
-            f.close()
-        except OSError as exc:
-            log.error("closing %s failed: %s", f.path, exc)
-        self._hooks.closed(str(f.path))
-        log.info("clip %s: %d frames, %.1f s", f.path.name, f.frames, f.duration)
-        event = f.event()
-        if final:
-            event["detection"] = True
-        self._hooks.emit(event)
+        if f is not None:
+            f.finish(self._hooks, detection=final)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -15,6 +14,7 @@ import av
 from av.video.frame import PictureType
 
 from griddle.frames import Frame, Packet
+from griddle.inbox import Inbox
 from griddle.logs import RateLimiter
 from griddle.recorder_config import Size
 from griddle.splits import SplitClock
@@ -127,18 +127,12 @@ class EncoderThread(threading.Thread):
         super().__init__(name="encoder", daemon=True)
         self._encoder = H264Encoder(cfg)
         self._sinks = tuple(sinks)
-        self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=max(2, int(cfg.fps * QUEUE_SECONDS)))
-        self.dropped = 0
+        self._inbox: Inbox[Frame] = Inbox(max(2, int(cfg.fps * QUEUE_SECONDS)), "encoder", log)
         self.encoded = 0
 
     def put(self, frame: Frame) -> None:
         """Called by the capture thread; never blocks it. A full queue drops the frame, logged."""
-        try:
-            self._queue.put_nowait(frame)
-        except queue.Full:
-            self.dropped += 1
-            _limit.log(log, logging.WARNING, "drop", "encoder behind: frame dropped (%d so far)",
-                       self.dropped)
+        self._inbox.offer(frame)
 
     def restart(self) -> None:
         """Source came back: the next frame starts a new segment (thread-safe: read per frame)."""
@@ -146,14 +140,10 @@ class EncoderThread(threading.Thread):
 
     def stop(self) -> None:
         """Encode what is queued, flush, then end. Blocks only if the queue is full, briefly."""
-        self._queue.put(None)
+        self._inbox.close()
 
     def run(self) -> None:
-        while True:
-            frame = self._queue.get()
-            if frame is None:
-                self._deliver(self._encoder.flush())
-                return
+        for frame in self._inbox:
             try:
                 packets = self._encoder.encode(frame)
             except (av.FFmpegError, ValueError) as exc:
@@ -162,6 +152,7 @@ class EncoderThread(threading.Thread):
                 continue
             self.encoded += 1
             self._deliver(packets)
+        self._deliver(self._encoder.flush())
 
     def _deliver(self, packets: list[Packet]) -> None:
         for packet in packets:

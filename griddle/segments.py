@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import BinaryIO
 
 from griddle.events import Event
 from griddle.frames import Packet
+from griddle.inbox import Inbox
 from griddle.logs import RateLimiter
 from griddle.splits import create_unique, file_stem
 
@@ -66,8 +66,18 @@ class H264File:
         finally:
             self._pts.close()
 
-    def event(self) -> Event:
-        return Event(h264=str(self.path), pts=str(self.pts_path), time=round(self.wall, 3))
+    def finish(self, hooks: WriterHooks, detection: bool = False) -> None:
+        """Close the file, and announce it: a clip around an edge carries "detection": true."""
+        try:
+            self.close()
+        except OSError as exc:
+            log.error("closing %s failed: %s", self.path, exc)
+        hooks.closed(str(self.path))
+        log.info("%s: %d frames, %.1f s", self.path.name, self.frames, self.duration)
+        event = Event(h264=str(self.path), pts=str(self.pts_path), time=round(self.wall, 3))
+        if detection:
+            event["detection"] = True
+        hooks.emit(event)
 
 
 class SegmentWriter(threading.Thread):
@@ -78,32 +88,26 @@ class SegmentWriter(threading.Thread):
         self._dir = directory
         self._with_seconds = split % 60 != 0
         self._hooks = hooks
-        self._queue: queue.Queue[Packet | None] = queue.Queue(maxsize=QUEUE_PACKETS)
+        self._inbox: Inbox[Packet] = Inbox(QUEUE_PACKETS, "segment writer", log)
         self._file: H264File | None = None
-        self.dropped = 0
 
     def put(self, packet: Packet) -> None:
         """From the encoder thread; never blocks it."""
-        try:
-            self._queue.put_nowait(packet)
-        except queue.Full:
-            self.dropped += 1
-            _limit.log(log, logging.ERROR, "drop", "disk too slow: segment packet dropped (%d)",
-                       self.dropped)
+        self._inbox.offer(packet)
 
     def stop(self) -> None:
         """Write what is queued, close the file, then end (after the encoder has stopped)."""
-        self._queue.put(None)
+        self._inbox.close()
 
     def run(self) -> None:
-        while (packet := self._queue.get()) is not None:
+        for packet in self._inbox:
             try:
                 self._write(packet)
             except OSError as exc:
                 # ENOSPC and friends: lose this file's tail, never the process; the next
-                # boundary opens a fresh file once the disk takes writes again.
+                # keyframe opens a fresh file once the disk takes writes again.
                 _limit.log(log, logging.ERROR, "write", "segment write failed: %s", exc)
-                self._abandon()
+                self._close()
         self._close()
 
     def _write(self, packet: Packet) -> None:
@@ -116,22 +120,5 @@ class SegmentWriter(threading.Thread):
 
     def _close(self) -> None:
         f, self._file = self._file, None
-        if f is None:
-            return
-        try:
-            f.close()
-        except OSError as exc:
-            log.error("closing %s failed: %s", f.path, exc)
-        self._hooks.closed(str(f.path))
-        log.info("segment %s: %d frames, %.1f s", f.path.name, f.frames, f.duration)
-        self._hooks.emit(f.event())
-
-    def _abandon(self) -> None:
-        f, self._file = self._file, None
         if f is not None:
-            try:
-                f.close()
-            except OSError:
-                pass
-            self._hooks.closed(str(f.path))
-            self._hooks.emit(f.event())
+            f.finish(self._hooks)
