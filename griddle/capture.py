@@ -1,4 +1,5 @@
-"""Frames from the camera: picks the source, paces it, annotates, flips, reopens it on failure."""
+"""Frames from the camera: picks the source, paces it, annotates, flips, reopens it on failure;
+records its packets as is when it already sends H.264, else hands frames to the encoder."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import av.filter
@@ -18,11 +19,14 @@ import av.filter
 from griddle.annotate import Annotator
 from griddle.encode import EncoderConfig, EncoderThread, PacketSink
 from griddle.frames import Frame
+from griddle.passthrough import Passthrough
 from griddle.recorder_config import RecorderConfig, Size
 
 log = logging.getLogger(__name__)
 
 FrameSink = Callable[[Frame], None]
+# A packet as read from the source, with the (monotonic, wall) time it was read.
+PacketHook = Callable[["av.packet.Packet[Any]", float, float], None]
 # Reopening a failed source: first retry after this, doubling up to the cap.
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 # Network sources: seconds to connect, and to wait for data before calling it an outage.
@@ -163,28 +167,45 @@ class AVInput:
         graph.configure()
         return graph
 
-    def frames(self) -> Iterator[tuple[av.VideoFrame, float | None]]:
-        """Decoded frames with their media time in seconds (None when the source has none)."""
+    @property
+    def stream(self) -> av.video.stream.VideoStream:
+        if self._container is None:
+            raise SourceError(f"source {self.spec}: not open")
+        return self._container.streams.video[0]
+
+    def frames(self, on_packet: PacketHook | None = None
+               ) -> Iterator[tuple[av.VideoFrame, float | None]]:
+        """Decoded frames with their media time in seconds (None when the source has none);
+        `on_packet` sees every packet read, as read, after it has been decoded."""
         container = self._container
         if container is None:
             raise SourceError(f"source {self.spec}: not open")
         try:
-            for frame in container.decode(video=0):
-                media_time = frame.time
-                if self._graph is None:
-                    yield frame, media_time
-                    continue
-                self._graph.push(frame)
-                while True:
-                    try:
-                        out = self._graph.pull()
-                    except (av.BlockingIOError, av.EOFError):
-                        break
-                    assert isinstance(out, av.VideoFrame)
-                    yield out, media_time
+            for packet in container.demux(container.streams.video[0]):
+                read = time.monotonic(), time.time()
+                # Decode first: a bitstream filter in the hook takes the packet's data.
+                decoded = packet.decode()
+                if on_packet is not None:
+                    on_packet(packet, *read)
+                for frame in decoded:
+                    yield from self._filtered(frame)
         except (av.FFmpegError, OSError) as exc:
             raise SourceError(f"source {self.spec}: {exc}") from None
         raise SourceError(f"source {self.spec}: ended")
+
+    def _filtered(self, frame: av.VideoFrame) -> Iterator[tuple[av.VideoFrame, float | None]]:
+        media_time = frame.time
+        if self._graph is None:
+            yield frame, media_time
+            return
+        self._graph.push(frame)
+        while True:
+            try:
+                out = self._graph.pull()
+            except (av.BlockingIOError, av.EOFError):
+                return
+            assert isinstance(out, av.VideoFrame)
+            yield out, media_time
 
     def close(self) -> None:
         if self._container is not None:
@@ -230,12 +251,14 @@ class CaptureThread(threading.Thread):
     """Reads the source, stamps capture times, annotates, and hands each frame on."""
 
     def __init__(self, source: AVInput, cfg: RecorderConfig, on_frame: FrameSink,
-                 encoder: EncoderThread | None, stop: threading.Event) -> None:
+                 encoder: EncoderThread | None, stop: threading.Event,
+                 passthrough: Passthrough | None = None) -> None:
         super().__init__(name="capture", daemon=True)
         self._source = source
         self._cfg = cfg
         self._on_frame = on_frame
         self._encoder = encoder
+        self._passthrough = passthrough
         self._stop_event = stop
         self._annotate = Annotator(cfg.annotate_text_size)
         realtime = source.spec.kind in ("testsrc", "file")
@@ -272,7 +295,11 @@ class CaptureThread(threading.Thread):
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
     def _pump(self) -> None:
-        for image, media_time in self._source.frames():
+        on_packet: PacketHook | None = None
+        if self._passthrough is not None:
+            self._passthrough.open(self._source.stream)  # each opening: a new segment
+            on_packet = self._passthrough.feed
+        for image, media_time in self._source.frames(on_packet):
             if self._stop_event.is_set():
                 return
             delay = self._pacer.delay(media_time, time.monotonic())
@@ -289,7 +316,8 @@ class CaptureThread(threading.Thread):
 
 
 class AVCamera:
-    """Any source PyAV can open (testsrc, V4L2 devices, RTSP/HTTP, files), encoded by libx264."""
+    """Any source PyAV can open (testsrc, V4L2 devices, RTSP/HTTP, files). Recorded as the
+    camera sends it when that is H.264 and no picture change is asked, else encoded by libx264."""
 
     def __init__(self, spec: SourceSpec, cfg: RecorderConfig) -> None:
         self.name = str(spec)
@@ -302,14 +330,31 @@ class AVCamera:
     def open(self) -> None:
         self._input.open()
 
+    def _can_pass_through(self) -> bool:
+        """A live H.264 source whose picture we need not change: resizing, flipping and
+        rotating all need a re-encode. Files stay re-encoded: they are re-timed to play in real
+        time, and their packets carry the file's clock, not a capture time."""
+        cfg = self._cfg
+        return (self._input.spec.kind in ("url", "device")
+                and self._input.stream.codec_context.name == "h264"
+                and cfg.record_resize is None
+                and not (cfg.vflip or cfg.hflip or cfg.rotation))
+
     def start(self, on_frame: FrameSink, on_packet: PacketSink) -> None:
         cfg = self._cfg
-        if cfg.recording:
+        passthrough: Passthrough | None = None
+        if cfg.recording and self._can_pass_through():
+            log.info("%s sends H.264: recording it as is (passthrough, no re-encode); the "
+                     "date and time are burned into the live view only, not into recordings",
+                     self.name)
+            passthrough = Passthrough(cfg.record_split, on_packet)
+        elif cfg.recording:
             self._encoder = EncoderThread(
                 EncoderConfig(size=cfg.record_size, fps=cfg.fps, split=cfg.record_split),
                 [on_packet])
             self._encoder.start()
-        self._capture = CaptureThread(self._input, cfg, on_frame, self._encoder, self._stop)
+        self._capture = CaptureThread(self._input, cfg, on_frame, self._encoder, self._stop,
+                                      passthrough)
         self._capture.start()
 
     def stop(self) -> None:
