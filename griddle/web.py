@@ -67,6 +67,7 @@ STOP_POLL = 0.1
 STATUS_TICK = 0.25
 STATUS_EVERY = 1.0  # a waiting viewer hears the status at least this often
 MAX_REVOKED = 10_000
+TIMER_SLACK = 0.002
 
 _limiter = RateLimiter()
 
@@ -140,7 +141,9 @@ class Live:
             return
         now = time.monotonic()
         due = viewer.last_sent + self.interval
-        if now < due:
+        # A timer may fire a hair early (epoll rounds to milliseconds): without this slack a
+        # woken viewer would find itself not yet due and re-arm the timer in a busy loop.
+        if now < due - TIMER_SLACK:
             viewer.wake_at(due)
             return
         cached = self.producer.latest
@@ -358,8 +361,10 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         self.live.leave(self)
 
     def wake_at(self, when: float) -> None:
+        """Pump again at `when` (time.monotonic): IOLoop.call_at would read it as time.time."""
         if self._timer is None:
-            self._timer = self.live.loop.call_at(when, self._woken)
+            self._timer = self.live.loop.call_later(max(0.0, when - time.monotonic()),
+                                                    self._woken)
 
     def _woken(self) -> None:
         self._timer = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import struct
 import time
 from pathlib import Path
@@ -129,6 +130,28 @@ def test_a_stalled_viewer_does_not_slow_another() -> None:
     assert viewers == 3
     assert alone >= 10
     assert together >= 0.8 * alone, f"{together} frames beside stalled viewers, {alone} alone"
+
+
+def thread_cpu(native_id: int | None) -> float:
+    fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_event_loop_idles_between_paced_frames() -> None:
+    """Waiting out --max-stream-fps is a timer, not a spin: the loop thread stays mostly idle."""
+    with ServerThread(["--max-stream-fps", "4"], fps=30) as srv:
+
+        async def scenario() -> float:
+            client = await WsClient.connect(srv.port)
+            before = thread_cpu(srv._thread.native_id)
+            await client.run_acking(2.0)
+            used = thread_cpu(srv._thread.native_id) - before
+            client.close()
+            assert len(client.frames) >= 4
+            return used
+
+        used = asyncio.run(scenario())
+    assert used < 0.5, f"the event loop thread used {used:.2f} s of CPU in 2 s of 4 fps"
 
 
 def test_no_viewer_means_no_jpeg_encoding() -> None:
