@@ -158,6 +158,10 @@ class AVInput:
         node = graph.add_buffer(template=stream)
         steps = [("scale", f"{size.width}:{size.height}"), ("format", "yuv420p"),
                  *self._transforms()]
+        if ("vflip", "") in steps:
+            # vflip hands out its input upside down through negative line strides; the
+            # annotator writes through the planes' buffers, so it needs an ordinary frame.
+            steps.append(("copy", ""))
         for name, args in steps:
             nxt = graph.add(name, args) if args else graph.add(name)
             node.link_to(nxt)
