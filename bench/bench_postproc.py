@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import table, write_section  # noqa: E402
 from griddle.convert import ConvertSettings, Job, convert  # noqa: E402
 from tests.postproc_servers import (  # noqa: E402
+    FakeBotApi,
     PostprocProcess,
     SshServer,
     bot_api,
@@ -145,8 +146,10 @@ def bench_latency(work: Path) -> tuple[float, float, int]:
     return p95, delays[-1], len(delays)
 
 
-def bench_rss(src: Path, work: Path) -> tuple[float, float, float]:
-    """Peak RSS (VmHWM) of postproc converting the segment and uploading it over SFTP."""
+def bench_rss(src: Path, work: Path, telegram: bool) -> tuple[float, float, float]:
+    """Peak RSS (VmHWM) of postproc converting the segment and uploading it over SFTP; with
+    `telegram`, alerts configured too (python-telegram-bot and httpx loaded)."""
+    work.mkdir()
     h264, mp4 = work / "rss-h264", work / "rss-mp4"
     h264.mkdir()
     mp4.mkdir()
@@ -155,11 +158,15 @@ def bench_rss(src: Path, work: Path) -> tuple[float, float, float]:
     shutil.copyfile(src.with_suffix(".pts"), (h264 / src.name).with_suffix(".pts"))
     sshd = SshServer(work / "sshd")
     name = f"pp-bench-{uuid.uuid4().hex[:8]}"
+    api = FakeBotApi() if telegram else None
+    alerts = ["--notify-telegram", "env:PP_TOKEN", "1", "--telegram-api-url",
+              api.base_url] if api else []
     post = PostprocProcess([name, "--convert", str(mp4), str(FPS), "--h264-dir", str(h264),
                             "--upload-after-convert", "1",
                             "--upload-scp", "root@127.0.0.1", str(sshd.port),
                             str(sshd.remote / "cam"), "--known-hosts", str(sshd.known_hosts),
-                            "--ssh-key", str(sshd.client_key)], work / "rss.log")
+                            "--ssh-key", str(sshd.client_key), *alerts], work / "rss.log",
+                           env={"PP_TOKEN": "1:bench"})
     status = Path(f"/proc/{post.proc.pid}/status")
     try:
         wait_socket(name)
@@ -171,6 +178,8 @@ def bench_rss(src: Path, work: Path) -> tuple[float, float, float]:
     finally:
         post.terminate()
         sshd.stop()
+        if api is not None:
+            api.stop()
     size = src.stat().st_size / 1e6
     return hwm, took, size
 
@@ -187,9 +196,10 @@ def main() -> int:
         p95, worst, n = bench_latency(Path(tmp))
     print(f"alert latency p95 {p95:.3f} s, max {worst:.3f} s over {n} edges", flush=True)
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
-        hwm, took, size = bench_rss(src, Path(tmp))
-    print(f"peak RSS {hwm:.1f} MB converting and uploading {size:.0f} MB in {took:.1f} s",
-          flush=True)
+        hwm, took, size = bench_rss(src, Path(tmp) / "sftp", telegram=False)
+        hwm_tg, _, _ = bench_rss(src, Path(tmp) / "sftp+telegram", telegram=True)
+    print(f"peak RSS {hwm:.1f} MB converting and uploading {size:.0f} MB in {took:.1f} s; "
+          f"{hwm_tg:.1f} MB with Telegram configured too", flush=True)
     mb = src.stat().st_size / 1e6
     body = (f"A {a.minutes:g}-minute {WIDTH}x{HEIGHT} {FPS} fps libx264 segment "
             f"({mb:.0f} MB, .pts sidecar), page cache warm; median of {a.runs}.\n"
@@ -204,6 +214,7 @@ def main() -> int:
          f"≤ {DETECT_INTERVAL + 0.5:g} s (detect-interval + 0.5 s)"),
         ("peak RSS, converting + SFTP upload", f"{hwm:.1f} MB ({took:.0f} s for both)",
          "≤ 80 MB"),
+        ("the same with Telegram alerts configured", f"{hwm_tg:.1f} MB", "≤ 80 MB"),
     ])
     write_section("postproc", "postproc: conversion, alert latency, memory", body)
     return 0
