@@ -33,6 +33,7 @@ import asyncio
 import concurrent.futures
 import json
 import logging
+import re
 import secrets
 import ssl
 import struct
@@ -70,6 +71,12 @@ MAX_REVOKED = 10_000
 TIMER_SLACK = 0.002
 
 _limiter = RateLimiter()
+_USERINFO = re.compile(r"(\w+://)[^/@\s]*@")
+
+
+def display_name(source: str) -> str:
+    """The source as viewers may see it: an rtsp://user:password@host URL loses its userinfo."""
+    return _USERINFO.sub(r"\1", source)
 
 
 def prepare(cfg: RecorderConfig) -> None:
@@ -157,7 +164,7 @@ class Live:
     def _status_text(self) -> str:
         return json.dumps({
             "type": "status",
-            "source": self.state.source_name,
+            "source": display_name(self.state.source_name),
             "detection": self.state.detecting,
             "rec": len(self.state.open_files()),
             "capture_fps": round(self.state.capture_rate.rate(), 1),
@@ -217,7 +224,7 @@ class IndexHandler(Base):
             self.redirect("/login?next=" + quote(self.request.uri or "/", safe=""))
             return
         self.set_header("Cache-Control", "no-store")
-        self.render("index.html", source=self.recorder.source_name,
+        self.render("index.html", source=display_name(self.recorder.source_name),
                     login=self.login is not None)
 
 
@@ -238,7 +245,8 @@ class LoginHandler(Base):
 
     def _page(self, target: str, error: str | None) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.render("login.html", next=target, error=error, source=self.recorder.source_name)
+        self.render("login.html", next=target, error=error,
+                    source=display_name(self.recorder.source_name))
 
     async def post(self) -> None:
         target = _safe_next(self.get_body_argument("next", "/"))
@@ -309,6 +317,7 @@ class StatusHandler(Base):
         # snapshot() asks the disk for free space: a hung mount must not stall the loop.
         loop = asyncio.get_running_loop()
         status: dict[str, Any] = await loop.run_in_executor(None, self.recorder.snapshot)
+        status["source"] = display_name(str(status.get("source", "")))
         status["viewers"] = len(self.live.viewers)
         status["jpeg_encodes"] = self.live.producer.encodes
         status["max_stream_fps"] = self.recorder.cfg.max_stream_fps

@@ -15,6 +15,8 @@
   let recent = []; // performance.now() of recently shown frames, for the FPS
   let backoff = 500;
   let fpsTimer = null;
+  let lastFrameAt = 0; // performance.now() of the last frame shown
+  const STALE_MS = 3000;
 
   function setConn(text, ok) {
     conn.textContent = text;
@@ -75,6 +77,7 @@
     $("age").textContent = Math.round(age * 1000);
     showTime(wall);
     showFps();
+    lastFrameAt = shownAt;
     setConn("live", true);
     ack();
   }
@@ -124,7 +127,16 @@
     };
   }
 
-  fpsTimer = setInterval(showFps, 1000);
+  function tick() {
+    showFps();
+    // Frames stop coming while the socket stays open: say so instead of showing a frozen image.
+    const quiet = performance.now() - lastFrameAt;
+    if (ws && ws.readyState === WebSocket.OPEN && lastFrameAt && quiet > STALE_MS) {
+      setConn(`no picture for ${Math.round(quiet / 1000)} s`, false);
+    }
+  }
+
+  fpsTimer = setInterval(tick, 1000);
   window.addEventListener("pagehide", () => { clearInterval(fpsTimer); if (ws) ws.close(); });
   connect();
 })();

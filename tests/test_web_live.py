@@ -272,3 +272,22 @@ def test_real_daemon_serves_paced_frames(tmp_path: Path) -> None:
     assert status["jpeg_encodes"] <= len(frames) + 2
     assert daemon.proc is not None and daemon.proc.returncode == 0, (tmp_path / "pancake.log").read_text()
     assert struct.calcsize("!Qdff") == web.HEADER.size == 24
+
+
+def test_camera_credentials_never_reach_a_viewer() -> None:
+    with ServerThread(fps=30) as srv:
+        srv.state.source_name = "url:rtsp://admin:hunter2@camera.invalid:554/stream1"
+        time.sleep(0.3)  # one status refresh
+        _, _, page = get(srv.port, "/")
+        status = get_json(srv.port, "/status")
+
+        async def pushed() -> list:  # type: ignore[type-arg]
+            client = await WsClient.connect(srv.port)
+            assert await client.next_frame(5) is not None
+            client.close()
+            return client.statuses
+
+        statuses = asyncio.run(pushed())
+    assert b"rtsp://camera.invalid:554/stream1" in page and b"hunter2" not in page
+    assert status["source"] == "url:rtsp://camera.invalid:554/stream1"
+    assert all("hunter2" not in s["source"] for s in statuses) and statuses

@@ -241,8 +241,8 @@ def test_throttle_is_per_address() -> None:
             return True
 
         t = time.monotonic()
-        slow = asyncio.create_task(throttle.run("192.0.2.1", fail))
-        fast = asyncio.create_task(throttle.run("192.0.2.2", succeed))
+        slow = asyncio.create_task(throttle.run("client-a", fail))
+        fast = asyncio.create_task(throttle.run("client-b", succeed))
         assert await fast is True
         fast_took = time.monotonic() - t
         assert await slow is False
