@@ -31,6 +31,7 @@ _MARGIN = 4
 _TEXT_Y, _EDGE_Y = 235, 16
 
 Mask = npt.NDArray[np.bool_]
+Plane = npt.NDArray[np.uint8]
 
 
 def render(text: str, height: int) -> tuple[Mask, Mask]:
@@ -68,21 +69,26 @@ class Annotator:
         return self._text, self._edge
 
     def __call__(self, frame: av.VideoFrame, wall: float) -> None:
+        """Stamp a yuv420p PyAV frame."""
+        if self._height <= 0:
+            return
+        planes = [np.frombuffer(memoryview(p), np.uint8).reshape(-1, p.line_size)
+                  for p in frame.planes[:3]]
+        self.stamp(planes[0], planes[1], planes[2], frame.width, frame.height, wall)
+
+    def stamp(self, y: Plane, u: Plane, v: Plane, width: int, height: int, wall: float) -> None:
+        """Stamp YUV 4:2:0 planes given as arrays (rows may be padded beyond `width`)."""
         if self._height <= 0:
             return
         text, edge = self._masks(wall)
-        plane = frame.planes[0]
-        luma = np.frombuffer(memoryview(plane), np.uint8).reshape(frame.height, plane.line_size)
-        h = min(text.shape[0], frame.height - _MARGIN)
-        w = min(text.shape[1], frame.width - _MARGIN)
+        h = min(text.shape[0], height - _MARGIN)
+        w = min(text.shape[1], width - _MARGIN)
         if h <= 0 or w <= 0:
             return
-        box = luma[_MARGIN:_MARGIN + h, _MARGIN:_MARGIN + w]
+        box = y[_MARGIN:_MARGIN + h, _MARGIN:_MARGIN + w]
         box[text[:h, :w]] = _TEXT_Y
         box[edge[:h, :w]] = _EDGE_Y
         # Neutral chroma under the text so it is white on any colour.
         y0, x0, y1, x1 = _MARGIN // 2, _MARGIN // 2, (_MARGIN + h) // 2, (_MARGIN + w) // 2
-        for index in (1, 2):
-            cplane = frame.planes[index]
-            chroma = np.frombuffer(memoryview(cplane), np.uint8).reshape(-1, cplane.line_size)
-            chroma[y0:y1, x0:x1] = 128
+        u[y0:y1, x0:x1] = 128
+        v[y0:y1, x0:x1] = 128

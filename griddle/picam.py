@@ -15,7 +15,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from griddle.annotate import Annotator, render
+from griddle.annotate import Annotator
 from griddle.capture import BACKOFF_MAX, BACKOFF_START, FrameSink, SourceError
 from griddle.encode import EncoderConfig, EncoderThread, PacketSink
 from griddle.frames import Frame, Packet
@@ -41,8 +41,6 @@ CLOCK_TOLERANCE = 1.0
 BITS_PER_PIXEL = 0.1
 # The VideoCore encoder's sane range; picamera2 raises the H.264 level itself above 10 Mbit/s.
 MIN_BITRATE, MAX_BITRATE = 300_000, 17_000_000
-# Burned-in clock, matching griddle.annotate: studio-swing white text, black outline, margin.
-TEXT_Y, EDGE_Y, MARGIN = 235, 16, 4
 
 Array = npt.NDArray[np.uint8]
 
@@ -138,29 +136,11 @@ class ArrayStamp:
     hardware encoder records it (the buffer is encoded after pre_callback returns)."""
 
     def __init__(self, text_height: int) -> None:
-        self._height = text_height
-        self._second = -1
-        self._masks: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None
+        self._annotator = Annotator(text_height)
 
     def __call__(self, array: Array, width: int, height: int, wall: float) -> None:
-        if self._height <= 0:
-            return
-        second = int(wall)
-        if self._masks is None or second != self._second:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            self._masks, self._second = render(stamp, self._height), second
-        text, edge = self._masks
         y, u, v = yuv420_planes(array, width, height)
-        h = min(text.shape[0], height - MARGIN)
-        w = min(text.shape[1], width - MARGIN)
-        if h <= 0 or w <= 0:
-            return
-        box = y[MARGIN:MARGIN + h, MARGIN:MARGIN + w]
-        box[text[:h, :w]] = TEXT_Y
-        box[edge[:h, :w]] = EDGE_Y
-        y0, x0, y1, x1 = MARGIN // 2, MARGIN // 2, (MARGIN + h) // 2, (MARGIN + w) // 2
-        u[y0:y1, x0:x1] = 128
-        v[y0:y1, x0:x1] = 128
+        self._annotator.stamp(y, u, v, width, height, wall)
 
 
 class SensorClock:
