@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     emitter = Emitter(cfg.emit)
     recorder = Recorder(cfg, camera, emitter)
-    log.info("pancake: %s at %s, %g fps; live view on port %d", camera.name, cfg.frame_size,
+    log.info("%s at %s, %g fps; live view on port %d", camera.name, cfg.frame_size,
              cfg.fps, cfg.port)
     recorder.start()
     notifier = Notifier()
@@ -61,5 +61,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         watchdog.join(timeout=1.0)
         notifier.close()
         emitter.close()
-        log.info("pancake: stopped")
+        log.info("stopped")
     return 0
