@@ -10,6 +10,7 @@ from pathlib import Path
 
 import av
 import pytest
+from av.video.frame import PictureType
 from conftest import Listener, Pancake, free_port, run_pancake, schedule_customize
 from recordings import Recording, decode
 from streams import NAL_IDR, NAL_SLICE, NAL_SPS, StreamServer, nal_units
@@ -88,7 +89,7 @@ def test_h264_camera_is_recorded_as_sent(tmp_path: Path, camera: StreamServer,
     assert "Traceback" not in log and "raised" not in log, log
     assert log.count(PASSTHROUGH_LINE) == 1
     assert status["resolution"] == [160, 120] and status["capture_fps"] > 0, status
-    assert len(camera.connections) == 1
+    assert len(camera.connections) == 1, log
     sent = camera.connections[0]
     assert sent.sps is not None and sent.sps[3] == CAMERA_LEVEL
     time.sleep(0.3)
@@ -101,17 +102,18 @@ def test_h264_camera_is_recorded_as_sent(tmp_path: Path, camera: StreamServer,
         assert s.first_is_key and s.frames == len(s.pts_ms), s.path.name
         assert first_size(s.path) == (320, 240)  # the camera's size: never scaled
         assert first_sps(s.path) == sent.sps, s.path.name  # its own SPS, put first
+    # Times are when pancake read each packet: allow for scheduling on a busy machine.
     for s in segs[1:]:  # at the camera's first keyframe (one a second) at/after a boundary
-        assert 0 <= s.start % SPLIT < 1.0 + 0.3, (s.path.name, s.start)
+        assert 0 <= s.start % SPLIT < 1.0 + 0.5, (s.path.name, s.start)
     for a, b in itertools.pairwise(segs):
-        assert 0 < b.start - a.end < 2.0 / FPS + 0.05, (a.path.name, b.path.name)
+        assert 0 < b.start - a.end < 0.5, (a.path.name, b.path.name, b.start - a.end)
     # Back to back and byte for byte: the slices of all segments are the camera's, in order.
     assert_run_of([x for s in segs for x in slices(s.path)], sent.slices)
 
     clips = [Path(e["h264"]) for e in events if "h264" in e and e.get("detection")]
-    assert len(clips) == 1, events
+    assert len(clips) == 1, (events, log)
     clip: Recording = decode(clips[0], 0)
-    assert clip.first_is_key and clip.frames == len(clip.pts_ms) and clip.duration >= 4.0
+    assert clip.first_is_key and clip.frames == len(clip.pts_ms) and clip.duration >= 4.0 - 1.0 / FPS, clip
     assert first_sps(clip.path) == sent.sps
     assert_run_of(slices(clip.path), sent.slices)
     (edge,) = [e for e in events if e.get("detection") is True and "h264" not in e]
@@ -171,3 +173,39 @@ def test_file_source_is_reencoded(tmp_path: Path, pancakes: list[Pancake]) -> No
         assert decode(seg, 0).first_is_key
         sps = first_sps(seg)
         assert sps is not None and sps not in extradata
+
+
+
+def test_avcc_keyframes_become_annexb_with_parameter_sets(tmp_path: Path) -> None:
+    # An mp4's packets are avcC: length-prefixed, SPS/PPS only in the extradata (as from an
+    # flv/RTMP camera). Through Passthrough each GOP becomes Annex-B that decodes alone.
+    from griddle.frames import Packet
+    from griddle.passthrough import Passthrough
+
+    video = tmp_path / "v.mp4"
+    with av.open(str(video), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.options = {"x264-params": f"keyint={FPS}"}
+        with av.open(f"testsrc2=size=160x120:rate={FPS}", format="lavfi") as src:
+            for frame in itertools.islice(src.decode(video=0), 4 * FPS):
+                frame.pts, frame.pict_type = None, PictureType.NONE
+                out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    got: list[Packet] = []
+    passthrough = Passthrough(3600.0, got.append)
+    with av.open(str(video)) as c:
+        extradata = c.streams.video[0].codec_context.extradata
+        assert extradata is not None and extradata[0] == 1  # avcC indeed
+        passthrough.open(c.streams.video[0])
+        for i, packet in enumerate(c.demux(video=0)):
+            passthrough.feed(packet, float(i), 1e9 + i)
+    keys = [i for i, p in enumerate(got) if p.keyframe]
+    assert len(got) == 4 * FPS and keys == [0, FPS, 2 * FPS, 3 * FPS]
+    assert [p.boundary for p in got].count(True) == 1 and got[0].boundary
+    for start, end in itertools.pairwise([*keys, len(got)]):
+        gop = tmp_path / f"gop{start}.h264"
+        gop.write_bytes(b"".join(p.data for p in got[start:end]))
+        assert first_sps(gop) is not None
+        with av.open(str(gop), format="h264") as c:
+            assert sum(1 for _ in c.decode(video=0)) == end - start
