@@ -469,23 +469,21 @@ def run(state: RecorderState, stop: threading.Event, *, address: str = "") -> No
 async def _serve(state: RecorderState, stop: threading.Event, address: str) -> None:
     cfg = state.cfg
     tls_ctx = _ssl_context(cfg)
-    login: Login | None = None
-    secret: bytes | None = None
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="login-bcrypt")
-    if cfg.login is not None:
-        hashed = auth.load_hash(cfg.login)
-        secret = auth.cookie_secret(cfg.login)
-        login = Login(hashed, auth.session_tag(hashed), auth.LoginThrottle(), pool, {})
-    loop = tornado.ioloop.IOLoop.current()
-    asyncio.get_running_loop().set_default_executor(
-        concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="web-status"))
-    live = Live(state, loop)
-    app = make_app(state, live, login, tls_ctx is not None, secret)
+    hashed = auth.load_hash(cfg.login) if cfg.login is not None else None
+    secret = auth.cookie_secret(cfg.login) if cfg.login is not None else None
     try:
         sockets = tornado.netutil.bind_sockets(cfg.port, address or None)
     except OSError as exc:
-        pool.shutdown(wait=False)
         raise ConfigError(f"--port {cfg.port}: cannot listen: {exc.strerror}") from None
+    # bcrypt (~0.2 s a check, ~1 s on a Pi Zero) and disk queries run here, off the loop.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="login-bcrypt")
+    status_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                        thread_name_prefix="web-status")
+    asyncio.get_running_loop().set_default_executor(status_pool)
+    login = (Login(hashed, auth.session_tag(hashed), auth.LoginThrottle(), pool, {})
+             if hashed is not None else None)
+    live = Live(state, tornado.ioloop.IOLoop.current())
+    app = make_app(state, live, login, tls_ctx is not None, secret)
     server = tornado.httpserver.HTTPServer(app, ssl_options=tls_ctx, xheaders=False)
     server.add_sockets(sockets)
     live.producer.start()
@@ -510,6 +508,7 @@ async def _serve(state: RecorderState, stop: threading.Event, address: str) -> N
         live.close_all()
         live.producer.stop()
         pool.shutdown(wait=False, cancel_futures=True)
+        status_pool.shutdown(wait=False, cancel_futures=True)
         try:
             await asyncio.wait_for(server.close_all_connections(), 0.5)
         except TimeoutError:

@@ -291,3 +291,23 @@ def test_camera_credentials_never_reach_a_viewer() -> None:
     assert b"rtsp://camera.invalid:554/stream1" in page and b"hunter2" not in page
     assert status["source"] == "url:rtsp://camera.invalid:554/stream1"
     assert all("hunter2" not in s["source"] for s in statuses) and statuses
+
+
+def test_a_busy_port_is_one_clear_error() -> None:
+    import socket
+    import threading
+
+    from web_helpers import HOST
+
+    from griddle import recorder_config
+    from griddle.frames import LatestFrame
+    from griddle.state import RecorderState
+
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = recorder_config.parse(["--port", str(port)])
+        with pytest.raises(recorder_config.ConfigError) as err:
+            web.run(RecorderState(cfg, "testsrc", LatestFrame()), threading.Event(), address=HOST)
+    assert f"--port {port}" in str(err.value) and "\n" not in str(err.value)
