@@ -75,6 +75,7 @@ class ClipConfig:
     directory: Path
     mode: str  # "edge": a clip around every edge; "all": as long as detection is true
     merge_wait: float  # how long past a clip's end to wait for an edge that would merge
+    siblings: tuple[Path, ...] = ()  # other record dirs: a name is unique across all of them
 
 
 class ClipWriter(threading.Thread):
@@ -177,7 +178,7 @@ class ClipWriter(threading.Thread):
         if self._file is None:
             if not packet.keyframe:
                 return
-            self._file = H264File(self._cfg.directory, packet.wall, with_seconds=True)
+            self._file = H264File(self._cfg.directory, packet.wall, True, self._cfg.siblings)
             self._hooks.opened(str(self._file.path))
         self._file.write(packet)
         self._last_written = packet.mono

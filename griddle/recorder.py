@@ -41,13 +41,14 @@ class Recorder:
         self.state = RecorderState(cfg, camera.name, self.hub)
         self._stop = threading.Event()
         hooks = WriterHooks(self.state.file_opened, self.state.file_closed, self._emit)
-        self.segments = (SegmentWriter(cfg.record_continuous, cfg.record_split, hooks)
+        self.segments = (SegmentWriter(cfg.record_continuous, cfg.record_split, hooks,
+                                       cfg.record_dirs)
                          if cfg.record_continuous is not None else None)
         self.clips: ClipWriter | None = None
         if cfg.detection_dir is not None and cfg.detection_mode is not None:
             merge_wait = PRE_ROLL + min(cfg.detect_interval, 2.0) + EDGE_LATENCY_MARGIN
-            self.clips = ClipWriter(ClipConfig(cfg.detection_dir, cfg.detection_mode, merge_wait),
-                                    hooks)
+            self.clips = ClipWriter(ClipConfig(cfg.detection_dir, cfg.detection_mode, merge_wait,
+                                               cfg.record_dirs), hooks)
         self.guard = (DiskGuard(DiskGuardConfig(cfg.record_dirs, cfg.min_free), self._stop,
                                 self._emit, is_open=self._is_open)
                       if cfg.recording else None)

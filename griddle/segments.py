@@ -37,8 +37,10 @@ class WriterHooks:
 class H264File:
     """One raw .h264 file and its .pts sidecar (capture times, ms from the first frame)."""
 
-    def __init__(self, directory: Path, wall: float, with_seconds: bool) -> None:
-        self.path, self._file = create_unique(directory, file_stem(wall, with_seconds), ".h264")
+    def __init__(self, directory: Path, wall: float, with_seconds: bool,
+                 siblings: tuple[Path, ...] = ()) -> None:
+        self.path, self._file = create_unique(directory, file_stem(wall, with_seconds), ".h264",
+                                              siblings)
         self.pts_path = self.path.with_suffix(".pts")
         self._pts: BinaryIO = open(self.pts_path, "wb")
         self._pts.write(PTS_HEADER.encode())
@@ -83,9 +85,11 @@ class H264File:
 class SegmentWriter(threading.Thread):
     """Writes every packet; starts a new file at each boundary packet (an IDR at a split time)."""
 
-    def __init__(self, directory: Path, split: float, hooks: WriterHooks) -> None:
+    def __init__(self, directory: Path, split: float, hooks: WriterHooks,
+                 siblings: tuple[Path, ...] = ()) -> None:
         super().__init__(name="segments", daemon=True)
         self._dir = directory
+        self._siblings = siblings
         self._with_seconds = split % 60 != 0
         self._hooks = hooks
         self._inbox: Inbox[Packet] = Inbox(QUEUE_PACKETS, "segment writer", log)
@@ -113,7 +117,7 @@ class SegmentWriter(threading.Thread):
     def _write(self, packet: Packet) -> None:
         if packet.boundary or (self._file is None and packet.keyframe):
             self._close()
-            self._file = H264File(self._dir, packet.wall, self._with_seconds)
+            self._file = H264File(self._dir, packet.wall, self._with_seconds, self._siblings)
             self._hooks.opened(str(self._file.path))
         if self._file is not None:
             self._file.write(packet)

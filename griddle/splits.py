@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -12,6 +14,9 @@ from typing import BinaryIO
 # Large enough that NTP slewing never beats the wall clock to a boundary, small enough that a
 # clock set back by hours costs a segment only this much longer than asked.
 GUARD_SLACK = 2.0
+# Taken around name choice and creation, so the segment and clip writers never pick the same
+# stem in two directories at once.
+_naming = threading.Lock()
 
 
 def next_boundary(wall: float, period: float) -> float:
@@ -52,18 +57,24 @@ def file_stem(wall: float, with_seconds: bool) -> str:
     return time.strftime("%Y%m%d-%H%M%S" if with_seconds else "%Y%m%d-%H%M", time.localtime(wall))
 
 
-def create_unique(directory: Path, stem: str, suffix: str) -> tuple[Path, BinaryIO]:
+def create_unique(directory: Path, stem: str, suffix: str,
+                  siblings: Sequence[Path] = ()) -> tuple[Path, BinaryIO]:
     """Create stem+suffix, or stem-1+suffix, stem-2+suffix…: never overwrite (DST, clock jumps).
 
-    O_EXCL makes the check and the creation one step, so two writers cannot take one name.
+    A name also taken in one of the `siblings` directories is skipped: segments and clips go
+    to different directories but their mp4s meet in one, so their names must differ too.
+    O_EXCL makes the check and the creation one step within `directory`.
     """
-    n = 0
-    while True:
-        name = f"{stem}{suffix}" if n == 0 else f"{stem}-{n}{suffix}"
-        path = directory / name
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
+    with _naming:
+        n = 0
+        while True:
+            name = f"{stem}{suffix}" if n == 0 else f"{stem}-{n}{suffix}"
+            path = directory / name
             n += 1
-            continue
-        return path, os.fdopen(fd, "wb")
+            if any((d / name).exists() for d in siblings if d != directory):
+                continue
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                continue
+            return path, os.fdopen(fd, "wb")

@@ -66,6 +66,17 @@ def test_never_overwrite(tmp_path: Path) -> None:
     assert names == ["20201025-0215.h264", "20201025-0215-1.h264", "20201025-0215-2.h264"]
 
 
+def test_names_unique_across_sibling_directories(tmp_path: Path) -> None:
+    segs, clips = tmp_path / "h264", tmp_path / "clips"
+    segs.mkdir()
+    clips.mkdir()
+    a, f = create_unique(segs, "20200623-180511", ".h264", (segs, clips))
+    f.close()
+    b, f = create_unique(clips, "20200623-180511", ".h264", (segs, clips))
+    f.close()
+    assert (a.name, b.name) == ("20200623-180511.h264", "20200623-180511-1.h264")
+
+
 def test_stems() -> None:
     wall = time.mktime((2020, 6, 23, 18, 5, 11, 0, 0, -1))
     assert file_stem(wall, with_seconds=True) == "20200623-180511"
