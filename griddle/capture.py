@@ -31,6 +31,8 @@ PacketHook = Callable[["av.packet.Packet[Any]", float, float], None]
 BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 # Network sources: seconds to connect, and to wait for data before calling it an outage.
 OPEN_TIMEOUT, READ_TIMEOUT = 10.0, 5.0
+# How long stop() waits for each of the camera's threads: pancake must exit within 2 s.
+STOP_TIMEOUT = 0.8
 
 
 class SourceError(Exception):
@@ -363,11 +365,15 @@ class AVCamera:
 
     def stop(self) -> None:
         self._stop.set()
+        blocked = False
         if self._capture is not None:
-            self._capture.join(timeout=2.0)
-            if self._capture.is_alive():
+            # A network read can block up to READ_TIMEOUT; exit must not wait that long.
+            self._capture.join(timeout=STOP_TIMEOUT)
+            blocked = self._capture.is_alive()
+            if blocked:
                 log.warning("capture thread still blocked in the source; leaving it")
         if self._encoder is not None:
             self._encoder.stop()
-            self._encoder.join(timeout=2.0)
-        self._input.close()
+            self._encoder.join(timeout=STOP_TIMEOUT)
+        if not blocked:  # never close a container another thread is reading
+            self._input.close()
