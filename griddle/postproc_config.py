@@ -16,6 +16,10 @@ from griddle.credentials import Secret, SecretError, resolve
 MAX_SOCKET_NAME = 107
 PUBLIC_BOT_API = "https://api.telegram.org/bot"
 MP4BOX = "MP4Box"
+# Upload retries: the first after this many seconds, doubling; a file is given up after this
+# many attempts (about an hour) until the next catch-up offers it again.
+UPLOAD_BACKOFF_FIRST = 2.0
+UPLOAD_ATTEMPTS = 16
 
 
 class ConfigError(Exception):
@@ -77,6 +81,10 @@ class PostprocConfig:
     allow_uids: frozenset[int]
     known_hosts: Path
     ssh_key: Path | None
+    # Not on the command line: the defaults suit every destination, and a catch-up at each
+    # trigger and each start retries a file given up. Tests make them small.
+    upload_attempts: int = UPLOAD_ATTEMPTS
+    upload_backoff_first: float = UPLOAD_BACKOFF_FIRST
 
     @property
     def uploading(self) -> bool:

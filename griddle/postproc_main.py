@@ -22,6 +22,7 @@ from griddle.upload import (
     Destination,
     FtpDestination,
     SftpDestination,
+    UploadJournal,
     UploadTrigger,
     UploadWorker,
 )
@@ -57,7 +58,11 @@ class Postproc:
         dests: list[Destination] = [SftpDestination(d, cfg.known_hosts, cfg.ssh_key)
                                     for d in cfg.upload_scp]
         dests += [FtpDestination(d) for d in cfg.upload_ftp]
-        self.workers = [UploadWorker(d, cfg.upload_queue_size, stop) for d in dests]
+        self.workers = [UploadWorker(d, cfg.upload_queue_size, stop,
+                                     backoff_first=cfg.upload_backoff_first,
+                                     max_attempts=cfg.upload_attempts,
+                                     journal=UploadJournal(cfg.mp4_dir, d.label))
+                        for d in dests]
         self.trigger = UploadTrigger(self.workers, cfg.upload_after_convert, cfg.upload_minutes,
                                      stop)
         self.converter = Converter(ConvertSettings(cfg.mp4_dir, cfg.fps, cfg.mp4box), stop,
@@ -90,7 +95,12 @@ class Postproc:
         for n in self.notifiers:
             n.start()
         for w in self.workers:
+            if w.journal is not None:
+                w.journal.load()
             w.start()
+            # mp4s converted before this start but never uploaded there (dropped from a full
+            # queue, given up, or converted just before a stop) go first, oldest first.
+            w.catch_up()
         self.trigger.start()
         if self.cfg.h264_dirs:
             jobs = pending(self.cfg.h264_dirs, self.cfg.mp4_dir)

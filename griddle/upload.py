@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ftplib
+import hashlib
 import logging
+import os
 import queue
 import re
 import socket
@@ -16,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
 from griddle.logs import RateLimiter
-from griddle.postproc_config import FtpTarget, ScpTarget
+from griddle.postproc_config import UPLOAD_ATTEMPTS, UPLOAD_BACKOFF_FIRST, FtpTarget, ScpTarget
 
 if TYPE_CHECKING:
     import paramiko
@@ -29,10 +31,10 @@ TRANSFER_TIMEOUT = 30.0
 CHUNK = 256 * 1024
 PART = ".part"
 # Retries: 2, 4, 8 … s, at most 5 min apart; a file is given up after this many attempts
-# (about an hour), and stays on disk.
-BACKOFF_FIRST = 2.0
+# (about an hour), and stays on disk for the next catch-up.
+BACKOFF_FIRST = UPLOAD_BACKOFF_FIRST
 BACKOFF_MAX = 300.0
-MAX_ATTEMPTS = 16
+MAX_ATTEMPTS = UPLOAD_ATTEMPTS
 # An idle connection is closed rather than left to the server's idle timeout.
 IDLE_CLOSE = 60.0
 POLL = 0.25
@@ -353,17 +355,169 @@ class FtpDestination:
                     sock.shutdown(socket.SHUT_RDWR)
 
 
+JOURNAL_DIR = ".uploaded"
+JOURNAL_SUFFIX = ".names"
+# The journal is rewritten with only the names still on disk when its stale lines outnumber
+# the live ones by this much (a Pi may run for months between restarts).
+JOURNAL_SLACK = 256
+
+
+def journal_key(label: str) -> str:
+    """A short, stable file name for one destination (its spec, which holds no secret)."""
+    return hashlib.sha256(label.encode()).hexdigest()[:12]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class UploadJournal:
+    """Which mp4s of one directory one destination has acknowledged.
+
+    `mp4_dir/.uploaded/<key>.names`, key = a short hash of the destination's spec (user, host,
+    port, remote dir: a changed spec is a new destination that gets everything). One name per
+    line, appended and fsync'd only after the upload's size check and rename succeeded; the
+    first line is a comment naming the destination for whoever looks. A subdirectory, because
+    the retention scripts and the disk guard count and delete only regular files of the
+    directory itself: the journal is never taken for a recording, never deleted with one.
+
+    A name whose file is gone (a retention script deleted it) is ignored; the file is
+    rewritten with only the names still present on start, and whenever the stale lines
+    outnumber the live ones by JOURNAL_SLACK, so it does not grow forever. A line torn by a
+    power cut names no file (every candidate ends in .mp4) and goes at the next rewrite.
+    Losing the journal costs duplicate uploads, never a missing one.
+    """
+
+    def __init__(self, mp4_dir: Path, label: str) -> None:
+        self.mp4_dir = mp4_dir
+        self.label = label
+        self.path = mp4_dir / JOURNAL_DIR / (journal_key(label) + JOURNAL_SUFFIX)
+        self._lock = threading.Lock()  # guards _names, _lines and the file (worker vs trigger)
+        self._names: set[str] = set()
+        self._lines = 0
+        self._limiter = RateLimiter()
+
+    def load(self) -> None:
+        """Read the journal and rewrite it with only the names whose file is still there."""
+        names: list[str] = []
+        try:
+            with self.path.open("r", encoding="utf-8", errors="surrogateescape") as f:
+                names = [line.rstrip("\n") for line in f if not line.startswith("#")]
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("%s: cannot read upload journal %s (%s): its files are offered again",
+                      self.label, self.path, exc.strerror or exc)
+        with self._lock:
+            self._lines = len(names)
+            self._names = set(names)
+            self._compact(self.present())
+
+    def present(self) -> set[str]:
+        """Names of the mp4s in the directory (regular files, not hidden)."""
+        found: set[str] = set()
+        try:
+            with os.scandir(self.mp4_dir) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith(".") or not name.endswith(".mp4") or "\n" in name:
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        found.add(name)
+        except OSError as exc:
+            self._limiter.log(log, logging.ERROR, "list", "%s: cannot list %s: %s",
+                              self.label, self.mp4_dir, exc.strerror or exc)
+        return found
+
+    def _compact(self, present: set[str]) -> None:
+        """Caller holds the lock. Rewrite under a temporary name, then rename."""
+        live = self._names & present
+        if live == self._names and self._lines == len(live) and self.path.exists():
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            self.path.parent.mkdir(exist_ok=True)
+            with tmp.open("w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(f"# uploaded to {self.label}\n")
+                f.writelines(name + "\n" for name in sorted(live))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            log.error("%s: cannot write upload journal %s: %s", self.label, self.path,
+                      exc.strerror or exc)
+            tmp.unlink(missing_ok=True)
+            return
+        self._names, self._lines = live, len(live)
+
+    def unacknowledged(self) -> list[Path]:
+        """The directory's mp4s this destination has not acknowledged, oldest name first
+        (recording names sort by time); compacts the journal when it has grown stale."""
+        present = self.present()
+        with self._lock:
+            if self._lines > 2 * len(self._names & present) + JOURNAL_SLACK:
+                self._compact(present)
+            todo = present - self._names
+        return [self.mp4_dir / name for name in sorted(todo)]
+
+    def acknowledged(self, name: str) -> bool:
+        with self._lock:
+            return name in self._names
+
+    def record(self, mp4: Path) -> None:
+        """Append one uploaded name, fsync'd. A failure is logged: the file is uploaded again
+        at the next catch-up (a duplicate, never a loss)."""
+        if mp4.parent != self.mp4_dir or "\n" in mp4.name:
+            return
+        with self._lock:
+            try:
+                created = not self.path.exists()
+                if created:
+                    self.path.parent.mkdir(exist_ok=True)
+                with self.path.open("a", encoding="utf-8", errors="surrogateescape") as f:
+                    if created:
+                        f.write(f"# uploaded to {self.label}\n")
+                    f.write(mp4.name + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                if created:
+                    _fsync_dir(self.path.parent)
+            except OSError as exc:
+                self._limiter.log(log, logging.ERROR, "write",
+                                  "%s: cannot append to upload journal %s: %s", self.label,
+                                  self.path, exc.strerror or exc)
+                return
+            self._names.add(mp4.name)
+            self._lines += 1
+
+
 class UploadWorker:
-    """One destination's thread and bounded queue: a dead destination holds back only itself."""
+    """One destination's thread and bounded queue: a dead destination holds back only itself.
+
+    With a journal, every mp4 of the directory reaches the destination in the end: catch_up()
+    offers, oldest first, each one the destination has not acknowledged; a file dropped from
+    the full queue, given up after the last attempt, or converted just before a stop is
+    offered again at the next catch-up.
+    """
 
     def __init__(self, dest: Destination, queue_size: int, stop: threading.Event,
-                 backoff_first: float = BACKOFF_FIRST, max_attempts: int = MAX_ATTEMPTS) -> None:
+                 backoff_first: float = BACKOFF_FIRST, max_attempts: int = MAX_ATTEMPTS,
+                 journal: UploadJournal | None = None) -> None:
         self.dest = dest
+        self.journal = journal
         self._queue: queue.Queue[Path] = queue.Queue(maxsize=queue_size)
         self._stop = stop
         self._backoff_first = backoff_first
         self._max_attempts = max_attempts
         self._limiter = RateLimiter()
+        # Names queued or being uploaded: a catch-up never queues a file twice.
+        self._lock = threading.Lock()  # guards _inflight (offering threads vs this worker)
+        self._inflight: set[str] = set()
         name = "upload-" + re.sub(r"[^A-Za-z0-9@.:_-]", "_", dest.label.split("://", 1)[-1])
         self._thread = threading.Thread(target=self._run, name=name[:60], daemon=True)
         self.uploaded = 0
@@ -374,14 +528,51 @@ class UploadWorker:
         self._thread.start()
 
     def offer(self, mp4: Path) -> bool:
+        """Queue one file unless it is queued already; False (logged) when the queue is full."""
+        with self._lock:
+            if mp4.name in self._inflight:
+                return True
+            self._inflight.add(mp4.name)
         try:
             self._queue.put_nowait(mp4)
         except queue.Full:
+            with self._lock:
+                self._inflight.discard(mp4.name)
             self.dropped += 1
-            log.warning("upload queue of %s full: dropped %s (it stays on disk)",
-                        self.dest.label, mp4)
+            log.warning("upload queue of %s full: dropped %s (it stays on disk for the next "
+                        "catch-up)", self.dest.label, mp4)
             return False
         return True
+
+    def catch_up(self, fresh: Sequence[Path] = ()) -> int:
+        """Offer `fresh` (just converted) and every mp4 not yet acknowledged, oldest first,
+        until the queue is full; the rest wait for the next catch-up. Returns how many of the
+        older files were offered."""
+        older = [] if self.journal is None else self.journal.unacknowledged()
+        fresh_names = {f.name for f in fresh}
+        with self._lock:
+            older = [f for f in older if f.name not in fresh_names
+                     and f.name not in self._inflight]
+        todo = sorted([*older, *fresh], key=lambda f: (f.name, str(f)))
+        offered = waiting = 0
+        full = False
+        for mp4 in todo:
+            is_fresh = mp4.name in fresh_names
+            if full and not is_fresh:
+                # One line for the backlog, not one per file; a fresh file still gets its own.
+                waiting += 1
+                continue
+            if not self.offer(mp4):
+                full = True
+            elif not is_fresh:
+                offered += 1
+        if waiting:
+            log.warning("%s: queue full: %d more earlier file(s) wait for the next catch-up",
+                        self.dest.label, waiting)
+        if offered:
+            log.info("%s: catch-up: %d earlier file(s) not yet uploaded offered",
+                     self.dest.label, offered)
+        return offered
 
     def abort(self) -> None:
         """Cut off a transfer in progress (shutdown: it leaves only the remote .part)."""
@@ -402,13 +593,18 @@ class UploadWorker:
                         self.dest.close()
                         idle_since = float("inf")
                     continue
-                self._upload(mp4)
+                try:
+                    self._upload(mp4)
+                finally:
+                    with self._lock:
+                        self._inflight.discard(mp4.name)
                 idle_since = time.monotonic()
         finally:
             self.dest.close()
             left = self._queue.qsize()
             if left:
-                log.info("%s: %d upload(s) not done at stop", self.dest.label, left)
+                log.info("%s: %d upload(s) not done at stop (the next catch-up offers them)",
+                         self.dest.label, left)
 
     def _upload(self, mp4: Path) -> None:
         delay = self._backoff_first
@@ -423,6 +619,11 @@ class UploadWorker:
                 log.info("%s: upload of %s cut off by shutdown", self.dest.label, mp4)
                 return
             except UploadError as exc:
+                if attempt == self._max_attempts:
+                    self._limiter.log(log, logging.WARNING, "fail",
+                                      "%s: upload of %s failed (attempt %d): %s",
+                                      self.dest.label, mp4.name, attempt, exc)
+                    break
                 self._limiter.log(log, logging.WARNING, "fail",
                                   "%s: upload of %s failed (attempt %d): %s; retry in %g s",
                                   self.dest.label, mp4.name, attempt, exc, delay)
@@ -430,13 +631,15 @@ class UploadWorker:
                     return
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
+            if self.journal is not None:
+                self.journal.record(mp4)
             self.uploaded += 1
             log.info("%s: uploaded %s in %.1f s", self.dest.label, mp4.name,
                      time.monotonic() - started)
             return
         self.given_up += 1
-        log.error("%s: gave up on %s after %d attempts (it stays on disk)",
-                  self.dest.label, mp4, self._max_attempts)
+        log.error("%s: gave up on %s after %d attempts (it stays on disk for the next "
+                  "catch-up)", self.dest.label, mp4, self._max_attempts)
 
 
 class UploadTrigger:
@@ -477,14 +680,19 @@ class UploadTrigger:
             self.fire(f"{self._after} conversion(s)")
 
     def fire(self, reason: str) -> None:
+        """Offer the files converted since the last trigger, and (for a worker with a journal)
+        every earlier one its destination has not acknowledged yet.
+
+        The catch-up runs at every trigger, not only on start: a file dropped from a full queue
+        or given up while a destination was down would otherwise wait for a restart, which on
+        a Pi left alone for months may never come. It costs one directory listing per trigger.
+        """
         with self._lock:
             files, self._pending, self._count = self._pending, [], 0
-        if not files:
-            return
-        log.info("upload triggered by %s: %d file(s)", reason, len(files))
+        if files:
+            log.info("upload triggered by %s: %d file(s)", reason, len(files))
         for worker in self._workers:
-            for mp4 in files:
-                worker.offer(mp4)
+            worker.catch_up(files)
 
     def _clock(self) -> None:
         fired: tuple[int, int, int, int] | None = None
