@@ -502,7 +502,10 @@ class UploadWorker:
     With a journal, every mp4 of the directory reaches the destination in the end: catch_up()
     offers, oldest first, each one the destination has not acknowledged; a file dropped from
     the full queue, given up after the last attempt, or converted just before a stop is
-    offered again at the next catch-up.
+    offered again at the next catch-up. A catch-up that found the queue full runs again as
+    soon as the queue is empty, so a backlog drains at the destination's pace while the
+    queue stays bounded. Files given up in this run go after the others, so that one file a
+    destination keeps refusing cannot hold back the rest.
     """
 
     def __init__(self, dest: Destination, queue_size: int, stop: threading.Event,
@@ -516,8 +519,10 @@ class UploadWorker:
         self._max_attempts = max_attempts
         self._limiter = RateLimiter()
         # Names queued or being uploaded: a catch-up never queues a file twice.
-        self._lock = threading.Lock()  # guards _inflight (offering threads vs this worker)
+        self._lock = threading.Lock()  # guards _inflight, _gave_up, _more
         self._inflight: set[str] = set()
+        self._gave_up: dict[str, int] = {}  # name -> times given up since start
+        self._more = False  # a catch-up left files waiting: run another when the queue empties
         name = "upload-" + re.sub(r"[^A-Za-z0-9@.:_-]", "_", dest.label.split("://", 1)[-1])
         self._thread = threading.Thread(target=self._run, name=name[:60], daemon=True)
         self.uploaded = 0
@@ -553,7 +558,8 @@ class UploadWorker:
         with self._lock:
             older = [f for f in older if f.name not in fresh_names
                      and f.name not in self._inflight]
-        todo = sorted([*older, *fresh], key=lambda f: (f.name, str(f)))
+            gave_up = dict(self._gave_up)
+        todo = sorted([*older, *fresh], key=lambda f: (gave_up.get(f.name, 0), f.name, str(f)))
         offered = waiting = 0
         full = False
         for mp4 in todo:
@@ -567,8 +573,11 @@ class UploadWorker:
             elif not is_fresh:
                 offered += 1
         if waiting:
-            log.warning("%s: queue full: %d more earlier file(s) wait for the next catch-up",
-                        self.dest.label, waiting)
+            log.warning("%s: queue full: %d more earlier file(s) wait for the next catch-up "
+                        "(when the queue empties)", self.dest.label, waiting)
+        if full and self.journal is not None:
+            with self._lock:
+                self._more = True
         if offered:
             log.info("%s: catch-up: %d earlier file(s) not yet uploaded offered",
                      self.dest.label, offered)
@@ -589,6 +598,11 @@ class UploadWorker:
                 try:
                     mp4 = self._queue.get(timeout=POLL)
                 except queue.Empty:
+                    with self._lock:
+                        more, self._more = self._more, False
+                    if more:
+                        self.catch_up()
+                        continue
                     if time.monotonic() - idle_since > IDLE_CLOSE:
                         self.dest.close()
                         idle_since = float("inf")
@@ -638,6 +652,8 @@ class UploadWorker:
                      time.monotonic() - started)
             return
         self.given_up += 1
+        with self._lock:
+            self._gave_up[mp4.name] = self._gave_up.get(mp4.name, 0) + 1
         log.error("%s: gave up on %s after %d attempts (it stays on disk for the next "
                   "catch-up)", self.dest.label, mp4, self._max_attempts)
 

@@ -196,9 +196,11 @@ def _children(pid: int) -> list[int]:
 
 
 class SshServer:
-    """A real OpenSSH sshd on a free loopback port, throw-away host key, one authorized key."""
+    """A real OpenSSH sshd on a free loopback port, throw-away host key, one authorized key.
+    With start=False the keys and config are made but nothing listens yet (a host that is
+    down); start() brings it up."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, start: bool = True) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.host_key = base / "host_ed25519"
@@ -227,14 +229,24 @@ class SshServer:
             f"PidFile {base / 'sshd.pid'}",
             "LogLevel ERROR",
         ]) + "\n")
+        self.config = config
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-        self._log = (base / "sshd.log").open("wb")
-        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config),
+        self._log = (base / "sshd.log").open("ab")
+        self.proc: subprocess.Popen[bytes] | None = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start sshd (again) on the same port with the same keys: a destination coming back."""
+        if self._log.closed:
+            self._log = (self.base / "sshd.log").open("ab")
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(self.config),
                                       "-p", str(self.port)],
                                      stdout=self._log, stderr=subprocess.STDOUT)
         wait_for(self._listening, 10)
 
     def _listening(self) -> bool:
+        assert self.proc is not None
         if self.proc.poll() is not None:
             raise AssertionError("sshd exited: " + (self.base / "sshd.log").read_text())
         with socket.socket() as s:
@@ -242,6 +254,8 @@ class SshServer:
 
     def kill_sessions(self) -> int:
         """Kill every connection's sshd process (the listener stays): cuts a transfer off."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0
         pids = _children(self.proc.pid)
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -250,12 +264,13 @@ class SshServer:
 
     def stop(self) -> None:
         self.kill_sessions()
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
         self._log.close()
 
 
@@ -280,16 +295,36 @@ class FtpServer:
 
         root.mkdir(parents=True, exist_ok=True)
         self.root, self.user, self.password = root, user, password
+        # Every file a client finished storing, server side, in order (a .part before its
+        # rename): counts uploads, repeated ones included.
+        self.received: list[str] = []
+        received = self.received
         auth = DummyAuthorizer()
         auth.add_user(user, password, str(root), perm="elradfmwMT")
+
+        def on_file_received(_handler: object, file: str) -> None:
+            received.append(os.path.basename(file))
+
         handler = type("Handler", (FTPHandler,), {"authorizer": auth,
-                                                  "auth_failed_timeout": 0.1})
+                                                  "auth_failed_timeout": 0.1,
+                                                  "on_file_received": on_file_received})
+        self._dtp = FTPHandler.dtp_handler
         self.port = free_port()
         self.server = ThreadedFTPServer(("127.0.0.1", self.port), handler)
         self._thread = threading.Thread(target=self.server.serve_forever,
                                         kwargs={"timeout": 0.2, "blocking": True},
                                         name="test-ftpd", daemon=True)
         self._thread.start()
+
+    def throttle(self, bytes_per_second: int | None) -> None:
+        """Slow every data transfer started from now on to this rate (None: full speed)."""
+        if bytes_per_second is None:
+            self.server.handler.dtp_handler = self._dtp
+            return
+        from pyftpdlib.handlers import ThrottledDTPHandler
+
+        self.server.handler.dtp_handler = type("Slow", (ThrottledDTPHandler,),
+                                               {"read_limit": bytes_per_second})
 
     def stop(self) -> None:
         self.server.close_all()

@@ -144,9 +144,7 @@ def test_sftp_connection_killed_mid_transfer_leaves_part_and_retry_completes(
 
 @needs_sshd
 def test_worker_retries_with_backoff_until_the_server_is_back(tmp_path: Path) -> None:
-    server = SshServer(tmp_path / "sshd")
-    port = server.port
-    server.stop()  # the destination is down when the first attempt is made
+    server = SshServer(tmp_path / "sshd", start=False)  # down when the first attempt is made
     stop = threading.Event()
     dest = _sftp(server)
     worker = UploadWorker(dest, queue_size=4, stop=stop, backoff_first=0.2)
@@ -156,13 +154,7 @@ def test_worker_retries_with_backoff_until_the_server_is_back(tmp_path: Path) ->
         assert worker.offer(mp4)
         time.sleep(0.5)
         assert worker.uploaded == 0
-        # The same sshd (keys, config, port) comes back.
-        import subprocess
-
-        server.proc = subprocess.Popen(
-            ["/usr/sbin/sshd", "-D", "-e", "-f", str(server.base / "sshd_config"),
-             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        server._log = (server.base / "sshd2.log").open("wb")
+        server.start()  # the sshd (keys, config, port) comes up
         wait_for(lambda: worker.uploaded == 1, 20)
     finally:
         stop.set()
