@@ -7,6 +7,8 @@ import datetime as dt
 import logging
 import os
 import queue
+import re
+import ssl
 import threading
 import time
 import warnings
@@ -16,7 +18,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from telegram import Bot
+from telegram import Bot, InputFile
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -49,6 +51,9 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 MEDIA_WRITE_TIMEOUT = 120.0
 POLL = 0.1
+# The system's hashed CA directory (Debian and Pi OS keep it with update-ca-certificates).
+SYSTEM_CA_DIR = Path("/etc/ssl/certs")
+_HASHED = re.compile(r"[0-9a-f]{8}\.\d+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,23 @@ class _Request(HTTPXRequest):
         if code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
             raise EntityTooLarge("request entity too large (413)")
         return code, payload
+
+
+def tls_context(ca_dir: Path = SYSTEM_CA_DIR) -> ssl.SSLContext | None:
+    """Certificates checked against the system's CA directory, which OpenSSL reads lazily: only
+    the root a server's chain needs is loaded, where httpx's default (certifi's bundle) parses
+    all ~140 roots into memory up front, about 2 MB of RSS. None (httpx's own choice) when
+    the directory is missing or not hashed, or when SSL_CERT_FILE or SSL_CERT_DIR is set:
+    httpx honours those itself."""
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return None
+    try:
+        hashed = any(_HASHED.fullmatch(name) for name in os.listdir(ca_dir))
+    except OSError:
+        return None
+    if not hashed:
+        return None
+    return ssl.create_default_context(capath=str(ca_dir))
 
 
 def _when(epoch: float | None) -> str:
@@ -141,9 +163,11 @@ class Notifier:
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
+        ctx = tls_context()
         request = _Request(connection_pool_size=2, connect_timeout=CONNECT_TIMEOUT,
-                               read_timeout=READ_TIMEOUT, write_timeout=READ_TIMEOUT,
-                               media_write_timeout=MEDIA_WRITE_TIMEOUT)
+                           read_timeout=READ_TIMEOUT, write_timeout=READ_TIMEOUT,
+                           media_write_timeout=MEDIA_WRITE_TIMEOUT,
+                           httpx_kwargs={"verify": ctx} if ctx is not None else None)
         bot = Bot(self.target.token.reveal(), base_url=self._api_url, request=request)
         try:
             loop.run_until_complete(request.initialize())
@@ -201,8 +225,7 @@ class Notifier:
                 return
 
             def call() -> Awaitable[object]:
-                return bot.send_video(chat, video=video, caption=alert.text,
-                                      supports_streaming=True)
+                return self._send_video(bot, video, alert.text)
         elif alert.photo is not None:
             photo = alert.photo
 
@@ -221,6 +244,15 @@ class Notifier:
             if await self._send(lambda: bot.send_message(chat, f"{alert.text} ({what} not "
                                                                 "sent)"), alert.text):
                 self.sent += 1
+
+    async def _send_video(self, bot: Bot, video: Path, caption: str) -> object:
+        """Opened anew for every attempt. read_file_handle=False: httpx streams the file in
+        chunks, where PTB would read the whole clip (up to 50 MB) into memory first."""
+        with video.open("rb") as f:
+            return await bot.send_video(self.target.chat_id,
+                                        video=InputFile(f, filename=video.name,
+                                                        read_file_handle=False),
+                                        caption=caption, supports_streaming=True)
 
     async def _send(self, call: Callable[[], Awaitable[object]], text: str) -> bool:
         label = self.target.label

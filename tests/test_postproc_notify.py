@@ -154,3 +154,99 @@ def test_token_never_in_the_log(tmp_path: Path, api: FakeBotApi, stop: threading
     assert "flood control" in text and "refused" in text, text
     assert TOKEN not in text
     assert "TESTTOKEN" not in text
+
+
+def test_video_retried_after_a_network_error_is_sent_whole(tmp_path: Path, api: FakeBotApi,
+                                                            stop: threading.Event) -> None:
+    # The clip is streamed from an open file, not read into memory: a retry must start over
+    # from its first byte.
+    mp4 = tmp_path / "20240623-180512.mp4"
+    mp4.write_bytes(b"v" * 300_000)
+    api.script("sendVideo", (502, {"description": "Bad Gateway"}))
+    n = _notifier(api, stop)
+    n.clip(mp4)
+    wait_for(lambda: n.sent == 1, 15)
+    calls = api.calls_to("sendVideo", status=None)
+    assert [c.status for c in calls] == [502, 200]
+    assert [c.files["video"] for c in calls] == [300_000, 300_000]
+
+
+def _openssl(*args: str) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _ca_dir(base: Path, name: str) -> Path:
+    """A CA in a hashed directory, as update-ca-certificates leaves /etc/ssl/certs."""
+    base.mkdir()
+    key, pem = base / "ca.key", base / "ca.pem"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(key), "-out", str(pem), "-days", "2", "-subj", f"/CN={name}")
+    _openssl("rehash", str(base))
+    return base
+
+
+def test_tls_context_reads_the_system_ca_directory_and_still_verifies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.server
+    import ssl
+
+    import httpx
+
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    good = _ca_dir(tmp_path / "good", "pancake test CA")
+    other = _ca_dir(tmp_path / "other", "some other CA")
+    server_key, csr, server_pem = (tmp_path / "srv.key", tmp_path / "srv.csr",
+                                   tmp_path / "srv.pem")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+             "-keyout", str(server_key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    ext = tmp_path / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(good / "ca.pem"), "-CAkey",
+             str(good / "ca.key"), "-CAcreateserial", "-out", str(server_pem), "-days", "2",
+             "-extfile", str(ext))
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(server_pem, server_key)
+    server.socket = server_ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, name="test-https", daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/"
+    try:
+        ctx = notify.tls_context(good)
+        assert ctx is not None
+        assert ctx.cert_store_stats()["x509"] == 0, "nothing loaded before a handshake"
+        with httpx.Client(verify=ctx, timeout=5) as client:
+            assert client.get(url).text == "ok"
+        assert ctx.cert_store_stats()["x509_ca"] == 1, "only the root the chain needed"
+        refused = notify.tls_context(other)
+        assert refused is not None
+        with httpx.Client(verify=refused, timeout=5) as client, \
+                pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            client.get(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    # No hashed names (or no directory): httpx's own default, certifi's bundle.
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "ca.pem").write_bytes((good / "ca.pem").read_bytes())
+    assert notify.tls_context(plain) is None
+    assert notify.tls_context(tmp_path / "missing") is None
+    # The user's own choice of CA file is httpx's to honour.
+    monkeypatch.setenv("SSL_CERT_FILE", str(good / "ca.pem"))
+    assert notify.tls_context(good) is None
