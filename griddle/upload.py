@@ -579,7 +579,7 @@ class UploadWorker:
             with self._lock:
                 self._more = True
         if offered:
-            log.info("%s: catch-up: %d earlier file(s) not yet uploaded offered",
+            log.info("%s: catch-up: offered %d earlier file(s) not uploaded yet",
                      self.dest.label, offered)
         return offered
 

@@ -155,7 +155,7 @@ def test_files_dropped_from_a_full_queue_are_uploaded_after_a_restart(
         assert second.terminate() == 0
     for n in names:
         assert (day / f"{n}.mp4").read_bytes() == (mp4 / f"{n}.mp4").read_bytes()
-    assert "catch-up" in second.log_text()
+    assert "catch-up: offered" in second.log_text()
     assert FTP_PASSWORD not in first.log_text() + second.log_text()
 
 
