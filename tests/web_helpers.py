@@ -1,7 +1,7 @@
 """Helpers for the web tests: a synthetic camera, the live server in a thread or a process, clients.
 
-Run as a script (`python tests/web_helpers.py serve PANCAKE-FLAGS...`) it is a stand-in daemon
-process (synthetic camera + griddle.web.run) for as long as pancake.py cannot serve yet.
+Run as a script (`python tests/web_helpers.py serve PANCAKE-FLAGS...`) it is the web part of
+pancake alone (synthetic camera + griddle.web.run) in its own process: handy to profile it.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import importlib.util
 import os
 import re
 import signal
@@ -148,26 +147,22 @@ class ServerThread:
         return int(get_json(self.port, "/status")["jpeg_encodes"])
 
 
-def pancake_available() -> bool:
-    return importlib.util.find_spec("griddle.pancake_main") is not None
-
-
 @dataclass
 class Daemon:
-    """A real server process on loopback: pancake.py --source testsrc when it can serve,
-    else this file's `serve` stand-in (the same web code fed by a synthetic camera)."""
+    """The real pancake.py --source testsrc as a process on loopback (`stand_in`: this file's
+    `serve`, the same web code on a synthetic camera, to look at the web part alone)."""
 
     flags: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
-    real: bool = field(default_factory=pancake_available)
+    stand_in: bool = False
     log: Path | None = None
 
     def argv(self) -> list[str]:
         args = ["--port", str(self.port), *self.flags]
-        if self.real:
-            return [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc", *args]
-        return [sys.executable, str(Path(__file__).resolve()), "serve", *args]
+        if self.stand_in:
+            return [sys.executable, str(Path(__file__).resolve()), "serve", *args]
+        return [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc", *args]
 
     def __enter__(self) -> Daemon:
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL
