@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import table, write_section  # noqa: E402
-from griddle.convert import ConvertSettings, Job, convert  # noqa: E402
+from griddle.convert import ConvertSettings, Job, convert, fsync_path  # noqa: E402
 from tests.postproc_servers import (  # noqa: E402
     FakeBotApi,
     PostprocProcess,
@@ -72,7 +72,8 @@ def segment(minutes: float) -> Path:
 
 
 def bench_convert(src: Path, runs: int) -> tuple[float, float, float]:
-    """Median seconds of convert() and of `cp` on the same file (page cache warm for both)."""
+    """Median seconds of convert() and of `cp` on the same file (page cache warm for both), each
+    until its output is on disk: convert fsyncs before its rename, so the copy is fsynced too."""
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
         work = Path(tmp)
         subprocess.run(["cp", str(src), str(work / "warm")], check=True)
@@ -80,6 +81,7 @@ def bench_convert(src: Path, runs: int) -> tuple[float, float, float]:
         for _ in range(runs):
             started = time.perf_counter()
             subprocess.run(["cp", str(src), str(work / "copy.h264")], check=True)
+            fsync_path(work / "copy.h264")
             cp_times.append(time.perf_counter() - started)
             (work / "copy.h264").unlink()
             started = time.perf_counter()

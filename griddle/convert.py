@@ -197,6 +197,14 @@ class ConvertSettings:
     mp4box: str | None = None  # run MP4Box at this path instead of remuxing with PyAV
 
 
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def convert(settings: ConvertSettings, job: Job) -> Path:
     """Convert one file into settings.mp4_dir under a temporary name, then rename it in place."""
     final = settings.mp4_dir / mp4_name(job.h264)
@@ -207,6 +215,8 @@ def convert(settings: ConvertSettings, job: Job) -> Path:
         else:
             sidecar = job.pts if job.pts is not None else sidecar_for(job.h264)
             remux(job.h264, tmp, settings.fps, sidecar if sidecar.is_file() else None)
+        # On disk before it takes the final name: after a power cut the mp4 is whole or absent.
+        fsync_path(tmp)
         os.replace(tmp, final)
     except OSError as exc:
         raise ConversionError(f"cannot write {final}: {exc.strerror or exc}") from None
