@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,10 +64,16 @@ class H264File:
         return self.last_mono - self.first_mono
 
     def close(self) -> None:
+        """Flush to disk, then close: the finished message promises a whole file."""
         try:
-            self._file.close()
+            for f in (self._file, self._pts):
+                f.flush()
+                os.fsync(f.fileno())
         finally:
-            self._pts.close()
+            try:
+                self._file.close()
+            finally:
+                self._pts.close()
 
     def finish(self, hooks: WriterHooks, detection: bool = False) -> None:
         """Close the file, and announce it: a clip around an edge carries "detection": true."""
