@@ -7,6 +7,7 @@ import glob
 import importlib.util
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,8 +36,20 @@ OPEN_TIMEOUT, READ_TIMEOUT = 10.0, 5.0
 STOP_TIMEOUT = 0.8
 
 
+_USERINFO = re.compile(r"(\w+://)[^/@\s]*@")
+
+
+def redact(text: str) -> str:
+    """Text with every URL's user:password@ removed: camera URLs carry credentials, and the
+    source's name goes into log lines, /status and error messages (FFmpeg's among them)."""
+    return _USERINFO.sub(r"\1", text)
+
+
 class SourceError(Exception):
     """A source that cannot be opened or read: the message names the source and the reason."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class Camera(Protocol):
@@ -60,7 +73,7 @@ class SourceSpec:
     target: str  # device path, URL, file path, or camera index
 
     def __str__(self) -> str:
-        return self.kind if self.kind == "testsrc" else f"{self.kind}:{self.target}"
+        return self.kind if self.kind == "testsrc" else f"{self.kind}:{redact(self.target)}"
 
 
 def resolve(spec: str) -> SourceSpec:

@@ -24,6 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse(argv)
         web.prepare(cfg)
+        sockets = web.listen(cfg.port, cfg.bind)
     except ConfigError as exc:
         print(f"pancake.py: error: {exc}", file=sys.stderr)
         return 2
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     watchdog = Watchdog(recorder.hub, notifier, stop)
     watchdog.start()
     try:
-        web.run(recorder.state, stop)  # returns once stop is set
+        web.run(recorder.state, stop, address=cfg.bind, sockets=sockets)  # until stop is set
     finally:
         stop.set()
         notifier.stopping()

@@ -37,6 +37,7 @@ class Size:
 @dataclass(frozen=True, slots=True)
 class RecorderConfig:
     port: int
+    bind: str
     resolution: Size
     fps: float
     vflip: bool
@@ -110,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pancake.py", description="Raspberry Pancake: one camera's recorder and live view.")
     p.add_argument("--port", type=int, default=8000, metavar="8000",
                    help="webserver port hosting the camera live view")
+    p.add_argument("--bind", default="", metavar="ADDRESS",
+                   help="address the live view listens on (default: all; 127.0.0.1 for local only)")
     p.add_argument("--resolution", type=_size, nargs=2, default=[320, 240], metavar=("320", "240"),
                    help="resolution of camera live view")
     p.add_argument("--fps", type=_positive, default=12.0, metavar="12", help="camera framerate")
@@ -220,6 +223,7 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         load_detect(customize, a.detect)  # fail now, not when the first frame arrives
     return RecorderConfig(
         port=a.port,
+        bind=a.bind,
         resolution=Size(*a.resolution),
         fps=a.fps,
         vflip=a.vflip,

@@ -33,8 +33,8 @@ import asyncio
 import concurrent.futures
 import json
 import logging
-import re
 import secrets
+import socket
 import ssl
 import struct
 import threading
@@ -51,6 +51,7 @@ import tornado.web
 import tornado.websocket
 
 from griddle import auth
+from griddle.capture import redact
 from griddle.live import Jpeg, JpegProducer
 from griddle.logs import RateLimiter
 from griddle.recorder_config import ConfigError, RecorderConfig
@@ -71,12 +72,9 @@ MAX_REVOKED = 10_000
 TIMER_SLACK = 0.002
 
 _limiter = RateLimiter()
-_USERINFO = re.compile(r"(\w+://)[^/@\s]*@")
-
-
 def display_name(source: str) -> str:
     """The source as viewers may see it: an rtsp://user:password@host URL loses its userinfo."""
-    return _USERINFO.sub(r"\1", source)
+    return redact(source)
 
 
 def prepare(cfg: RecorderConfig) -> None:
@@ -456,25 +454,34 @@ def make_app(state: RecorderState, live: Live, login: Login | None, tls: bool,
     )
 
 
-def run(state: RecorderState, stop: threading.Event, *, address: str = "") -> None:
-    """Serve the live page on cfg.port (all interfaces unless `address`) until `stop` is set.
+def listen(port: int, address: str = "") -> list[socket.socket]:
+    """Bind the live view's port (all interfaces unless `address`); ConfigError if taken.
+    pancake binds before it starts recording, so a taken port is one line and exit 2."""
+    try:
+        return tornado.netutil.bind_sockets(port, address or None)
+    except OSError as exc:
+        raise ConfigError(f"--port {port}: cannot listen: {exc.strerror}") from None
+
+
+def run(state: RecorderState, stop: threading.Event, *, address: str = "",
+        sockets: list[socket.socket] | None = None) -> None:
+    """Serve the live page on `sockets` (else cfg.port on `address`) until `stop` is set.
 
     Runs the IOLoop in the calling thread (pancake's main thread) and returns promptly after
     `stop`: the JPEG thread is joined and every websocket closed. A port that cannot be
     bound raises ConfigError.
     """
-    asyncio.run(_serve(state, stop, address))
+    if sockets is None:
+        sockets = listen(state.cfg.port, address)
+    asyncio.run(_serve(state, stop, address, sockets))
 
 
-async def _serve(state: RecorderState, stop: threading.Event, address: str) -> None:
+async def _serve(state: RecorderState, stop: threading.Event, address: str,
+                 sockets: list[socket.socket]) -> None:
     cfg = state.cfg
     tls_ctx = _ssl_context(cfg)
     hashed = auth.load_hash(cfg.login) if cfg.login is not None else None
     secret = auth.cookie_secret(cfg.login) if cfg.login is not None else None
-    try:
-        sockets = tornado.netutil.bind_sockets(cfg.port, address or None)
-    except OSError as exc:
-        raise ConfigError(f"--port {cfg.port}: cannot listen: {exc.strerror}") from None
     # bcrypt (~0.2 s a check, ~1 s on a Pi Zero) and disk queries run here, off the loop.
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="login-bcrypt")
     status_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,

@@ -78,7 +78,8 @@ class Pancake:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.started = time.time()
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "pancake.py"), "--port", str(self.port), *args],
+            [sys.executable, str(ROOT / "pancake.py"), "--port", str(self.port),
+             "--bind", "127.0.0.1", *args],
             cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
     def log(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -212,8 +213,12 @@ def test_emit_to_nobody_and_file_source_that_ends(tmp_path: Path,
     (["--resolution", "321", "240"], "even number"),
     (["--rotation", "45"], "invalid choice"),
     (["--port", "70000"], "not a port number"),
+    (["--port", "BUSY"], "BUSYPORT"),
     (["--source", "/dev/video99"], "source device:/dev/video99: cannot open"),
     (["--source", "/nonexistent/movie.mp4"], "source file:/nonexistent/movie.mp4: cannot open"),
+    # A camera URL's password never reaches the output.
+    (["--source", "http://admin:hunter2@127.0.0.1:9/live.ts"],
+     "source url:http://127.0.0.1:9/live.ts: cannot open"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str,
                                           pancakes: list[Pancake]) -> None:
@@ -224,6 +229,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
             path = tmp_path / f"{key.lower()}.py"
             path.write_text(text)
             args = [str(path) if a == key else a for a in args]
+    if "BUSY" in args:  # a port another program holds
+        busy = socket.socket()
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        args = [port if a == "BUSY" else a for a in args]
+        message = f"port {port}"
     if "--source" not in args:
         args = ["--source", "testsrc", *args]
     p = run_pancake(pancakes, args, tmp_path)
@@ -232,6 +244,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], messa
     assert rc == 2, out
     assert message in out, out
     assert "Traceback" not in out
+    assert "hunter2" not in out
     assert len(out.strip().splitlines()) == 1, out
 
 
