@@ -7,6 +7,8 @@ from typing import Any, TypedDict
 
 # An abstract datagram socket carries at most this much in one message (DESIGN.md).
 MAX_DATAGRAM = 64 * 1024
+# Linux abstract socket names share sun_path's 108 bytes with the leading NUL.
+MAX_SOCKET_NAME = 107
 
 
 class Event(TypedDict, total=False):

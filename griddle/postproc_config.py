@@ -8,22 +8,17 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
+from griddle.cli import ConfigError, OneLineParser
 from griddle.credentials import Secret, SecretError, resolve
+from griddle.events import MAX_SOCKET_NAME
 
-# Linux abstract socket names share sun_path's 108 bytes with the leading NUL.
-MAX_SOCKET_NAME = 107
 PUBLIC_BOT_API = "https://api.telegram.org/bot"
 MP4BOX = "MP4Box"
 # Upload retries: the first after this many seconds, doubling; a file is given up after this
 # many attempts (about an hour) until the next catch-up offers it again.
 UPLOAD_BACKOFF_FIRST = 2.0
 UPLOAD_ATTEMPTS = 16
-
-
-class ConfigError(Exception):
-    """Bad input: printed as one line, exit code 2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +93,6 @@ class PostprocConfig:
         return [d.password for d in self.upload_ftp] + [t.token for t in self.notify_telegram]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad input as one line and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _minute(text: str) -> int:
     try:
         value = int(text)
@@ -136,7 +124,7 @@ def _uid(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="postproc.py",
+    p = OneLineParser(prog="postproc.py",
                 description="Raspberry Pancake's post-processor: convert, upload, notify.")
     p.add_argument("socket_name", help="address of unix domain socket, in abstract namespace")
     p.add_argument("--convert", nargs=2, required=True, metavar=("mp4_dir", "fps"),

@@ -13,10 +13,11 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
+from griddle.cli import ConfigError
 from griddle.convert import Converter, ConvertSettings, Job, pending, remove_stale_temporaries
 from griddle.credentials import install_redaction
 from griddle.logs import setup_logging
-from griddle.postproc_config import ConfigError, PostprocConfig, parse
+from griddle.postproc_config import PostprocConfig, parse
 from griddle.receiver import Accepted, PathPolicy, Receiver, ReceiverError, open_socket
 from griddle.upload import (
     Destination,

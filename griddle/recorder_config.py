@@ -11,18 +11,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 
+from griddle.cli import ConfigError, OneLineParser
 from griddle.diskguard import DEFAULT_MIN_FREE, parse_min_free
+from griddle.events import MAX_SOCKET_NAME
 from griddle.retention import Amount
 
+__all__ = ["ConfigError", "RecorderConfig", "Size", "load_detect", "parse"]
+
 DEFAULT_SPLIT = 900.0
-# Linux abstract socket names share sun_path's 108 bytes with the leading NUL.
-MAX_SOCKET_NAME = 107
-
-
-class ConfigError(Exception):
-    """Bad input: printed as one line, exit code 2."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +81,6 @@ class RecorderConfig:
         return tuple(dict.fromkeys(dirs))
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad input as one line and exit code 2 (it does already; keep it)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _size(text: str) -> int:
     value = int(text)
     if not 16 <= value <= 8192 or value % 2:
@@ -108,7 +99,8 @@ def _positive(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pancake.py", description="Raspberry Pancake: one camera's recorder and live view.")
+    p = OneLineParser(prog="pancake.py",
+                      description="Raspberry Pancake: one camera's recorder and live view.")
     p.add_argument("--port", type=int, default=8000, metavar="8000",
                    help="webserver port hosting the camera live view")
     p.add_argument("--bind", default="", metavar="ADDRESS",

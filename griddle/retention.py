@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Generic, NoReturn, TypeVar
+from typing import Generic, TypeVar
+
+from griddle.cli import ConfigError, OneLineParser
 
 # A file changed this recently may still be growing (a writer that does not hold it open, an
 # upload being renamed into place): leave it for the next run.
@@ -341,15 +343,6 @@ class RecordingDir:
 T = TypeVar("T")
 
 
-class UsageError(Exception):
-    """Bad command-line input: one line on stderr, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 @dataclass(frozen=True, slots=True)
 class RetentionConfig(Generic[T]):
     """One util script's command line: (directory, limit) pairs and the common switches."""
@@ -363,7 +356,7 @@ class RetentionConfig(Generic[T]):
 def build_parser(prog: str, doc: str, limit_name: str, limit_help: str) -> argparse.ArgumentParser:
     """The shared command line: `DIR LIMIT [DIR LIMIT …]` and the common switches."""
     summary, _, rest = doc.strip().partition("\n")
-    parser = _Parser(prog=prog, description=summary, epilog=rest.strip() or None,
+    parser = OneLineParser(prog=prog, description=summary, epilog=rest.strip() or None,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("pairs", nargs="+", metavar=f"DIR {limit_name}",
                         help=f"a directory, then {limit_name}: {limit_help}; "
@@ -384,19 +377,19 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     a = parser.parse_args(argv)
     args: list[str] = a.pairs
     if len(args) % 2:
-        raise UsageError(f"arguments come in pairs DIR LIMIT; got {len(args)} "
+        raise ConfigError(f"arguments come in pairs DIR LIMIT; got {len(args)} "
                          f"(the last, {args[-1]!r}, has no partner)")
     pairs: list[tuple[Path, T]] = []
     for text, limit in zip(args[::2], args[1::2], strict=True):
         path = Path(text)
         if not path.exists():
-            raise UsageError(f"{text}: no such directory")
+            raise ConfigError(f"{text}: no such directory")
         if not path.is_dir():
-            raise UsageError(f"{text}: not a directory")
+            raise ConfigError(f"{text}: not a directory")
         try:
             value = convert(limit)
         except ValueError as exc:
-            raise UsageError(f"{text}: {exc}") from None
+            raise ConfigError(f"{text}: {exc}") from None
         pairs.append((path, value))
     return RetentionConfig(tuple(pairs), a.dry_run, a.only_recordings, a.verbose)
 
@@ -461,7 +454,7 @@ def run_script(prog: str, doc: str, limit: tuple[str, str], convert: Callable[[s
     parser = build_parser(prog, doc, *limit)
     try:
         cfg = parse_args(parser, argv, convert)
-    except UsageError as exc:
+    except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     remover = Remover(cfg.dry_run, cfg.verbose)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from griddle.cli import ConfigError
 from griddle.credentials import RedactingFilter, Secret, SecretError, resolve
-from griddle.postproc_config import ConfigError, parse
+from griddle.postproc_config import parse
 from griddle.postproc_main import main
 from tests.postproc_servers import PYTHON, ROOT
 
