@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from av.video.reformatter import VideoReformatter
+
 from griddle.clips import Edge
 from griddle.frames import LatestFrame
 from griddle.logs import RateLimiter
@@ -37,6 +39,9 @@ class Detector(threading.Thread):
         self._hub = hub
         self._on_edge = on_edge
         self._stop_event = stop
+        # One scaler for every call: frame.reformat() would build (and tear down) a new
+        # swscale context per frame, three times the cost of the scaling itself.
+        self._reformatter = VideoReformatter()
         self.state = False
         self.calls = 0
         self.errors = 0
@@ -53,10 +58,11 @@ class Detector(threading.Thread):
                 image = frame.image
                 if self._size is not None:
                     # Fast bilinear: detection needs the picture, not the finest scaling.
-                    image = image.reformat(self._size.width, self._size.height, "rgb24",
-                                           interpolation="FAST_BILINEAR")
+                    image = self._reformatter.reformat(image, self._size.width,
+                                                       self._size.height, "rgb24",
+                                                       interpolation="FAST_BILINEAR")
                 else:
-                    image = image.reformat(format="rgb24")
+                    image = self._reformatter.reformat(image, format="rgb24")
                 plane = image.planes[0]
                 # Tightly packed rows are already the bytes detect() wants: skip numpy's copy.
                 rgb = (bytes(plane) if plane.line_size == image.width * 3

@@ -12,6 +12,7 @@ from typing import Any
 
 import av
 from av.video.frame import PictureType
+from av.video.reformatter import VideoReformatter
 
 from griddle.frames import Frame, Packet
 from griddle.inbox import Inbox
@@ -53,6 +54,8 @@ class H264Encoder:
         # lookahead, so packets leave in the order frames went in.
         self._pending: deque[tuple[float, float, bool]] = deque()
         self._restart = False
+        # Shared across frames: frame.reformat() sets up a new swscale context every call.
+        self._reformatter = VideoReformatter()
 
     def restart(self) -> None:
         """The source came back: the next frame starts a new segment."""
@@ -80,9 +83,9 @@ class H264Encoder:
         image = frame.image
         size = self._cfg.size
         if size is not None and (image.width, image.height) != (size.width, size.height):
-            image = image.reformat(size.width, size.height, "yuv420p")
+            image = self._reformatter.reformat(image, size.width, size.height, "yuv420p")
         elif image.format.name != "yuv420p":
-            image = image.reformat(format="yuv420p")
+            image = self._reformatter.reformat(image, format="yuv420p")
         # The picture is shared with the viewers; its pts and pict_type are the encoder's alone.
         out: list[Packet] = []
         if self._ctx is None or self._size != (image.width, image.height):

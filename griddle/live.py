@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+from av.video.reformatter import VideoReformatter
 
 from griddle.frames import Frame, LatestFrame
 from griddle.logs import RateLimiter
@@ -39,6 +40,7 @@ class JpegEncoder:
 
     def __init__(self, qscale: int = JPEG_QSCALE) -> None:
         self._qscale = qscale
+        self._reformatter = VideoReformatter()
         self._ctx: av.VideoCodecContext | None = None
         self._pts = 0
 
@@ -57,8 +59,9 @@ class JpegEncoder:
         return self._ctx
 
     def encode(self, image: av.VideoFrame) -> bytes:
-        # reformat returns a new frame: the shared capture frame is never written to.
-        full = image.reformat(format="yuvj420p")
+        # reformat returns a new frame: the shared capture frame is never written to. One
+        # reformatter for all frames: frame.reformat() would set up swscale anew each time.
+        full = self._reformatter.reformat(image, format="yuvj420p")
         # The encoder refuses a pts that does not increase; capture pts may restart or repeat.
         self._pts += 1
         full.pts = self._pts

@@ -14,6 +14,7 @@ from typing import Any
 import av
 import numpy as np
 import numpy.typing as npt
+from av.video.reformatter import VideoReformatter
 
 from griddle.annotate import Annotator
 from griddle.capture import BACKOFF_MAX, BACKOFF_START, FrameSink, SourceError
@@ -270,6 +271,7 @@ class Picamera2Camera:
         self._on_frame: FrameSink | None = None
         self._stamp = ArrayStamp(cfg.annotate_text_size)
         self._annotate = Annotator(cfg.annotate_text_size)
+        self._reformatter = VideoReformatter()  # one swscale context for every frame
         self._stall_after = max(STALL_SECONDS, STALL_FRAMES / cfg.fps)
         self._last_frame = 0.0  # time.monotonic() of the newest frame (or a start grace)
         self._watch: threading.Thread | None = None
@@ -417,7 +419,7 @@ class Picamera2Camera:
                 image = video_frame(yuv420_planes(m.array, size.width, size.height), plan.turn)
         want = self._cfg.frame_size
         if (image.width, image.height) != (want.width, want.height):
-            image = image.reformat(want.width, want.height, "yuv420p")
+            image = self._reformatter.reformat(image, want.width, want.height, "yuv420p")
         if plan.frames != plan.encode:
             self._annotate(image, wall)  # after the turn, so the clock reads upright
         self.frames += 1
