@@ -43,8 +43,13 @@ class H264File:
         self.path, self._file = create_unique(directory, file_stem(wall, with_seconds), ".h264",
                                               siblings)
         self.pts_path = self.path.with_suffix(".pts")
-        self._pts: BinaryIO = open(self.pts_path, "wb")
-        self._pts.write(PTS_HEADER.encode())
+        try:
+            self._pts: BinaryIO = open(self.pts_path, "wb")
+            self._pts.write(PTS_HEADER.encode())
+        except OSError:
+            self._file.close()
+            self.path.unlink(missing_ok=True)
+            raise
         self.wall = wall
         self._first: float | None = None
         self.frames = 0
@@ -76,17 +81,43 @@ class H264File:
                 self._pts.close()
 
     def finish(self, hooks: WriterHooks, detection: bool = False) -> None:
-        """Close the file, and announce it: a clip around an edge carries "detection": true."""
+        """Close the file, and announce it: a clip around an edge carries "detection": true.
+        A file that got no frame at all (the disk was full) is removed, not announced."""
         try:
             self.close()
         except OSError as exc:
             log.error("closing %s failed: %s", self.path, exc)
         hooks.closed(str(self.path))
+        if self.frames == 0:
+            self.path.unlink(missing_ok=True)
+            self.pts_path.unlink(missing_ok=True)
+            return
         log.info("%s: %d frames, %.1f s", self.path.name, self.frames, self.duration)
         event = Event(h264=str(self.path), pts=str(self.pts_path), time=round(self.wall, 3))
         if detection:
             event["detection"] = True
         hooks.emit(event)
+
+
+class DiskRetry:
+    """After a failed write, wait before opening the next file, doubling the wait: a full disk
+    must not turn into a new file every second. Times are monotonic seconds."""
+
+    FIRST, MAX = 1.0, 30.0
+
+    def __init__(self) -> None:
+        self._until = float("-inf")
+        self._delay = self.FIRST
+
+    def ready(self, now: float) -> bool:
+        return now >= self._until
+
+    def failed(self, now: float) -> None:
+        self._until = now + self._delay
+        self._delay = min(self._delay * 2, self.MAX)
+
+    def succeeded(self) -> None:
+        self._delay = self.FIRST
 
 
 class SegmentWriter(threading.Thread):
@@ -101,6 +132,8 @@ class SegmentWriter(threading.Thread):
         self._hooks = hooks
         self._inbox: Inbox[Packet] = Inbox(QUEUE_PACKETS, "segment writer", log)
         self._file: H264File | None = None
+        self._retry = DiskRetry()
+        self._failing = False
 
     def put(self, packet: Packet) -> None:
         """From the encoder thread; never blocks it."""
@@ -115,19 +148,27 @@ class SegmentWriter(threading.Thread):
             try:
                 self._write(packet)
             except OSError as exc:
-                # ENOSPC and friends: lose this file's tail, never the process; the next
-                # keyframe opens a fresh file once the disk takes writes again.
+                # ENOSPC and friends: keep what was written, never the process; a keyframe
+                # after the retry wait opens a fresh file once the disk takes writes again.
                 _limit.log(log, logging.ERROR, "write", "segment write failed: %s", exc)
+                self._failing = True
+                self._retry.failed(packet.mono)
                 self._close()
         self._close()
 
     def _write(self, packet: Packet) -> None:
         if packet.boundary or (self._file is None and packet.keyframe):
             self._close()
+            if not self._retry.ready(packet.mono):
+                return  # the disk failed a moment ago: these frames are lost, said above
             self._file = H264File(self._dir, packet.wall, self._with_seconds, self._siblings)
             self._hooks.opened(str(self._file.path))
         if self._file is not None:
             self._file.write(packet)
+            if self._failing:
+                self._failing = False
+                self._retry.succeeded()
+                log.info("disk takes writes again: recording resumed in %s", self._file.path.name)
 
     def _close(self) -> None:
         f, self._file = self._file, None
