@@ -242,6 +242,7 @@ def main() -> int:
     log = ROOT / "bench" / "out" / "bench_live-pancake.log"
     log.parent.mkdir(exist_ok=True)
     argv = [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc", "--port", str(port),
+            "--bind", "127.0.0.1",
             "--resolution", str(WIDTH), str(HEIGHT), "--fps", str(FPS),
             "--max-stream-fps", str(MAX_STREAM_FPS)]
     with open(log, "wb") as out:

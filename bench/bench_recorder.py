@@ -78,7 +78,8 @@ def main() -> int:
                   "-x264-params", f"keyint={FPS}:min-keyint=1:forced-idr=1:repeat-headers=1",
                   "-f", "segment", "-segment_time", "900", "-segment_format", "h264",
                   "seg%03d.h264"]
-        pancake = [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc",
+        pancake = [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc", "--bind",
+                   "127.0.0.1",
                    "--resolution", str(W), str(H), "--fps", str(FPS)]
         ref = run(ffmpeg, seconds, dirs["ffmpeg"], None)
         cont = run([*pancake, "--port", str(free_port()), "--record-continuous", str(dirs["cont"])],

@@ -285,7 +285,8 @@ def free_port() -> int:
 
 def pancake(args: list[str]) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FAKE), str(REPO)]))
-    return subprocess.Popen([sys.executable, str(REPO / "pancake.py"), *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, str(REPO / "pancake.py"), "--bind", "127.0.0.1",
+                             *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -59,7 +59,7 @@ def test_pancake_to_postproc(tmp_path: Path) -> None:
         pancake_log = (tmp_path / "pancake.log").open("wb")
         pancake = subprocess.Popen(
             [PYTHON, str(ROOT / "pancake.py"), "--source", "testsrc", "--port", str(free_port()),
-             "--fps", "12", "--record-continuous", str(cont), "--record-split", "3",
+             "--bind", "127.0.0.1", "--fps", "12", "--record-continuous", str(cont), "--record-split", "3",
              "--record-detection", "edge", str(cont), "--detect", "no-image",
              "--customize", str(customize), "--emit", name],
             stdout=pancake_log, stderr=subprocess.STDOUT, cwd=ROOT)

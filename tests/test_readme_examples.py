@@ -299,7 +299,7 @@ def rewrite_postproc(args: list[str], socket_name: str,
 
 
 def rewrite_pancake(args: list[str], socket_name: str, split: str) -> list[str]:
-    out = ["--source", "testsrc", "--port", str(free_port())]
+    out = ["--source", "testsrc", "--port", str(free_port()), "--bind", "127.0.0.1"]
     i = 0
     while i < len(args):
         if args[i] == "--emit":

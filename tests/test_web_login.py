@@ -276,7 +276,8 @@ def test_real_pancake_refuses_a_corrupt_hash_file(tmp_path: Path) -> None:
     bad = tmp_path / "password.txt"
     bad.write_text("sha512:deadbeef\n")
     proc = subprocess.run([sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc",
-                           "--port", str(free_port()), "--login", str(bad)],
+                           "--port", str(free_port()), "--bind", "127.0.0.1",
+                           "--login", str(bad)],
                           capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

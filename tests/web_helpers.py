@@ -162,7 +162,8 @@ class Daemon:
         args = ["--port", str(self.port), *self.flags]
         if self.stand_in:
             return [sys.executable, str(Path(__file__).resolve()), "serve", *args]
-        return [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc", *args]
+        return [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc",
+                "--bind", "127.0.0.1", *args]
 
     def __enter__(self) -> Daemon:
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL
