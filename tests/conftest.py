@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,22 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str, why_not: str = "") -> Iterator[Path]:
+    """A real small filesystem (tmpfs of `size`, e.g. "8m") mounted at `mnt` for the test;
+    skips the test, saying why, where mounting is not allowed."""
+    mnt.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                           str(mnt)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})"
+                    + (f"; {why_not}" if why_not else ""))
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def free_port() -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import tmpfs
 
 from griddle.diskguard import DiskGuard, DiskGuardConfig, parse_min_free
 from griddle.emitter import Emitter
@@ -29,17 +30,8 @@ OLD = time.time() - 3600
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); "
-                    "the injected-usage tests below cover the rules")
-    try:
+    with tmpfs(tmp_path / "fs", "8m", "the injected-usage tests below cover the rules") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def recording(directory: Path, stem: str, size: int = MiB) -> None:

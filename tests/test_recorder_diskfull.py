@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import errno
 import json
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Listener, Pancake, run_pancake
+from conftest import Listener, Pancake, run_pancake, tmpfs
 from recordings import decode
 
 
 @pytest.fixture
 def full_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode})")
-    try:
+    with tmpfs(tmp_path / "fs", "4m") as mnt:
         with open(mnt / "filler", "wb") as f:
             try:
                 while True:
@@ -33,8 +26,6 @@ def full_fs(tmp_path: Path) -> Iterator[Path]:
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def status(p: Pancake) -> dict[str, object]:

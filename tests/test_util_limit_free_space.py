@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import tmpfs
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "util" / "limit_free_space.py"
@@ -26,17 +27,9 @@ def run(*args: str | Path | int) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MiB tmpfs: free space that the test controls exactly."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}); "
-                    "test_diskguard covers the same logic with injected disk usage")
-    try:
+    with tmpfs(tmp_path / "fs", "8m",
+               "test_diskguard covers the same logic with injected disk usage") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def recording(directory: Path, stem: str, size: int) -> None:
