@@ -7,6 +7,7 @@ import os
 import queue
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -32,6 +33,12 @@ MP4BOX_TIMEOUT = 600.0
 # Live events waiting for the converter; more than this means it cannot keep up.
 INBOX_SIZE = 64
 POLL = 0.2
+# While running, the h264 dirs are scanned again this often (and as soon as the converter is
+# idle after it had to drop an event), so a lost message waits minutes, not for a restart.
+RESCAN_INTERVAL = 600.0
+# A rescan leaves files changed this recently: pancake is still writing them, and their
+# "finished" message is on its way.
+RESCAN_SETTLED = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +242,10 @@ def remove_stale_temporaries(mp4_dir: Path) -> None:
             log.warning("cannot remove unfinished %s: %s", path, exc.strerror or exc)
 
 
-def pending(h264_dirs: Iterable[Path], mp4_dir: Path) -> list[Job]:
-    """Catch-up: every regular .h264 in the directories with no mp4 yet, oldest name first."""
+def pending(h264_dirs: Iterable[Path], mp4_dir: Path, settled: float = 0.0) -> list[Job]:
+    """Catch-up: every regular .h264 in the directories with no mp4 yet, oldest name first;
+    with `settled`, only files unchanged for that many seconds."""
+    now = time.time()
     jobs: list[Job] = []
     for directory in h264_dirs:
         try:
@@ -248,6 +257,8 @@ def pending(h264_dirs: Iterable[Path], mp4_dir: Path) -> list[Job]:
             if not entry.name.endswith(".h264") or not entry.is_file(follow_symlinks=False):
                 continue
             path = Path(entry.path)
+            if settled and now - entry.stat(follow_symlinks=False).st_mtime < settled:
+                continue
             if not (mp4_dir / mp4_name(path)).exists():
                 jobs.append(Job(path, catch_up=True))
     jobs.sort(key=lambda j: (j.h264.name, str(j.h264)))
@@ -261,11 +272,14 @@ class Converter:
     """One thread converts one file at a time: live events first, catch-up files when idle.
 
     Live events wait in a bounded inbox; when it is full the event is dropped with a log line
-    (the .h264 stays on disk and the next start's catch-up converts it).
+    (the .h264 stays on disk). With `rescan`, the directories are scanned again once idle after
+    a drop, and every RESCAN_INTERVAL, so the dropped file (or one whose message never came)
+    is converted while running; otherwise at the next start.
     """
 
     def __init__(self, settings: ConvertSettings, stop: threading.Event, on_done: Done,
-                 inbox_size: int = INBOX_SIZE) -> None:
+                 inbox_size: int = INBOX_SIZE,
+                 rescan: Callable[[], list[Job]] | None = None) -> None:
         self.settings = settings
         self._stop = stop
         self._on_done = on_done
@@ -273,6 +287,9 @@ class Converter:
         self._backlog: deque[Job] = deque()
         self._backlog_lock = threading.Lock()  # guards _backlog, filled at start, drained here
         self._limiter = RateLimiter()
+        self._rescan = rescan
+        self._next_rescan = time.monotonic() + RESCAN_INTERVAL
+        self._dropped = threading.Event()  # set by submit() on a full inbox
         self._thread = threading.Thread(target=self._run, name="converter", daemon=True)
         self.converted = 0
         self.failed = 0
@@ -284,9 +301,10 @@ class Converter:
         try:
             self._inbox.put_nowait(job)
         except queue.Full:
+            self._dropped.set()
             self._limiter.log(log, logging.WARNING, "full",
-                              "conversion queue full: dropped %s (catch-up converts it on the "
-                              "next start)", job.h264)
+                              "conversion queue full: dropped %s (a rescan of the directories "
+                              "converts it later)", job.h264)
             return False
         return True
 
@@ -309,6 +327,16 @@ class Converter:
                 # A live event may have converted it meanwhile.
                 if not (self.settings.mp4_dir / mp4_name(job.h264)).exists():
                     return job
+        if self._rescan is not None and (self._dropped.is_set()
+                                         or time.monotonic() >= self._next_rescan):
+            self._dropped.clear()
+            self._next_rescan = time.monotonic() + RESCAN_INTERVAL
+            jobs = self._rescan()
+            if jobs:
+                log.info("rescan: %d .h264 file(s) with no mp4 yet", len(jobs))
+                with self._backlog_lock:
+                    self._backlog.extend(jobs)
+                return None
         try:
             return self._inbox.get(timeout=POLL)
         except queue.Empty:

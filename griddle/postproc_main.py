@@ -14,7 +14,14 @@ from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from griddle.cli import ConfigError
-from griddle.convert import Converter, ConvertSettings, Job, pending, remove_stale_temporaries
+from griddle.convert import (
+    RESCAN_SETTLED,
+    Converter,
+    ConvertSettings,
+    Job,
+    pending,
+    remove_stale_temporaries,
+)
 from griddle.credentials import install_redaction
 from griddle.logs import setup_logging
 from griddle.postproc_config import PostprocConfig, parse
@@ -66,8 +73,10 @@ class Postproc:
                         for d in dests]
         self.trigger = UploadTrigger(self.workers, cfg.upload_after_convert, cfg.upload_minutes,
                                      stop)
+        rescan = ((lambda: pending(cfg.h264_dirs, cfg.mp4_dir, settled=RESCAN_SETTLED))
+                  if cfg.h264_dirs else None)
         self.converter = Converter(ConvertSettings(cfg.mp4_dir, cfg.fps, cfg.mp4box), stop,
-                                   self._converted)
+                                   self._converted, rescan=rescan)
         self.receiver = Receiver(sock, cfg.allow_uids, PathPolicy(cfg.h264_dirs),
                                  self._received, stop)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,30 @@ def test_mp4box_converter_runs_the_originals_command_line(tmp_path: Path,
     assert Path(args[6]).name != mp4.name, "written under a temporary name, then renamed"
     assert [p.name for p in out.iterdir()] == ["20240102-1015.mp4"]
     assert decoded_frames(mp4) == 12
+
+
+def test_dropped_events_are_converted_by_a_rescan_while_running(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    recs = [make_recording(tmp_path / f"2020062{i}-1715.h264", frames=6) for i in range(5)]
+    done: list[str] = []
+    stop = threading.Event()
+    conv = Converter(ConvertSettings(out, fps=12.0), stop, lambda job, mp4: done.append(mp4.name),
+                     inbox_size=1, rescan=lambda: pending([tmp_path], out))
+    accepted = [conv.submit(Job(p)) for p in recs]
+    assert accepted == [True, False, False, False, False]  # four dropped from the full inbox
+    conv.start()
+    wait_for(lambda: len(done) == 5, 20)  # no restart needed
+    stop.set()
+    assert conv.join(5)
+    assert sorted(done) == sorted(p.with_suffix(".mp4").name for p in recs)
+
+
+def test_rescan_leaves_files_still_being_written(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    old = make_recording(tmp_path / "20200623-1700.h264", frames=6)
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    make_recording(tmp_path / "20200623-1715.h264", frames=6)  # just written
+    assert [j.h264.name for j in pending([tmp_path], out, settled=60)] == [old.name]
+    assert len(pending([tmp_path], out)) == 2
