@@ -51,7 +51,7 @@ run: apt-run $(VENV)/.installed
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy griddle pancake.py postproc.py customize.py util bench
+	$(VENV)/bin/mypy raspberry_pancake pancake.py postproc.py customize.py util bench
 
 unit: $(VENV)/.installed-test
 	$(PY) -m pytest -q

@@ -3,7 +3,7 @@
 
 import sys
 
-from griddle.postproc_main import main
+from raspberry_pancake.postproc.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

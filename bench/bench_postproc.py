@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import table, write_section  # noqa: E402
-from griddle.convert import ConvertSettings, Job, convert, fsync_path  # noqa: E402
+from raspberry_pancake.postproc.convert import ConvertSettings, Job, convert, fsync_path  # noqa: E402
 from tests.postproc_servers import (  # noqa: E402
     FakeBotApi,
     PostprocProcess,

@@ -16,7 +16,7 @@ NAL_SLICE, NAL_IDR, NAL_SPS, NAL_PPS = 1, 5, 7, 8
 
 
 def nal_units(data: bytes) -> list[bytes]:
-    """NAL units of Annex-B bytes, start codes removed (written here, not imported from griddle,
+    """NAL units of Annex-B bytes, start codes removed (written here, not imported from raspberry_pancake,
     so a bug there cannot hide itself in the test)."""
     return [u for u in (c.rstrip(b"\x00") for c in data.split(b"\x00\x00\x01")) if u]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from web_helpers import HOST, ROOT, Daemon, make_hash_file
 
-from griddle import auth
+from raspberry_pancake.recorder.web import auth
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts"

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from griddle.clips import POST_ROLL, PRE_ROLL, ClipConfig, ClipWriter, Edge, RingBuffer
-from griddle.events import Event
-from griddle.frames import Packet
-from griddle.segments import WriterHooks
+from raspberry_pancake.recorder.frames import Packet
+from raspberry_pancake.recorder.recording.clips import (
+    POST_ROLL,
+    PRE_ROLL,
+    ClipConfig,
+    ClipWriter,
+    Edge,
+    RingBuffer,
+)
+from raspberry_pancake.recorder.recording.segments import WriterHooks
+from raspberry_pancake.shared.events import Event
 
 FPS = 10
 GOP = 10  # a keyframe every second

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import tmpfs
 
-from griddle.diskguard import DiskGuard, DiskGuardConfig, parse_min_free
-from griddle.emitter import Emitter
-from griddle.events import Event, abstract_address, decode
-from griddle.retention import Amount
+from raspberry_pancake.recorder.diskguard import DiskGuard, DiskGuardConfig, parse_min_free
+from raspberry_pancake.recorder.emitter import Emitter
+from raspberry_pancake.shared.events import Event, abstract_address, decode
+from raspberry_pancake.shared.retention import Amount
 
 MiB = 1024 * 1024
 OLD = time.time() - 3600

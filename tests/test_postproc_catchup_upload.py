@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from griddle.credentials import Secret
-from griddle.postproc_config import FtpTarget, parse
-from griddle.postproc_main import Postproc
-from griddle.receiver import open_socket
-from griddle.upload import JOURNAL_DIR, FtpDestination, UploadJournal, UploadWorker
+from raspberry_pancake.postproc.config import FtpTarget, parse
+from raspberry_pancake.postproc.main import Postproc
+from raspberry_pancake.postproc.receiver import open_socket
+from raspberry_pancake.postproc.upload.worker import JOURNAL_DIR, FtpDestination, UploadJournal, UploadWorker
+from raspberry_pancake.shared.credentials import Secret
 from tests.postproc_servers import (
     FtpServer,
     PostprocProcess,

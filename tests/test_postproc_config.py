@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from griddle.cli import ConfigError
-from griddle.credentials import RedactingFilter, Secret, SecretError, resolve
-from griddle.postproc_config import parse
-from griddle.postproc_main import main
+from raspberry_pancake.postproc.config import parse
+from raspberry_pancake.postproc.main import main
+from raspberry_pancake.shared.cli import ConfigError
+from raspberry_pancake.shared.credentials import RedactingFilter, Secret, SecretError, resolve
 from tests.postproc_servers import PYTHON, ROOT
 
 

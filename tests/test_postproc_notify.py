@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import griddle.notify as notify
-from griddle.credentials import Secret, install_redaction
-from griddle.notify import Alert, Notifier
-from griddle.postproc_config import TelegramTarget
+import raspberry_pancake.postproc.notify as notify
+from raspberry_pancake.postproc.config import TelegramTarget
+from raspberry_pancake.postproc.notify import Alert, Notifier
+from raspberry_pancake.shared.credentials import Secret, install_redaction
 from tests.postproc_servers import FakeBotApi, bot_api, wait_for
 
 TOKEN = "123456:TESTTOKEN-never-in-logs"

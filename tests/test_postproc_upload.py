@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from griddle.credentials import Secret
-from griddle.postproc_config import FtpTarget, ScpTarget
-from griddle.upload import (
+from raspberry_pancake.postproc.config import FtpTarget, ScpTarget
+from raspberry_pancake.postproc.upload.worker import (
     FtpDestination,
     SftpDestination,
     UploadError,
@@ -21,6 +20,7 @@ from griddle.upload import (
     UploadWorker,
     date_dirs,
 )
+from raspberry_pancake.shared.credentials import Secret
 from tests.postproc_servers import (
     FtpServer,
     SshServer,

@@ -20,9 +20,10 @@ from pathlib import Path
 import av
 import pytest
 
-from griddle import postproc_config, recorder_config
-from griddle.auth import hash_password
-from griddle.upload import date_dirs
+from raspberry_pancake.postproc import config as postproc_config
+from raspberry_pancake.postproc.upload.worker import date_dirs
+from raspberry_pancake.recorder import config as recorder_config
+from raspberry_pancake.recorder.web.auth import hash_password
 from tests.postproc_servers import (
     PYTHON,
     ROOT,
@@ -449,7 +450,7 @@ def test_readme_example_runs(example: Example, tmp_path: Path, dests: Destinatio
             wait_for(lambda: post.running() and f" @{name}\n" in Path("/proc/net/unix").read_text(),
                      20)
         pancake = Daemon("pancake.py", pancake_args, cwd)
-        wait_for(lambda: pancake.running() and "griddle.web: live view on" in pancake.text(), 30)
+        wait_for(lambda: pancake.running() and "recorder.web.app: live view on" in pancake.text(), 30)
         port = int(flag_values(pancake_args, "--port")[0][0])
         if "--login" in pancake_args:
             # The page wants the password: an anonymous visitor is sent to the login page.

@@ -10,11 +10,11 @@ from pathlib import Path
 from conftest import Listener
 from recordings import decode
 
-from griddle.capture import AVCamera, SourceSpec
-from griddle.emitter import Emitter
-from griddle.recorder import Recorder
-from griddle.recorder_config import parse
-from griddle.splits import GUARD_SLACK
+from raspberry_pancake.recorder.config import parse
+from raspberry_pancake.recorder.emitter import Emitter
+from raspberry_pancake.recorder.pipeline import Recorder
+from raspberry_pancake.recorder.recording.splits import GUARD_SLACK
+from raspberry_pancake.recorder.sources.pyav import AVCamera, SourceSpec
 
 FPS = 12
 SPLIT = 3

@@ -181,8 +181,8 @@ def test_file_source_is_reencoded(tmp_path: Path, pancakes: list[Pancake]) -> No
 def test_avcc_keyframes_become_annexb_with_parameter_sets(tmp_path: Path) -> None:
     # An mp4's packets are avcC: length-prefixed, SPS/PPS only in the extradata (as from an
     # flv/RTMP camera). Through Passthrough each GOP becomes Annex-B that decodes alone.
-    from griddle.frames import Packet
-    from griddle.passthrough import Passthrough
+    from raspberry_pancake.recorder.frames import Packet
+    from raspberry_pancake.recorder.sources.passthrough import Passthrough
 
     video = tmp_path / "v.mp4"
     with av.open(str(video), "w") as out:

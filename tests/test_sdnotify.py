@@ -1,4 +1,4 @@
-"""griddle.sdnotify against real datagram sockets, as systemd's notification socket is one."""
+"""shared.sdnotify against real datagram sockets, as systemd's notification socket is one."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from griddle.sdnotify import Notifier
+from raspberry_pancake.shared.sdnotify import Notifier
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,7 +88,7 @@ def test_a_child_process_notifies_from_the_environment(
     sock, address = abstract_socket
     env = {**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "30000000",
            "PYTHONPATH": str(ROOT)}
-    code = ("import os; from griddle.sdnotify import Notifier; n = Notifier(); "
+    code = ("import os; from raspberry_pancake.shared.sdnotify import Notifier; n = Notifier(); "
             "os.environ['WATCHDOG_PID'] = str(os.getpid()); "
             "print(n.watchdog_interval()); n.ready(); n.watchdog()")
     child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -130,7 +130,7 @@ def test_a_vanished_socket_is_logged_once_and_never_raises(
     assert n.watchdog()
     sock.close()
     os.unlink(path)
-    with caplog.at_level(logging.INFO, logger="griddle.sdnotify"):
+    with caplog.at_level(logging.INFO, logger="raspberry_pancake.shared.sdnotify"):
         assert not n.watchdog()
         assert not n.watchdog()
         assert not n.ready()

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from griddle.splits import GUARD_SLACK, SplitClock, create_unique, file_stem, next_boundary
+from raspberry_pancake.recorder.recording.splits import (
+    GUARD_SLACK,
+    SplitClock,
+    create_unique,
+    file_stem,
+    next_boundary,
+)
 
 FPS = 10.0
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from griddle import postproc_config, recorder_config
+from raspberry_pancake.postproc import config as postproc_config
+from raspberry_pancake.recorder import config as recorder_config
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT_DIR = ROOT / "systemd"

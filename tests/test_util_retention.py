@@ -1,4 +1,4 @@
-"""griddle.retention: names, sizes, the "still being written" rule, grouping and safe deletion."""
+"""shared.retention: names, sizes, the "still being written" rule, grouping and safe deletion."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from griddle.diskguard import parse_min_free
-from griddle.retention import (
+from raspberry_pancake.recorder.diskguard import parse_min_free
+from raspberry_pancake.shared.retention import (
     Amount,
     BusyCheck,
     RecordingDir,

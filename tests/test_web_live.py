@@ -21,7 +21,7 @@ from web_helpers import (
     ws_frames,
 )
 
-from griddle import web
+from raspberry_pancake.recorder.web import app as web
 
 
 def decodes_as_jpeg(data: bytes) -> tuple[int, int]:
@@ -299,9 +299,9 @@ def test_a_busy_port_is_one_clear_error() -> None:
 
     from web_helpers import HOST
 
-    from griddle import recorder_config
-    from griddle.frames import LatestFrame
-    from griddle.state import RecorderState
+    from raspberry_pancake.recorder import config as recorder_config
+    from raspberry_pancake.recorder.frames import LatestFrame
+    from raspberry_pancake.recorder.state import RecorderState
 
     with socket.socket() as busy:
         busy.bind((HOST, 0))

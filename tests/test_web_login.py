@@ -30,7 +30,8 @@ from web_helpers import (
     xsrf,
 )
 
-from griddle import auth, web
+from raspberry_pancake.recorder.web import app as web
+from raspberry_pancake.recorder.web import auth
 
 PASSWORD = "correct horse battery"
 # 72 bytes exactly: bcrypt's limit. Its 73-byte extension must not log in (bcrypt 4 truncated).
@@ -257,7 +258,7 @@ def test_throttle_is_per_address() -> None:
 @pytest.mark.parametrize("content", [None, b"", b"\n", b"not a hash\n",
                                      b"$2b$12$" + b"a" * 52 + b"\n", b"\xff\xfe garbage"])
 def test_unusable_hash_file_stops_startup(tmp_path: Path, content: bytes | None) -> None:
-    from griddle.recorder_config import ConfigError
+    from raspberry_pancake.recorder.config import ConfigError
 
     path = tmp_path / "password.txt"
     if content is not None:
@@ -361,7 +362,7 @@ def test_tls_serves_https_and_wss_with_secure_cookies(tmp_path: Path, hash_file:
 
 
 def test_unloadable_certificate_stops_startup(tmp_path: Path) -> None:
-    from griddle import recorder_config
+    from raspberry_pancake.recorder import config as recorder_config
 
     cert = tmp_path / "cert.pem"
     key = tmp_path / "key.pem"

@@ -13,7 +13,7 @@ from pathlib import Path
 import bcrypt
 from web_helpers import ROOT
 
-from griddle import auth
+from raspberry_pancake.recorder.web import auth
 
 SCRIPT = ROOT / "util" / "set_password.py"
 # Makes the pty this process's controlling terminal (getpass talks to /dev/tty), then runs

@@ -1,7 +1,7 @@
 """Helpers for the web tests: a synthetic camera, the live server in a thread or a process, clients.
 
 Run as a script (`python tests/web_helpers.py serve PANCAKE-FLAGS...`) it is the web part of
-pancake alone (synthetic camera + griddle.web.run) in its own process: handy to profile it.
+pancake alone (synthetic camera + recorder.web.app.run) in its own process: handy to profile it.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from griddle import recorder_config, web  # noqa: E402
-from griddle.frames import Frame, LatestFrame  # noqa: E402
-from griddle.state import RecorderState  # noqa: E402
+from raspberry_pancake.recorder import config as recorder_config  # noqa: E402
+from raspberry_pancake.recorder.frames import Frame, LatestFrame  # noqa: E402
+from raspberry_pancake.recorder.state import RecorderState  # noqa: E402
+from raspberry_pancake.recorder.web import app as web  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -98,7 +99,7 @@ class SyntheticCamera:
 
 
 class ServerThread:
-    """griddle.web.run in a thread of this process, on loopback, fed by a SyntheticCamera."""
+    """recorder.web.app.run in a thread of this process, on loopback, fed by a SyntheticCamera."""
 
     def __init__(self, flags: list[str] | tuple[str, ...] = (), *, fps: float = 30.0,
                  size: tuple[int, int] = (320, 240), camera: bool = True) -> None:
@@ -389,7 +390,7 @@ def _serve_main(argv: list[str]) -> int:
     """The stand-in daemon: pancake's web part on a synthetic camera, stopped by SIGTERM."""
     import logging
 
-    from griddle.logs import setup_logging
+    from raspberry_pancake.shared.logs import setup_logging
 
     setup_logging(None, logging.INFO)
     try:

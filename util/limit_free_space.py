@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from griddle.retention import (
+from raspberry_pancake.shared.retention import (
     Amount,
     RecordingDir,
     Remover,

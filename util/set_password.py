@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from griddle.auth import MAX_PASSWORD_BYTES, hash_password
+from raspberry_pancake.recorder.web.auth import MAX_PASSWORD_BYTES, hash_password
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -1,4 +1,4 @@
-"""Test stand-in for picamera2 (NOT picamera2): the subset of its API that griddle/picam.py uses.
+"""Test stand-in for picamera2 (NOT picamera2): the subset of its API that recorder/sources/picam.py uses.
 
 Follows picamera2 0.3.x as shipped in Raspberry Pi OS Bookworm (python3-picamera2), read from
 raspberrypi/picamera2: `picamera2.py` (global_camera_info, create_video_configuration, configure,

@@ -1,1 +1,0 @@
-"""Raspberry Pancake, rebuilt: the stages behind pancake.py and postproc.py."""

@@ -1,0 +1,1 @@
+"""postproc.py: messages in → mp4s → uploads and alerts."""

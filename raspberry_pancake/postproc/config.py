@@ -1,0 +1,288 @@
+"""postproc.py's command line: parsed and checked once into a frozen PostprocConfig."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from raspberry_pancake.shared.cli import ConfigError, OneLineParser
+from raspberry_pancake.shared.credentials import Secret, SecretError, resolve
+from raspberry_pancake.shared.events import MAX_SOCKET_NAME
+
+PUBLIC_BOT_API = "https://api.telegram.org/bot"
+MP4BOX = "MP4Box"
+# Upload retries: the first after this many seconds, doubling; a file is given up after this
+# many attempts (about an hour) until the next catch-up offers it again.
+UPLOAD_BACKOFF_FIRST = 2.0
+UPLOAD_ATTEMPTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ScpTarget:
+    user: str
+    host: str
+    port: int
+    remote_dir: str
+
+    @property
+    def label(self) -> str:
+        return f"sftp://{self.user}@{self.host}:{self.port}/{self.remote_dir}"
+
+
+@dataclass(frozen=True, slots=True)
+class FtpTarget:
+    host: str
+    port: int
+    user: str
+    password: Secret
+    remote_dir: str
+
+    @property
+    def label(self) -> str:
+        return f"ftp://{self.user}@{self.host}:{self.port}/{self.remote_dir}"
+
+
+@dataclass(frozen=True, slots=True)
+class TelegramTarget:
+    token: Secret
+    chat_id: str
+
+    @property
+    def label(self) -> str:
+        return f"telegram chat {self.chat_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PostprocConfig:
+    socket_name: str
+    mp4_dir: Path
+    fps: float
+    upload_after_convert: int | None
+    upload_minutes: tuple[int, ...]
+    upload_scp: tuple[ScpTarget, ...]
+    upload_ftp: tuple[FtpTarget, ...]
+    upload_queue_size: int
+    notify_telegram: tuple[TelegramTarget, ...]
+    notify_queue_size: int
+    log: str | None
+    converter: str  # "pyav" or "mp4box"
+    mp4box: str | None  # MP4Box's path when converter == "mp4box"
+    h264_dirs: tuple[Path, ...]
+    telegram_api_url: str
+    allow_uids: frozenset[int]
+    known_hosts: Path
+    ssh_key: Path | None
+    # Not on the command line: the defaults suit every destination, and a catch-up at each
+    # trigger and each start retries a file given up. Tests make them small.
+    upload_attempts: int = UPLOAD_ATTEMPTS
+    upload_backoff_first: float = UPLOAD_BACKOFF_FIRST
+
+    @property
+    def uploading(self) -> bool:
+        return bool(self.upload_scp or self.upload_ftp)
+
+    @property
+    def public_bot_api(self) -> bool:
+        return self.telegram_api_url == PUBLIC_BOT_API
+
+    def secrets(self) -> list[Secret]:
+        return [d.password for d in self.upload_ftp] + [t.token for t in self.notify_telegram]
+
+
+def _minute(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a minute (0..59)") from None
+    if not 0 <= value <= 59:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a minute (0..59)")
+    return value
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 1")
+    return value
+
+
+def _uid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a numeric uid") from None
+    if not 0 <= value < 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a uid")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="postproc.py",
+                description="Raspberry Pancake's post-processor: convert, upload, notify.")
+    p.add_argument("socket_name", help="address of unix domain socket, in abstract namespace")
+    p.add_argument("--convert", nargs=2, required=True, metavar=("mp4_dir", "fps"),
+                   help="convert h264 files into mp4_dir; fps when a file has no .pts sidecar")
+    p.add_argument("--upload-after-convert", type=_at_least_one, metavar="N",
+                   help="trigger upload after N conversions")
+    p.add_argument("--upload-minutes", type=_minute, nargs="+", metavar="{0..59}",
+                   help="trigger upload at minutes")
+    p.add_argument("--upload-scp", nargs=3, action="append", default=[],
+                   metavar=("user@host", "port", "remote_dir"),
+                   help="upload by SFTP (key or agent auth, host key from --known-hosts)")
+    p.add_argument("--upload-ftp", nargs=5, action="append", default=[],
+                   metavar=("host", "port", "user", "password", "remote_dir"),
+                   help="upload by FTP; password may be @/path/to/file or env:VARNAME")
+    p.add_argument("--upload-queue-size", type=_at_least_one, default=8, metavar="8")
+    p.add_argument("--notify-telegram", nargs=2, action="append", default=[],
+                   metavar=("bot_token", "chat_id"),
+                   help="use Telegram Bot API to notify chat_id of detection status; "
+                        "bot_token may be @/path/to/file or env:VARNAME")
+    p.add_argument("--notify-queue-size", type=_at_least_one, default=8, metavar="8")
+    p.add_argument("--log", metavar="path", help="log file, rotated at midnight; stdout if not given")
+    p.add_argument("--converter", choices=["pyav", "mp4box"], default="pyav",
+                   help="pyav: remux in process (default); mp4box: run MP4Box as the original")
+    p.add_argument("--h264-dir", action="append", default=[], metavar="DIR",
+                   help="accept only .h264 files in DIR (repeatable); on start, convert every "
+                        ".h264 there that has no .mp4 yet")
+    p.add_argument("--telegram-api-url", default=PUBLIC_BOT_API, metavar="URL",
+                   help=f"Bot API base URL, ending in /bot (default {PUBLIC_BOT_API})")
+    p.add_argument("--allow-uid", type=_uid, action="append", default=[], metavar="UID",
+                   help="accept events sent by this uid (repeatable; default: our own uid)")
+    p.add_argument("--known-hosts", metavar="FILE", default="~/.ssh/known_hosts",
+                   help="SSH host keys for --upload-scp (default ~/.ssh/known_hosts)")
+    p.add_argument("--ssh-key", metavar="FILE",
+                   help="SSH private key for --upload-scp (default: agent and ~/.ssh keys)")
+    return p
+
+
+def _port(flag: str, text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: port {text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{flag}: port {port} is not in 1..65535")
+    return port
+
+
+def _writable_dir(flag: str, text: str) -> Path:
+    path = Path(text).absolute()
+    if not path.is_dir():
+        raise ConfigError(f"{flag}: {text!r} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: directory {text!r} is not writable")
+    return path
+
+
+def _readable_dir(flag: str, text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise ConfigError(f"{flag}: {text!r} is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ConfigError(f"{flag}: directory {text!r} is not readable")
+    # Resolved, so that a path in an event is compared with the real directory.
+    return path.resolve()
+
+
+def _scp(values: list[str]) -> ScpTarget:
+    target, port, remote_dir = values
+    user, sep, host = target.rpartition("@")
+    if not sep or not user or not host:
+        raise ConfigError(f"--upload-scp: {target!r} is not user@host")
+    if not remote_dir:
+        raise ConfigError("--upload-scp: empty remote_dir")
+    return ScpTarget(user, host, _port("--upload-scp", port), remote_dir)
+
+
+def _ftp(values: list[str]) -> FtpTarget:
+    host, port, user, password, remote_dir = values
+    if not host or not user:
+        raise ConfigError("--upload-ftp: empty host or user")
+    if not remote_dir:
+        raise ConfigError("--upload-ftp: empty remote_dir")
+    return FtpTarget(host, _port("--upload-ftp", port), user,
+                          resolve("--upload-ftp password", password), remote_dir)
+
+
+def _telegram(values: list[str]) -> TelegramTarget:
+    token, chat_id = values
+    if not chat_id:
+        raise ConfigError("--notify-telegram: empty chat_id")
+    return TelegramTarget(resolve("--notify-telegram bot_token", token), chat_id)
+
+
+def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
+    """Parse and check the command line; raise ConfigError for cross-flag and file problems."""
+    a = build_parser().parse_args(argv)
+    if not 0 < len(a.socket_name.encode()) <= MAX_SOCKET_NAME:
+        raise ConfigError(f"socket_name: 1..{MAX_SOCKET_NAME} bytes")
+    mp4_text, fps_text = a.convert
+    try:
+        fps = float(fps_text)
+    except ValueError:
+        raise ConfigError(f"--convert: fps {fps_text!r} is not a number") from None
+    if not 0 < fps <= 240:
+        raise ConfigError(f"--convert: fps {fps_text!r} is not in (0, 240]")
+    mp4_dir = _writable_dir("--convert", mp4_text)
+    minutes = tuple(a.upload_minutes or ())
+    if len(set(minutes)) != len(minutes):
+        raise ConfigError("--upload-minutes: a minute is repeated")
+    try:
+        scp = tuple(_scp(v) for v in a.upload_scp)
+        ftp = tuple(_ftp(v) for v in a.upload_ftp)
+        telegram = tuple(_telegram(v) for v in a.notify_telegram)
+    except SecretError as exc:
+        raise ConfigError(str(exc)) from None
+    triggered = a.upload_after_convert is not None or bool(minutes)
+    if (scp or ftp) and not triggered:
+        raise ConfigError("--upload-scp/--upload-ftp need a trigger: "
+                          "--upload-after-convert or --upload-minutes")
+    if triggered and not (scp or ftp):
+        raise ConfigError("--upload-after-convert/--upload-minutes need a destination: "
+                          "--upload-scp or --upload-ftp")
+    mp4box = None
+    if a.converter == "mp4box":
+        mp4box = shutil.which(MP4BOX)
+        if mp4box is None:
+            raise ConfigError("--converter mp4box: MP4Box is not installed (gpac is not packaged "
+                              "in Debian 12 / Pi OS Bookworm); use --converter pyav")
+    h264_dirs = tuple(dict.fromkeys(_readable_dir("--h264-dir", d) for d in a.h264_dir))
+    url = a.telegram_api_url
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--telegram-api-url: {url!r} is not an http(s) URL")
+    known_hosts = Path(a.known_hosts).expanduser()
+    if scp and not known_hosts.is_file():
+        raise ConfigError(f"--known-hosts: {str(known_hosts)!r} does not exist; "
+                          "unknown SSH hosts are refused, never added")
+    ssh_key = None
+    if a.ssh_key is not None:
+        ssh_key = Path(a.ssh_key).expanduser().absolute()
+        if not ssh_key.is_file() or not os.access(ssh_key, os.R_OK):
+            raise ConfigError(f"--ssh-key: {a.ssh_key!r} is not a readable file")
+    return PostprocConfig(
+        socket_name=a.socket_name,
+        mp4_dir=mp4_dir,
+        fps=fps,
+        upload_after_convert=a.upload_after_convert,
+        upload_minutes=minutes,
+        upload_scp=scp,
+        upload_ftp=ftp,
+        upload_queue_size=a.upload_queue_size,
+        notify_telegram=telegram,
+        notify_queue_size=a.notify_queue_size,
+        log=a.log,
+        converter=a.converter,
+        mp4box=mp4box,
+        h264_dirs=h264_dirs,
+        telegram_api_url=url,
+        allow_uids=frozenset(a.allow_uid or [os.getuid()]),
+        known_hosts=known_hosts,
+        ssh_key=ssh_key,
+    )

@@ -1,0 +1,367 @@
+"""Turns finished .h264 recordings into .mp4 (remux, never re-encode) in the converter thread."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+from av.video.stream import VideoStream
+
+from raspberry_pancake.shared.logs import RateLimiter
+
+log = logging.getLogger(__name__)
+
+# mp4 timestamps in the usual 90 kHz video clock: the sidecar's microseconds round to 11 µs.
+TIME_BASE = Fraction(1, 90000)
+SIDECAR_HEADER = "# timecode format v2"
+# A temporary mp4 is hidden and still ends in .mp4 (MP4Box picks the format from the name).
+TMP_PREFIX = "."
+TMP_SUFFIX = ".tmp.mp4"
+# The largest 15-minute segment converts in seconds; MP4Box stuck longer than this is killed.
+MP4BOX_TIMEOUT = 600.0
+# Live events waiting for the converter; more than this means it cannot keep up.
+INBOX_SIZE = 64
+POLL = 0.2
+# While running, the h264 dirs are scanned again this often (and as soon as the converter is
+# idle after it had to drop an event), so a lost message waits minutes, not for a restart.
+RESCAN_INTERVAL = 600.0
+# A rescan leaves files changed this recently: pancake is still writing them, and their
+# "finished" message is on its way.
+RESCAN_SETTLED = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One file to convert. `clip`: a detection clip, whose mp4 is also sent as an alert."""
+
+    h264: Path
+    pts: Path | None = None
+    clip: bool = False
+    catch_up: bool = False
+
+
+class ConversionError(Exception):
+    """The file could not be converted; the message says why in a few words."""
+
+
+class EmptyRecording(ConversionError):
+    """Nothing to convert: an empty file, or no H.264 in it."""
+
+
+def mp4_name(h264: Path) -> str:
+    return h264.stem + ".mp4"
+
+
+def sidecar_for(h264: Path) -> Path:
+    return h264.with_suffix(".pts")
+
+
+def read_sidecar(path: Path) -> list[float]:
+    """Frame times in seconds from a `# timecode format v2` file; stops at the first bad line
+    (a sidecar cut short by a power cut still times the frames before it)."""
+    times: list[float] = []
+    try:
+        with path.open("r", encoding="ascii", errors="replace") as f:
+            first = f.readline().strip()
+            if first != SIDECAR_HEADER:
+                log.warning("%s: not a timecode v2 sidecar, timing by fps", path)
+                return []
+            for line in f:
+                text = line.strip()
+                if not text:
+                    continue
+                try:
+                    ms = float(text)
+                except ValueError:
+                    break
+                if ms != ms or ms < 0 or (times and ms / 1000.0 < times[-1]):
+                    break  # NaN, negative or backwards: trust nothing after it
+                times.append(ms / 1000.0)
+    except OSError as exc:
+        log.warning("%s: cannot read sidecar (%s), timing by fps", path, exc.strerror or exc)
+        return []
+    return times
+
+
+class _Clock:
+    """Packet n's time: the sidecar's while it lasts, then 1/fps steps from its last entry."""
+
+    def __init__(self, times: list[float], fps: float) -> None:
+        self._times = times
+        self._step = 1.0 / fps
+        self._last_tick = -1
+
+    def tick(self, index: int) -> int:
+        if index < len(self._times):
+            seconds = self._times[index]
+        elif self._times:
+            seconds = self._times[-1] + (index - len(self._times) + 1) * self._step
+        else:
+            seconds = index * self._step
+        value = round(seconds / TIME_BASE)
+        # The mp4 muxer needs strictly increasing timestamps; two frames in one tick are nudged.
+        value = max(value, self._last_tick + 1)
+        self._last_tick = value
+        return value
+
+
+def remux(h264: Path, out: Path, fps: float, sidecar: Path | None) -> int:
+    """Write `out` (mp4, moov first) from the raw H.264 in `h264`; return the frame count.
+
+    Timestamps come from the sidecar when given, else from fps. No decoding: packets are copied
+    as they are. A damaged or truncated file yields the packets before the damage.
+    """
+    try:
+        size = h264.stat().st_size
+    except OSError as exc:
+        raise ConversionError(f"cannot stat: {exc.strerror or exc}") from None
+    if size == 0:
+        raise EmptyRecording("empty file")
+    clock = _Clock(read_sidecar(sidecar) if sidecar else [], fps)
+    try:
+        inp = av.open(str(h264), format="h264")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise EmptyRecording(f"no H.264 in it ({exc})") from None
+    written = 0
+    try:
+        if not inp.streams.video:
+            raise EmptyRecording("no video stream")
+        ist = inp.streams.video[0]
+        with av.open(str(out), "w", format="mp4",
+                     options={"movflags": "+faststart"}) as output:
+            ost = output.add_stream_from_template(ist)
+            ost.time_base = TIME_BASE
+            held: av.Packet[VideoStream] | None = None
+            started = False
+            index = 0
+            last_duration = 0
+            try:
+                for packet in inp.demux(ist):
+                    if packet.size == 0:
+                        continue  # the demuxer's end-of-stream marker
+                    tick = clock.tick(index)
+                    index += 1
+                    # A file damaged at its start: skip to the first keyframe, which decodes.
+                    if not started and not packet.is_keyframe:
+                        continue
+                    started = True
+                    packet.stream = ost
+                    packet.time_base = TIME_BASE
+                    packet.pts = packet.dts = tick
+                    if held is not None:
+                        last_duration = held.duration = tick - (held.pts or 0)
+                        output.mux(held)
+                        written += 1
+                    held = packet
+            except (av.error.InvalidDataError, av.error.EOFError, av.error.FFmpegError) as exc:
+                log.warning("%s: damaged after %d frames (%s): keeping those", h264, index, exc)
+            if held is None:
+                raise EmptyRecording("no decodable frame")
+            # The last frame lasts as long as the one before it (or 1/fps when it is alone).
+            held.duration = last_duration or round(1.0 / fps / TIME_BASE)
+            output.mux(held)
+            written += 1
+    except av.error.FFmpegError as exc:
+        raise ConversionError(f"mp4 muxer failed ({exc})") from None
+    finally:
+        inp.close()
+    return written
+
+
+def run_mp4box(mp4box: str, h264: Path, out: Path, fps: float) -> None:
+    """The original's conversion: `MP4Box -quiet -fps N -cat IN -new OUT`."""
+    if h264.stat().st_size == 0:
+        raise EmptyRecording("empty file")
+    try:
+        done = subprocess.run(
+            [mp4box, "-quiet", "-fps", f"{fps:g}", "-cat", str(h264), "-new", str(out)],
+            capture_output=True, timeout=MP4BOX_TIMEOUT, check=False, stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConversionError(f"MP4Box took over {MP4BOX_TIMEOUT:g} s") from None
+    except OSError as exc:
+        raise ConversionError(f"cannot run MP4Box: {exc.strerror or exc}") from None
+    if done.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
+        tail = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
+        raise ConversionError(f"MP4Box exit {done.returncode}: {tail[0][:200]}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConvertSettings:
+    mp4_dir: Path
+    fps: float
+    mp4box: str | None = None  # run MP4Box at this path instead of remuxing with PyAV
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def convert(settings: ConvertSettings, job: Job) -> Path:
+    """Convert one file into settings.mp4_dir under a temporary name, then rename it in place."""
+    final = settings.mp4_dir / mp4_name(job.h264)
+    tmp = settings.mp4_dir / f"{TMP_PREFIX}{job.h264.stem}{TMP_SUFFIX}"
+    try:
+        if settings.mp4box:
+            run_mp4box(settings.mp4box, job.h264, tmp, settings.fps)
+        else:
+            sidecar = job.pts if job.pts is not None else sidecar_for(job.h264)
+            remux(job.h264, tmp, settings.fps, sidecar if sidecar.is_file() else None)
+        # On disk before it takes the final name: after a power cut the mp4 is whole or absent.
+        fsync_path(tmp)
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise ConversionError(f"cannot write {final}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def remove_stale_temporaries(mp4_dir: Path) -> None:
+    """Temporary mp4s left by a conversion cut off by a power cut."""
+    for path in mp4_dir.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+        try:
+            path.unlink()
+            log.info("removed unfinished %s", path.name)
+        except OSError as exc:
+            log.warning("cannot remove unfinished %s: %s", path, exc.strerror or exc)
+
+
+def pending(h264_dirs: Iterable[Path], mp4_dir: Path, settled: float = 0.0) -> list[Job]:
+    """Catch-up: every regular .h264 in the directories with no mp4 yet, oldest name first;
+    with `settled`, only files unchanged for that many seconds."""
+    now = time.time()
+    jobs: list[Job] = []
+    for directory in h264_dirs:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            log.error("catch-up: cannot list %s: %s", directory, exc.strerror or exc)
+            continue
+        for entry in entries:
+            if not entry.name.endswith(".h264") or not entry.is_file(follow_symlinks=False):
+                continue
+            path = Path(entry.path)
+            if settled and now - entry.stat(follow_symlinks=False).st_mtime < settled:
+                continue
+            if not (mp4_dir / mp4_name(path)).exists():
+                jobs.append(Job(path, catch_up=True))
+    jobs.sort(key=lambda j: (j.h264.name, str(j.h264)))
+    return jobs
+
+
+Done = Callable[[Job, Path], None]
+
+
+class Converter:
+    """One thread converts one file at a time: live events first, catch-up files when idle.
+
+    Live events wait in a bounded inbox; when it is full the event is dropped with a log line
+    (the .h264 stays on disk). With `rescan`, the directories are scanned again once idle after
+    a drop, and every RESCAN_INTERVAL, so the dropped file (or one whose message never came)
+    is converted while running; otherwise at the next start.
+    """
+
+    def __init__(self, settings: ConvertSettings, stop: threading.Event, on_done: Done,
+                 inbox_size: int = INBOX_SIZE,
+                 rescan: Callable[[], list[Job]] | None = None) -> None:
+        self.settings = settings
+        self._stop = stop
+        self._on_done = on_done
+        self._inbox: queue.Queue[Job] = queue.Queue(maxsize=inbox_size)
+        self._backlog: deque[Job] = deque()
+        self._backlog_lock = threading.Lock()  # guards _backlog, filled at start, drained here
+        self._limiter = RateLimiter()
+        self._rescan = rescan
+        self._next_rescan = time.monotonic() + RESCAN_INTERVAL
+        self._dropped = threading.Event()  # set by submit() on a full inbox
+        self._thread = threading.Thread(target=self._run, name="converter", daemon=True)
+        self.converted = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, job: Job) -> bool:
+        try:
+            self._inbox.put_nowait(job)
+        except queue.Full:
+            self._dropped.set()
+            self._limiter.log(log, logging.WARNING, "full",
+                              "conversion queue full: dropped %s (a rescan of the directories "
+                              "converts it later)", job.h264)
+            return False
+        return True
+
+    def catch_up(self, jobs: list[Job]) -> None:
+        with self._backlog_lock:
+            self._backlog.extend(jobs)
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _next(self) -> Job | None:
+        try:
+            return self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+        with self._backlog_lock:
+            while self._backlog:
+                job = self._backlog.popleft()
+                # A live event may have converted it meanwhile.
+                if not (self.settings.mp4_dir / mp4_name(job.h264)).exists():
+                    return job
+        if self._rescan is not None and (self._dropped.is_set()
+                                         or time.monotonic() >= self._next_rescan):
+            self._dropped.clear()
+            self._next_rescan = time.monotonic() + RESCAN_INTERVAL
+            jobs = self._rescan()
+            if jobs:
+                log.info("rescan: %d .h264 file(s) with no mp4 yet", len(jobs))
+                with self._backlog_lock:
+                    self._backlog.extend(jobs)
+                return None
+        try:
+            return self._inbox.get(timeout=POLL)
+        except queue.Empty:
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            job = self._next()
+            if job is None:
+                continue
+            self._convert_one(job)
+        left = self._inbox.qsize() + len(self._backlog)
+        if left:
+            log.info("stopping: %d file(s) left unconverted for the next start", left)
+
+    def _convert_one(self, job: Job) -> None:
+        try:
+            mp4 = convert(self.settings, job)
+        except EmptyRecording as exc:
+            log.warning("%s: skipped: %s", job.h264, exc)
+            return
+        except ConversionError as exc:
+            self.failed += 1
+            log.error("%s: conversion failed: %s", job.h264, exc)
+            return
+        self.converted += 1
+        log.info("converted %s -> %s%s", job.h264, mp4, " (catch-up)" if job.catch_up else "")
+        self._on_done(job, mp4)

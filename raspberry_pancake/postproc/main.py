@@ -1,0 +1,196 @@
+"""postproc.py: wires receiver → converter → uploads and alerts, and stops them in order."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Protocol
+
+from raspberry_pancake.postproc.config import PostprocConfig, parse
+from raspberry_pancake.postproc.convert import (
+    RESCAN_SETTLED,
+    Converter,
+    ConvertSettings,
+    Job,
+    pending,
+    remove_stale_temporaries,
+)
+from raspberry_pancake.postproc.receiver import Accepted, PathPolicy, Receiver, ReceiverError, open_socket
+from raspberry_pancake.postproc.upload.worker import (
+    Destination,
+    FtpDestination,
+    SftpDestination,
+    UploadJournal,
+    UploadTrigger,
+    UploadWorker,
+)
+from raspberry_pancake.shared.cli import ConfigError
+from raspberry_pancake.shared.credentials import install_redaction
+from raspberry_pancake.shared.logs import setup_logging
+
+if TYPE_CHECKING:
+    from raspberry_pancake.postproc.notify import Notifier
+
+log = logging.getLogger("postproc")
+
+# systemd waits 90 s by default, but a stop must not hold up a reboot: everything is joined
+# within this, the conversion in hand included (a 15-minute segment remuxes in a few seconds).
+STOP_DEADLINE = 4.5
+
+
+class _Stage(Protocol):
+    def join(self, timeout: float) -> bool: ...
+
+
+class Postproc:
+    """The running post-processor: its stages, their threads, and the order they stop in."""
+
+    def __init__(self, cfg: PostprocConfig, sock: socket.socket) -> None:
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        stop = self.stop_event
+        self.notifiers: list[Notifier] = []
+        if cfg.notify_telegram:
+            # Imported only when needed: python-telegram-bot and httpx cost about 30 MB of RSS.
+            from raspberry_pancake.postproc.notify import Notifier
+
+            self.notifiers = [Notifier(t, cfg.telegram_api_url, cfg.public_bot_api,
+                                       cfg.notify_queue_size, stop) for t in cfg.notify_telegram]
+        dests: list[Destination] = [SftpDestination(d, cfg.known_hosts, cfg.ssh_key)
+                                    for d in cfg.upload_scp]
+        dests += [FtpDestination(d) for d in cfg.upload_ftp]
+        self.workers = [UploadWorker(d, cfg.upload_queue_size, stop,
+                                     backoff_first=cfg.upload_backoff_first,
+                                     max_attempts=cfg.upload_attempts,
+                                     journal=UploadJournal(cfg.mp4_dir, d.label))
+                        for d in dests]
+        self.trigger = UploadTrigger(self.workers, cfg.upload_after_convert, cfg.upload_minutes,
+                                     stop)
+        rescan = ((lambda: pending(cfg.h264_dirs, cfg.mp4_dir, settled=RESCAN_SETTLED))
+                  if cfg.h264_dirs else None)
+        self.converter = Converter(ConvertSettings(cfg.mp4_dir, cfg.fps, cfg.mp4box), stop,
+                                   self._converted, rescan=rescan)
+        self.receiver = Receiver(sock, cfg.allow_uids, PathPolicy(cfg.h264_dirs),
+                                 self._received, stop)
+
+    def _received(self, acc: Accepted) -> None:
+        """Runs on the receiver thread: only hands work to queues, never waits."""
+        event = acc.event
+        if "disk" in event:
+            text = (f"Low disk: {event.get('dir')} has {event.get('free', 0) / 1e6:.0f} MB free")
+            for n in self.notifiers:
+                n.text(text)
+        if acc.h264 is not None:
+            self.converter.submit(Job(acc.h264, acc.pts, clip="detection" in event))
+        elif "detection" in event:
+            for n in self.notifiers:
+                n.edge(event["detection"], event.get("time"), acc.jpeg)
+
+    def _converted(self, job: Job, mp4: Path) -> None:
+        """Runs on the converter thread."""
+        self.trigger.converted(mp4)
+        if job.clip:
+            for n in self.notifiers:
+                n.clip(mp4)
+
+    def start(self) -> None:
+        remove_stale_temporaries(self.cfg.mp4_dir)
+        for n in self.notifiers:
+            n.start()
+        for w in self.workers:
+            if w.journal is not None:
+                w.journal.load()
+            w.start()
+            # mp4s converted before this start but never uploaded there (dropped from a full
+            # queue, given up, or converted just before a stop) go first, oldest first.
+            w.catch_up()
+        self.trigger.start()
+        if self.cfg.h264_dirs:
+            jobs = pending(self.cfg.h264_dirs, self.cfg.mp4_dir)
+            if jobs:
+                log.info("catch-up: %d .h264 file(s) with no mp4 yet", len(jobs))
+            self.converter.catch_up(jobs)
+        self.converter.start()
+        self.receiver.start()
+
+    def stop(self) -> bool:
+        """Stop in dependency order; True if every thread ended within the deadline."""
+        self.stop_event.set()
+        # A transfer in progress is cut off now (it leaves only the remote .part); the
+        # conversion in hand is finished.
+        for w in self.workers:
+            w.abort()
+        deadline = time.monotonic() + STOP_DEADLINE
+        stages: list[tuple[str, _Stage]] = [("receiver", self.receiver),
+                                            ("converter", self.converter),
+                                            ("upload clock", self.trigger)]
+        stages += [(w.dest.label, w) for w in self.workers]
+        stages += [(n.target.label, n) for n in self.notifiers]
+        clean = True
+        for name, stage in stages:
+            left = max(0.0, deadline - time.monotonic())
+            if not stage.join(left):
+                log.warning("%s did not stop within the deadline", name)
+                clean = False
+        return clean
+
+
+def _describe(cfg: PostprocConfig) -> None:
+    log.info("postproc on @%s: mp4 into %s (%s, %g fps without a sidecar)", cfg.socket_name,
+             cfg.mp4_dir, cfg.converter, cfg.fps)
+    if cfg.h264_dirs:
+        log.info("accepting .h264 in %s", ", ".join(str(d) for d in cfg.h264_dirs))
+    else:
+        log.warning("no --h264-dir: accepting any .h264 file the allowed uids name, no catch-up")
+    for label in [d.label for d in cfg.upload_scp] + [d.label for d in cfg.upload_ftp]:
+        log.info("upload to %s", label)
+    for t in cfg.notify_telegram:
+        log.info("alerts to %s", t.label)
+    for secret in cfg.secrets():
+        if secret.from_command_line:
+            log.warning("a secret was given on the command line, where `ps` shows it: "
+                        "prefer @/path/to/file or env:VARNAME")
+            break
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = parse(argv)
+    except ConfigError as exc:
+        print(f"postproc.py: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        setup_logging(cfg.log)
+    except OSError as exc:
+        print(f"postproc.py: error: --log: {exc.strerror or exc}: {cfg.log}", file=sys.stderr)
+        return 2
+    install_redaction(cfg.secrets())
+    try:
+        sock = open_socket(cfg.socket_name)
+    except ReceiverError as exc:
+        print(f"postproc.py: error: {exc}", file=sys.stderr)
+        log.error("%s", exc)
+        return 1
+    app = Postproc(cfg, sock)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        app.stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    _describe(cfg)
+    app.start()
+    while not app.stop_event.wait(0.5):
+        pass
+    log.info("stopping")
+    clean = app.stop()
+    log.info("stopped%s", "" if clean else " (some threads were still busy)")
+    logging.shutdown()
+    return 0

@@ -1,0 +1,277 @@
+"""pancake.py's command line: parsed and checked once into a frozen RecorderConfig."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from raspberry_pancake.recorder.diskguard import DEFAULT_MIN_FREE, parse_min_free
+from raspberry_pancake.shared.cli import ConfigError, OneLineParser
+from raspberry_pancake.shared.events import MAX_SOCKET_NAME
+from raspberry_pancake.shared.retention import Amount
+
+__all__ = ["ConfigError", "RecorderConfig", "Size", "load_detect", "parse"]
+
+DEFAULT_SPLIT = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class Size:
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecorderConfig:
+    port: int
+    bind: str
+    resolution: Size
+    fps: float
+    vflip: bool
+    hflip: bool
+    rotation: int
+    annotate_text_size: int
+    max_stream_fps: float
+    record_continuous: Path | None
+    detection_mode: str | None  # "edge" or "all"
+    detection_dir: Path | None
+    record_resize: Size | None
+    detect: str | None  # "no-image" or "image"
+    detect_resize: Size | None
+    detect_interval: float
+    emit: str | None
+    login: Path | None
+    source: str
+    record_split: float
+    customize: Path | None
+    log: str | None
+    certfile: Path | None
+    keyfile: Path | None
+    min_free: Amount
+
+    @property
+    def frame_size(self) -> Size:
+        """The size of captured frames after rotation: what the live view and detect() see."""
+        if self.rotation in (90, 270):
+            return Size(self.resolution.height, self.resolution.width)
+        return self.resolution
+
+    @property
+    def record_size(self) -> Size:
+        return self.record_resize or self.frame_size
+
+    @property
+    def recording(self) -> bool:
+        return self.record_continuous is not None or self.detection_dir is not None
+
+    @property
+    def record_dirs(self) -> tuple[Path, ...]:
+        dirs = [d for d in (self.record_continuous, self.detection_dir) if d is not None]
+        return tuple(dict.fromkeys(dirs))
+
+
+def _size(text: str) -> int:
+    value = int(text)
+    if not 16 <= value <= 8192 or value % 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an even number of pixels in 16..8192")
+    return value
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="pancake.py",
+                      description="Raspberry Pancake: one camera's recorder and live view.")
+    p.add_argument("--port", type=int, default=8000, metavar="8000",
+                   help="webserver port hosting the camera live view")
+    p.add_argument("--bind", default="", metavar="ADDRESS",
+                   help="address the live view listens on (default: all; 127.0.0.1 for local only)")
+    p.add_argument("--resolution", type=_size, nargs=2, default=[320, 240], metavar=("320", "240"),
+                   help="resolution of camera live view")
+    p.add_argument("--fps", type=_positive, default=12.0, metavar="12", help="camera framerate")
+    p.add_argument("--vflip", action="store_true")
+    p.add_argument("--hflip", action="store_true")
+    p.add_argument("--rotation", type=int, default=0, choices=[0, 90, 180, 270])
+    p.add_argument("--annotate-text-size", type=int, default=24, metavar="24",
+                   help="height in pixels of the burned-in date and time; 0 for none")
+    p.add_argument("--max-stream-fps", type=_positive, default=10.0, metavar="10",
+                   help="max streaming framerate")
+    p.add_argument("--record-continuous", metavar="h264_dir",
+                   help="record video into h264_dir, split every --record-split seconds")
+    p.add_argument("--record-detection", nargs=2, metavar=("{edge,all}", "h264_dir"),
+                   help="on detection, record video into h264_dir")
+    p.add_argument("--record-resize", type=_size, nargs=2, metavar=("w", "h"),
+                   help="resize image for video recording")
+    p.add_argument("--detect", choices=["no-image", "image"], help="detect() or detect(bytes)?")
+    p.add_argument("--detect-resize", type=_size, nargs=2, metavar=("w", "h"),
+                   help="resize image for detection")
+    p.add_argument("--detect-interval", type=_positive, metavar="seconds",
+                   help="time between detect() calls (default 1/fps)")
+    p.add_argument("--emit", metavar="socket_address", help="unix domain socket to post-processor")
+    p.add_argument("--login", metavar="password_hash_file",
+                   help="password-protect streaming webpage")
+    p.add_argument("--source", default="auto", metavar="SPEC",
+                   help="auto, picamera2[:N], /dev/videoN, rtsp://… or http://…, a video file, testsrc")
+    p.add_argument("--record-split", type=_positive, default=DEFAULT_SPLIT, metavar="SECONDS",
+                   help="split recordings on wall-clock multiples of this (default 900)")
+    p.add_argument("--customize", metavar="PATH",
+                   help="file defining detect() (default: customize.py here, else beside pancake.py)")
+    p.add_argument("--log", metavar="path", help="log file, rotated at midnight; stdout if not given")
+    p.add_argument("--min-free", default=DEFAULT_MIN_FREE, metavar="SIZE|PCT",
+                   help="keep this much free on the record directories' filesystems by deleting "
+                        "the oldest recordings (default 5%%; e.g. 2G, 500M, 10%%)")
+    p.add_argument("--certfile", metavar="PEM", help="serve HTTPS/WSS with this certificate")
+    p.add_argument("--keyfile", metavar="PEM", help="private key of --certfile")
+    return p
+
+
+def _record_dir(flag: str, text: str) -> Path:
+    path = Path(text).absolute()
+    if not path.exists():
+        raise ConfigError(f"{flag}: directory {text!r} does not exist")
+    if not path.is_dir():
+        raise ConfigError(f"{flag}: {text!r} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: directory {text!r} is not writable")
+    return path
+
+
+def _customize_path(text: str | None) -> Path:
+    if text is not None:
+        return Path(text).absolute()
+    here = Path.cwd() / "customize.py"
+    if here.exists():
+        return here
+    return Path(sys.argv[0]).absolute().parent / "customize.py"
+
+
+def _readable_file(flag: str, text: str) -> Path:
+    path = Path(text).absolute()
+    if not path.is_file():
+        raise ConfigError(f"{flag}: file {text!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{flag}: file {text!r} is not readable")
+    return path
+
+
+def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
+    """Parse and check the command line; raise ConfigError for cross-flag and file problems."""
+    a = build_parser().parse_args(argv)
+    if a.detect is None:
+        for flag, value in (("--record-detection", a.record_detection),
+                            ("--detect-resize", a.detect_resize),
+                            ("--detect-interval", a.detect_interval)):
+            if value is not None:
+                raise ConfigError(f"{flag} requires --detect")
+    if a.detect == "no-image" and a.detect_resize is not None:
+        raise ConfigError("--detect-resize requires --detect image")
+    if a.record_resize is not None and not (a.record_continuous or a.record_detection):
+        raise ConfigError("--record-resize requires --record-continuous or --record-detection")
+    if not 1 <= a.port <= 65535:
+        raise ConfigError(f"--port: {a.port} is not a port number (1..65535)")
+    if a.fps > 120:
+        raise ConfigError(f"--fps: {a.fps:g} is more than 120")
+    if a.annotate_text_size != 0 and not 6 <= a.annotate_text_size <= 160:
+        raise ConfigError("--annotate-text-size: 0 (off) or 6..160")
+    if a.record_split < 1:
+        raise ConfigError("--record-split: at least 1 second")
+    if a.emit is not None and not 0 < len(a.emit.encode()) <= MAX_SOCKET_NAME:
+        raise ConfigError(f"--emit: a socket name of 1..{MAX_SOCKET_NAME} bytes")
+    try:
+        min_free = parse_min_free(a.min_free)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if (a.certfile is None) != (a.keyfile is None):
+        raise ConfigError("--certfile and --keyfile go together")
+    mode = detection_dir = None
+    if a.record_detection is not None:
+        mode, text = a.record_detection
+        if mode not in ("edge", "all"):
+            raise ConfigError(f"--record-detection: {mode!r} is not one of edge, all")
+        detection_dir = _record_dir("--record-detection", text)
+    continuous = (_record_dir("--record-continuous", a.record_continuous)
+                  if a.record_continuous is not None else None)
+    customize = _customize_path(a.customize) if a.detect else None
+    if customize is not None:
+        load_detect(customize, a.detect)  # fail now, not when the first frame arrives
+    return RecorderConfig(
+        port=a.port,
+        bind=a.bind,
+        resolution=Size(*a.resolution),
+        fps=a.fps,
+        vflip=a.vflip,
+        hflip=a.hflip,
+        rotation=a.rotation,
+        annotate_text_size=a.annotate_text_size,
+        max_stream_fps=a.max_stream_fps,
+        record_continuous=continuous,
+        detection_mode=mode,
+        detection_dir=detection_dir,
+        record_resize=Size(*a.record_resize) if a.record_resize else None,
+        detect=a.detect,
+        detect_resize=Size(*a.detect_resize) if a.detect_resize else None,
+        detect_interval=a.detect_interval if a.detect_interval is not None else 1.0 / a.fps,
+        emit=a.emit,
+        login=_readable_file("--login", a.login) if a.login is not None else None,
+        source=a.source,
+        record_split=a.record_split,
+        customize=customize,
+        log=a.log,
+        certfile=_readable_file("--certfile", a.certfile) if a.certfile else None,
+        keyfile=_readable_file("--keyfile", a.keyfile) if a.keyfile else None,
+        min_free=min_free,
+    )
+
+
+def _load_module(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("customize", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--customize: cannot load {str(path)!r}")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except FileNotFoundError:
+        raise ConfigError(f"--detect needs {str(path)!r}, which does not exist") from None
+    except Exception as exc:  # noqa: BLE001 — the user's file: any error is reported, not raised
+        raise ConfigError(f"{str(path)!r} failed to load: {type(exc).__name__}: {exc}") from None
+    return module
+
+
+def load_detect(path: Path, kind: str) -> Callable[..., Any]:
+    """The user's detect function, checked against --detect: detect() or detect(bytes)."""
+    if not path.is_file():
+        raise ConfigError(f"--detect needs {str(path)!r}, which does not exist")
+    detect = getattr(_load_module(path), "detect", None)
+    if not callable(detect):
+        raise ConfigError(f"{str(path)!r} does not define detect()")
+    try:
+        sig = inspect.signature(detect)
+    except (TypeError, ValueError):
+        return detect  # type: ignore[no-any-return]  # a builtin or C callable: trust it
+    args: tuple[object, ...] = () if kind == "no-image" else (b"",)
+    try:
+        sig.bind(*args)
+    except TypeError:
+        want = "detect()" if kind == "no-image" else "detect(bytes)"
+        raise ConfigError(f"--detect {kind} needs {want}, but {str(path)!r} defines "
+                          f"detect{sig}") from None
+    return detect  # type: ignore[no-any-return]

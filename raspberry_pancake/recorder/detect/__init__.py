@@ -1,0 +1,1 @@
+"""Detectors: they read the newest frame on their own threads and report edges."""

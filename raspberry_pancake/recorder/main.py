@@ -1,0 +1,67 @@
+"""pancake.py's main: check the command line, open the camera, run until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from raspberry_pancake.recorder.config import ConfigError, parse
+from raspberry_pancake.recorder.emitter import Emitter
+from raspberry_pancake.recorder.pipeline import Recorder
+from raspberry_pancake.recorder.sources import pyav as capture
+from raspberry_pancake.recorder.watchdog import Watchdog
+from raspberry_pancake.recorder.web import app as web
+from raspberry_pancake.shared.logs import setup_logging
+from raspberry_pancake.shared.sdnotify import Notifier
+
+log = logging.getLogger("pancake")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = parse(argv)
+        web.prepare(cfg)
+        sockets = web.listen(cfg.port, cfg.bind)
+    except ConfigError as exc:
+        print(f"pancake.py: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log)
+    try:
+        spec = capture.resolve(cfg.source)
+        camera = capture.open_camera(spec, cfg)
+        camera.open()
+    except capture.SourceError as exc:
+        print(f"pancake.py: error: {exc}", file=sys.stderr)
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    emitter = Emitter(cfg.emit)
+    recorder = Recorder(cfg, camera, emitter)
+    log.info("%s at %s, %g fps; live view on port %d", camera.name, cfg.frame_size,
+             cfg.fps, cfg.port)
+    recorder.start()
+    notifier = Notifier()
+    watchdog = Watchdog(recorder.hub, notifier, stop)
+    watchdog.start()
+    try:
+        web.run(recorder.state, stop, address=cfg.bind, sockets=sockets)  # until stop is set
+    finally:
+        stop.set()
+        notifier.stopping()
+        recorder.stop()
+        watchdog.join(timeout=1.0)
+        notifier.close()
+        emitter.close()
+        log.info("stopped")
+    return 0

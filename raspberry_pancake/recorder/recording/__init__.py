@@ -1,0 +1,1 @@
+"""Frames → H.264 packets → files on disk: the encoder, split times, segments and detection clips."""

@@ -1,0 +1,1 @@
+"""Where frames and packets come from: PyAV inputs (testsrc, V4L2, RTSP, files), picamera2, passthrough."""

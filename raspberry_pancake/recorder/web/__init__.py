@@ -1,0 +1,1 @@
+"""The page: the Tornado app and its handlers, the live-view model, JPEGs for viewers, login."""

@@ -1,0 +1,1 @@
+"""What both programs use: message schema, logging, command lines, queues, secrets, systemd, retention."""

@@ -1,0 +1,71 @@
+"""Logging set-up shared by both daemons, and a rate limiter for lines that could flood."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+import threading
+import time
+
+# As the original: rotate at midnight, keep 33 days.
+ROTATE_BACKUPS = 33
+FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
+# Loggers are named for their modules; lines say `recorder.web.app`, not the package's full name.
+PACKAGE_PREFIX = "raspberry_pancake."
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.startswith(PACKAGE_PREFIX):
+            record = logging.makeLogRecord(record.__dict__)  # other handlers keep the full name
+            record.name = record.name[len(PACKAGE_PREFIX):]
+        return super().format(record)
+
+
+def setup_logging(path: str | None, level: int = logging.INFO) -> None:
+    """Log to a file rotated at midnight (33 kept), or to stdout when no path is given."""
+    handler: logging.Handler
+    if path:
+        handler = logging.handlers.TimedRotatingFileHandler(
+            path, when="midnight", backupCount=ROTATE_BACKUPS, encoding="utf-8"
+        )
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(_Formatter(FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # httpx logs every request URL at INFO, and a Bot API URL holds the bot token.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+class RateLimiter:
+    """Allows one line per key every `interval` seconds and counts what it held back."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._lock = threading.Lock()  # guards _last and _held; taken briefly, never while logging
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None to stay quiet; otherwise how many lines for this key were held back before."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self._interval:
+                self._held[key] = self._held.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._held.pop(key, 0)
+
+    def log(self, logger: logging.Logger, level: int, key: str, msg: str, *args: object) -> None:
+        held = self.allow(key)
+        if held is None:
+            return
+        if held:
+            logger.log(level, msg + " (%d more like this not logged)", *args, held)
+        else:
+            logger.log(level, msg, *args)
