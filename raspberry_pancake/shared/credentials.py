@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 # A secret file holds one line; anything longer is not a password or a bot token.
 MAX_SECRET_FILE = 4096
+
+_USERINFO = re.compile(r"(\w+://)[^/@\s]*@")
+
+
+def redact_url(text: str) -> str:
+    """Text with every URL's user:password@ removed: camera URLs carry credentials, and the
+    source's name goes into log lines, /status and error messages (FFmpeg's among them)."""
+    return _USERINFO.sub(r"\1", text)
 
 
 class SecretError(ValueError):

@@ -7,7 +7,6 @@ import glob
 import importlib.util
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from raspberry_pancake.recorder.frames import Frame
 from raspberry_pancake.recorder.recording.encode import EncoderConfig, EncoderThread, PacketSink
 from raspberry_pancake.recorder.sources.annotate import Annotator
 from raspberry_pancake.recorder.sources.passthrough import Passthrough
+from raspberry_pancake.shared.credentials import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +36,11 @@ OPEN_TIMEOUT, READ_TIMEOUT = 10.0, 5.0
 STOP_TIMEOUT = 0.8
 
 
-_USERINFO = re.compile(r"(\w+://)[^/@\s]*@")
-
-
-def redact(text: str) -> str:
-    """Text with every URL's user:password@ removed: camera URLs carry credentials, and the
-    source's name goes into log lines, /status and error messages (FFmpeg's among them)."""
-    return _USERINFO.sub(r"\1", text)
-
-
 class SourceError(Exception):
     """A source that cannot be opened or read: the message names the source and the reason."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(redact(message))
+        super().__init__(redact_url(message))
 
 
 class Camera(Protocol):
@@ -73,7 +64,7 @@ class SourceSpec:
     target: str  # device path, URL, file path, or camera index
 
     def __str__(self) -> str:
-        return self.kind if self.kind == "testsrc" else f"{self.kind}:{redact(self.target)}"
+        return self.kind if self.kind == "testsrc" else f"{self.kind}:{redact_url(self.target)}"
 
 
 def resolve(spec: str) -> SourceSpec:

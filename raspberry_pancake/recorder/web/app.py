@@ -51,10 +51,10 @@ import tornado.web
 import tornado.websocket
 
 from raspberry_pancake.recorder.config import ConfigError, RecorderConfig
-from raspberry_pancake.recorder.sources.pyav import redact
 from raspberry_pancake.recorder.state import RecorderState
 from raspberry_pancake.recorder.web import auth
 from raspberry_pancake.recorder.web.jpeg import Jpeg, JpegProducer
+from raspberry_pancake.shared.credentials import redact_url
 from raspberry_pancake.shared.logs import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ TIMER_SLACK = 0.002
 _limiter = RateLimiter()
 def display_name(source: str) -> str:
     """The source as viewers may see it: an rtsp://user:password@host URL loses its userinfo."""
-    return redact(source)
+    return redact_url(source)
 
 
 def prepare(cfg: RecorderConfig) -> None:
