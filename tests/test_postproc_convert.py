@@ -13,14 +13,12 @@ from raspberry_pancake.postproc.config import parse
 from raspberry_pancake.postproc.convert import (
     Converter,
     ConvertSettings,
-    EmptyRecording,
     Job,
     convert,
     pending,
-    read_sidecar,
     remove_stale_temporaries,
-    remux,
 )
+from raspberry_pancake.shared.remux import EmptyRecording, read_sidecar, remux
 from tests.postproc_servers import (
     decoded_frames,
     frame_digests,
@@ -198,7 +196,7 @@ def test_mp4box_converter_runs_the_originals_command_line(tmp_path: Path,
         "import json, sys\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
         "from pathlib import Path\n"
-        "from raspberry_pancake.postproc.convert import remux\n"
+        "from raspberry_pancake.shared.remux import remux\n"
         "a = sys.argv[1:]\n"
         f"Path({str(calls)!r}).write_text(json.dumps(a))\n"
         "assert a[0] == '-quiet' and a[1] == '-fps' and a[3] == '-cat' and a[5] == '-new'\n"
