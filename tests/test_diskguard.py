@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import tmpfs
 
-from raspberry_pancake.recorder.diskguard import DiskGuard, DiskGuardConfig, parse_min_free
+from raspberry_pancake.recorder.diskguard import DiskGuard, DiskGuardConfig
 from raspberry_pancake.recorder.emitter import Emitter
 from raspberry_pancake.shared.events import Event, abstract_address, decode
-from raspberry_pancake.shared.retention import Amount
+from raspberry_pancake.shared.retention import Amount, parse_min_free
 
 MiB = 1024 * 1024
 OLD = time.time() - 3600

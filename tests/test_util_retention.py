@@ -1,4 +1,4 @@
-"""shared.retention: names, sizes, the "still being written" rule, grouping and safe deletion."""
+"""shared.retention and retention_cli: names, sizes, the "still being written" rule, grouping and safe deletion."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from raspberry_pancake.recorder.diskguard import parse_min_free
 from raspberry_pancake.shared.retention import (
     Amount,
     BusyCheck,
     RecordingDir,
     open_inodes,
     parse_amount,
-    parse_count,
+    parse_min_free,
     recording_time,
 )
+from raspberry_pancake.shared.retention_cli import parse_count
 
 OLD = time.time() - 3600
 

@@ -28,14 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from raspberry_pancake.shared.retention import (
-    RecordingDir,
-    Remover,
-    human_bytes,
-    iter_tree,
-    parse_count,
-    run_script,
-)
+from raspberry_pancake.shared.retention import RecordingDir, human_bytes, iter_tree
+from raspberry_pancake.shared.retention_cli import Remover, parse_count, run_script
 
 _YEAR = re.compile(r"\d{4}")
 _TWO = re.compile(r"\d{2}")

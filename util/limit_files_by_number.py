@@ -22,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from raspberry_pancake.shared.retention import RecordingDir, Remover, parse_count, run_script, take_oldest
+from raspberry_pancake.shared.retention import RecordingDir, take_oldest
+from raspberry_pancake.shared.retention_cli import Remover, parse_count, run_script
 
 
 def limit_by_number(remover: Remover, path: Path, keep: int, only_recordings: bool) -> None:

@@ -21,14 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from raspberry_pancake.shared.retention import (
-    Item,
-    RecordingDir,
-    Remover,
-    parse_amount,
-    run_script,
-    take_oldest,
-)
+from raspberry_pancake.shared.retention import Item, RecordingDir, parse_amount, take_oldest
+from raspberry_pancake.shared.retention_cli import Remover, run_script
 
 
 def parse_total(text: str) -> int:

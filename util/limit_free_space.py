@@ -26,14 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from raspberry_pancake.shared.retention import (
-    Amount,
-    RecordingDir,
-    Remover,
-    human_bytes,
-    parse_amount,
-    run_script,
-)
+from raspberry_pancake.shared.retention import Amount, RecordingDir, human_bytes, parse_amount
+from raspberry_pancake.shared.retention_cli import Remover, run_script
 
 
 def parse_free(text: str) -> Amount:

@@ -13,10 +13,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from raspberry_pancake.recorder.diskguard import DEFAULT_MIN_FREE, parse_min_free
 from raspberry_pancake.shared.cli import ConfigError, OneLineParser
 from raspberry_pancake.shared.events import MAX_SOCKET_NAME
-from raspberry_pancake.shared.retention import Amount
+from raspberry_pancake.shared.retention import DEFAULT_MIN_FREE, Amount, parse_min_free
 
 __all__ = ["ConfigError", "RecorderConfig", "Size", "load_detect", "parse"]
 

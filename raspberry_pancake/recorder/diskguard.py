@@ -22,12 +22,10 @@ from raspberry_pancake.shared.retention import (
     Item,
     RecordingDir,
     human_bytes,
-    parse_amount,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIN_FREE = "5%"
 CHECK_INTERVAL = 5.0
 # A disk kept at its limit by the guard would otherwise report a new episode at every rotation:
 # an episode ends only once free space is back and the guard has not had to delete for this long.
@@ -39,14 +37,6 @@ class DiskUsage(Protocol):
     def total(self) -> int: ...
     @property
     def free(self) -> int: ...
-
-
-def parse_min_free(text: str) -> Amount:
-    """`5%`, `2G`, `500M` or `1200000` (bytes); raises ValueError with a one-line reason."""
-    try:
-        return parse_amount(text, percent_ok=True)
-    except ValueError as exc:
-        raise ValueError(f"--min-free: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
