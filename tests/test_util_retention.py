@@ -1,4 +1,4 @@
-"""shared.retention and retention_cli: names, sizes, the "still being written" rule, grouping and safe deletion."""
+"""shared.retention(_cli): names, sizes, the "still being written" rule, grouping, safe deletion."""
 
 from __future__ import annotations
 
