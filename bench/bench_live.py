@@ -28,7 +28,7 @@ WIDTH, HEIGHT, FPS, MAX_STREAM_FPS = 1280, 720, 25, 10
 THROTTLE_BPS = 2_000_000
 SMALL_RCVBUF = 16 * 1024
 RUN_A, RUN_B, RUN_CPU = 15.0, 20.0, 8.0
-HEADER = struct.Struct("!Qdff")  # recorder/web's HEADER: seq, capture wall, age at send, hold
+HEADER = struct.Struct("!Qdff")  # web/handlers.py's HEADER: seq, capture wall, age at send, hold
 ACK = b"read_frame"
 
 

@@ -22,6 +22,7 @@ from web_helpers import (
 )
 
 from raspberry_pancake.recorder.web import app as web
+from raspberry_pancake.recorder.web import handlers
 
 
 def decodes_as_jpeg(data: bytes) -> tuple[int, int]:
@@ -117,7 +118,7 @@ def test_a_stalled_viewer_does_not_slow_another() -> None:
             stalled = stalled_socket(srv.port)
             flooder = stalled_socket(srv.port)
             mask = b"\x00\x00\x00\x00"
-            ack = bytes([0x81, 0x80 | len(web.ACK)]) + mask + web.ACK.encode()
+            ack = bytes([0x81, 0x80 | len(handlers.ACK)]) + mask + handlers.ACK.encode()
             flooder.sendall(ack * 200)
             together = await fast.run_acking(2.0)
             viewers = get_json(srv.port, "/status")["viewers"]
@@ -271,7 +272,7 @@ def test_real_daemon_serves_paced_frames(tmp_path: Path) -> None:
     assert (len(frames) - 1) / (frames[-1].at - frames[0].at) <= 5 * 1.1
     assert status["jpeg_encodes"] <= len(frames) + 2
     assert daemon.proc is not None and daemon.proc.returncode == 0, (tmp_path / "pancake.log").read_text()
-    assert struct.calcsize("!Qdff") == web.HEADER.size == 24
+    assert struct.calcsize("!Qdff") == handlers.HEADER.size == 24
 
 
 def test_camera_credentials_never_reach_a_viewer() -> None:

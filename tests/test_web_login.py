@@ -31,7 +31,7 @@ from web_helpers import (
 )
 
 from raspberry_pancake.recorder.web import app as web
-from raspberry_pancake.recorder.web import auth
+from raspberry_pancake.recorder.web import auth, handlers
 
 PASSWORD = "correct horse battery"
 # 72 bytes exactly: bcrypt's limit. Its 73-byte extension must not log in (bcrypt 4 truncated).
@@ -55,9 +55,9 @@ def server(hash_file: Path) -> Iterator[ServerThread]:
 
 
 def session_of(result: object) -> str:
-    cookie = result.cookie(web.SESSION_COOKIE)  # type: ignore[attr-defined]
+    cookie = result.cookie(handlers.SESSION_COOKIE)  # type: ignore[attr-defined]
     assert cookie, "no session cookie"
-    return f"{web.SESSION_COOKIE}={cookie}"
+    return f"{handlers.SESSION_COOKIE}={cookie}"
 
 
 def test_every_route_needs_a_session(server: ServerThread) -> None:
@@ -70,7 +70,7 @@ def test_every_route_needs_a_session(server: ServerThread) -> None:
     status, _, _ = get(server.port, "/static/style.css")
     assert status == 200
     # A forged cookie is no session either.
-    status, _, _ = get(server.port, "/", {"Cookie": f"{web.SESSION_COOKIE}=x|y|z"})
+    status, _, _ = get(server.port, "/", {"Cookie": f"{handlers.SESSION_COOKIE}=x|y|z"})
     assert status == 302
 
     async def websocket() -> None:
@@ -85,7 +85,7 @@ def test_right_password_opens_a_session_with_safe_cookie_flags(server: ServerThr
     result = post_login(server.port, PASSWORD, next_="/?cam=1")
     assert result.status == 302
     assert dict((k.lower(), v) for k, v in result.headers)["location"] == "/?cam=1"
-    line = result.set_cookie_line(web.SESSION_COOKIE)
+    line = result.set_cookie_line(handlers.SESSION_COOKIE)
     flags = [part.strip().lower() for part in line.split(";")]
     assert "httponly" in flags
     assert "samesite=strict" in flags
@@ -123,8 +123,8 @@ def test_logout_ends_the_session(server: ServerThread) -> None:
     conn.close()
     assert r.status == 302 and r.getheader("Location") == "/login"
     cleared = [v for k, v in r.getheaders() if k.lower() == "set-cookie"
-               and v.startswith(web.SESSION_COOKIE + "=")]
-    assert cleared and cleared[0].startswith(f'{web.SESSION_COOKIE}=""')
+               and v.startswith(handlers.SESSION_COOKIE + "=")]
+    assert cleared and cleared[0].startswith(f'{handlers.SESSION_COOKIE}=""')
     # Even a copy of the old cookie is dead now.
     status, _, _ = get(server.port, "/", {"Cookie": cookie})
     assert status == 302
@@ -135,7 +135,7 @@ def test_logout_ends_the_session(server: ServerThread) -> None:
 def test_wrong_password_is_refused_and_each_failure_is_slower(server: ServerThread) -> None:
     first = post_login(server.port, "wrong one")
     assert first.status == 401 and b"Wrong password" in first.body
-    assert first.cookie(web.SESSION_COOKIE) is None
+    assert first.cookie(handlers.SESSION_COOKIE) is None
     assert first.elapsed >= 1.0
     second = post_login(server.port, "wrong two")
     assert second.status == 401
@@ -147,7 +147,7 @@ def test_wrong_password_is_refused_and_each_failure_is_slower(server: ServerThre
 def test_post_without_xsrf_is_refused(server: ServerThread) -> None:
     result = post_login(server.port, PASSWORD, token=None)
     assert result.status == 403
-    assert result.cookie(web.SESSION_COOKIE) is None
+    assert result.cookie(handlers.SESSION_COOKIE) is None
     # A token in the form that does not match the cookie is refused too.
     token = xsrf(server.port)
     conn = http.client.HTTPConnection(HOST, server.port, timeout=10)
@@ -344,7 +344,7 @@ def test_tls_serves_https_and_wss_with_secure_cookies(tmp_path: Path, hash_file:
         conn.close()
         assert r.status == 302
         line = next(v for k, v in r.getheaders() if k.lower() == "set-cookie"
-                    and v.startswith(web.SESSION_COOKIE))
+                    and v.startswith(handlers.SESSION_COOKIE))
         flags_set = [p.strip().lower() for p in line.split(";")]
         assert "secure" in flags_set and "httponly" in flags_set
         cookie = line.split(";")[0]

@@ -32,6 +32,7 @@ from raspberry_pancake.recorder import config as recorder_config  # noqa: E402
 from raspberry_pancake.recorder.frames import Frame, LatestFrame  # noqa: E402
 from raspberry_pancake.recorder.state import RecorderState  # noqa: E402
 from raspberry_pancake.recorder.web import app as web  # noqa: E402
+from raspberry_pancake.recorder.web import handlers  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -278,8 +279,8 @@ class Received:
 
 
 def parse_frame(data: bytes) -> Received:
-    seq, wall, age, hold = web.HEADER.unpack_from(data)
-    return Received(seq, wall, age, hold, data[web.HEADER.size:], time.monotonic())
+    seq, wall, age, hold = handlers.HEADER.unpack_from(data)
+    return Received(seq, wall, age, hold, data[handlers.HEADER.size:], time.monotonic())
 
 
 class WsClient:
@@ -323,7 +324,7 @@ class WsClient:
             return frame
 
     async def ack(self) -> None:
-        await self.conn.write_message(web.ACK)
+        await self.conn.write_message(handlers.ACK)
 
     async def run_acking(self, seconds: float) -> int:
         """Ack every frame as soon as it arrives for `seconds`; the number of frames got."""

@@ -1,1 +1,1 @@
-"""The page: the Tornado app and its handlers, the live-view model, JPEGs for viewers, login."""
+"""The page: the server set-up (app), its handlers, the live-view model (live), JPEGs for viewers, login."""

@@ -1,0 +1,306 @@
+"""The page's Tornado handlers: index, login, logout, /status, and the ack-paced websocket view."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import secrets
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import tornado.web
+import tornado.websocket
+
+from raspberry_pancake.recorder.state import RecorderState
+from raspberry_pancake.recorder.web import auth
+from raspberry_pancake.recorder.web.jpeg import Jpeg
+from raspberry_pancake.recorder.web.live import STATUS_EVERY, Live, display_name
+from raspberry_pancake.shared.logs import RateLimiter
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "pancake_session"
+SESSION_DAYS = 7
+MAX_REVOKED = 10_000
+
+_limiter = RateLimiter()
+
+
+@dataclass
+class Login:
+    """What the handlers need when --login is given."""
+
+    hashed: bytes
+    tag: str
+    throttle: auth.LoginThrottle
+    pool: concurrent.futures.ThreadPoolExecutor
+    revoked: dict[str, float]  # session id -> monotonic time it may be forgotten
+
+
+def _session(handler: tornado.web.RequestHandler, login: Login | None) -> str | None:
+    """The session id of a valid session cookie (or "viewer" when no --login), else None."""
+    if login is None:
+        return "viewer"
+    raw = handler.get_signed_cookie(SESSION_COOKIE, max_age_days=SESSION_DAYS)
+    if raw is None:
+        return None
+    tag, _, sid = raw.decode("ascii", "replace").partition(":")
+    if tag != login.tag or not sid or sid in login.revoked:
+        return None
+    return sid
+
+
+class Base(tornado.web.RequestHandler):
+    def initialize(self, state: RecorderState, live: Live, login: Login | None,
+                   tls: bool) -> None:
+        self.recorder = state
+        self.live = live
+        self.login = login
+        self.tls = tls
+
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy",
+                        "default-src 'self'; img-src 'self' blob: data:; "
+                        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'")
+
+    def get_current_user(self) -> str | None:
+        return _session(self, self.login)
+
+
+class IndexHandler(Base):
+    def get(self) -> None:
+        if self.current_user is None:
+            self.redirect("/login?next=" + quote(self.request.uri or "/", safe=""))
+            return
+        self.set_header("Cache-Control", "no-store")
+        self.render("index.html", source=display_name(self.recorder.source_name),
+                    login=self.login is not None)
+
+
+def _safe_next(target: str) -> str:
+    """Only a path on this server: never "//host" or "/\\host" (an open redirect)."""
+    if target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return "/"
+
+
+class LoginHandler(Base):
+    def get(self) -> None:
+        target = _safe_next(self.get_argument("next", "/"))
+        if self.login is None or self.current_user is not None:
+            self.redirect(target)
+            return
+        self._page(target, None)
+
+    def _page(self, target: str, error: str | None) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.render("login.html", next=target, error=error,
+                    source=display_name(self.recorder.source_name))
+
+    async def post(self) -> None:
+        target = _safe_next(self.get_body_argument("next", "/"))
+        if self.login is None:
+            self.redirect(target)
+            return
+        password = self.get_body_argument("password", "").encode("utf-8", "surrogatepass")
+        login = self.login
+
+        async def check() -> bool:
+            if not password or len(password) > auth.MAX_PASSWORD_BYTES:
+                return False  # cannot match any hash set_password.py writes
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(login.pool, auth.check_password, password,
+                                              login.hashed)
+
+        address = self.request.remote_ip or "?"
+        try:
+            ok = await login.throttle.run(address, check)
+        except auth.TooManyAttempts:
+            _limiter.log(log, logging.WARNING, "login-flood",
+                         "too many login attempts waiting from %s", address)
+            self.set_status(429)
+            self.set_header("Retry-After", str(int(auth.MAX_DELAY)))
+            self._page(target, "Too many attempts. Wait a minute and try again.")
+            return
+        if not ok:
+            _limiter.log(log, logging.WARNING, "login-fail", "failed login from %s (%d in a row)",
+                         address, login.throttle.failures(address))
+            self.set_status(401)
+            self._page(target, "Wrong password.")
+            return
+        log.info("login from %s", address)
+        self.set_signed_cookie(SESSION_COOKIE, f"{login.tag}:{secrets.token_urlsafe(18)}",
+                               expires_days=SESSION_DAYS, httponly=True, samesite="Strict",
+                               secure=self.tls)
+        self.redirect(target)
+
+
+class LogoutHandler(Base):
+    def _logout(self) -> None:
+        sid = self.current_user
+        if self.login is not None and sid is not None:
+            revoked = self.login.revoked
+            now = time.monotonic()
+            for old in [s for s, until in revoked.items() if until < now]:
+                del revoked[old]
+            if len(revoked) >= MAX_REVOKED:
+                del revoked[next(iter(revoked))]
+            revoked[sid] = now + SESSION_DAYS * 86400
+        self.clear_cookie(SESSION_COOKIE, httponly=True, samesite="Strict", secure=self.tls)
+        self.redirect("/login" if self.login is not None else "/")
+
+    def get(self) -> None:
+        self._logout()
+
+    def post(self) -> None:
+        self._logout()
+
+
+class StatusHandler(Base):
+    async def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        if self.current_user is None:
+            self.set_status(401)
+            self.finish({"error": "login required"})
+            return
+        # snapshot() asks the disk for free space: a hung mount must not stall the loop.
+        loop = asyncio.get_running_loop()
+        status: dict[str, Any] = await loop.run_in_executor(None, self.recorder.snapshot)
+        status["source"] = display_name(str(status.get("source", "")))
+        status["viewers"] = len(self.live.viewers)
+        status["jpeg_encodes"] = self.live.producer.encodes
+        status["max_stream_fps"] = self.recorder.cfg.max_stream_fps
+        self.finish(status)
+
+
+# The websocket protocol: LiveSocket's docstring.
+HEADER = struct.Struct("!Qdff")
+ACK = "read_frame"
+
+
+class LiveSocket(tornado.websocket.WebSocketHandler):
+    """One viewer on /websocket (one JPEG in flight per viewer, never a queue). The protocol:
+
+    client -> server, text
+        ``read_frame``: the ack. "I have shown the last frame; send the next." Opening the
+        websocket counts as the first ack, so a client that never acks gets exactly one frame.
+        Acks do not add up: one or ten acks before the next frame still earn one frame.
+
+    server -> client, binary: one JPEG, after a fixed 24-byte big-endian header (HEADER)
+        ``seq``   u64  the frame's capture sequence number; strictly increasing per client
+        ``wall``  f64  capture time, seconds since the epoch (server clock)
+        ``age``   f32  seconds from capture to this send (server monotonic clock)
+        ``hold``  f32  seconds the server held the ack before answering (waiting for a newer
+                       frame or for the --max-stream-fps interval)
+        The page needs no clock agreement: round trip = (ack -> frame at the client) - hold, and
+        the frame's age when shown = age + round trip / 2 + the client's own decode time.
+
+    server -> client, text: small JSON status objects, ``{"type": "status", ...}`` with
+        ``source``, ``detection`` (bool), ``rec`` (number of recording files open),
+        ``capture_fps``, ``viewers``, ``max_stream_fps``. Sent only to a client that is waiting
+        for a frame: with the next frame when it changed, and at least once a second while the
+        client waits (so a stalled client is sent nothing at all).
+
+    Pacing (when a frame is sent after an ack) is in live.Live's docstring.
+    """
+
+    def initialize(self, state: RecorderState, live: Live, login: Login | None,
+                   tls: bool) -> None:
+        self.live = live
+        self.login = login
+        self.wants = False
+        self.writing = False
+        self.closed = False
+        self.last_seq = -1
+        self.last_sent = float("-inf")
+        self.ack_at = 0.0
+        self.status_sent = ""
+        self.status_at = float("-inf")
+        self._timer: object | None = None
+
+    def get_current_user(self) -> str | None:
+        return _session(self, self.login)
+
+    def prepare(self) -> None:
+        # Checked before the upgrade: a refused viewer gets a plain 403, not an open socket.
+        if self.current_user is None:
+            raise tornado.web.HTTPError(403, "login required")
+
+    def open(self, *args: str, **kwargs: str) -> None:
+        self.wants = True  # opening is the first ack
+        self.ack_at = time.monotonic()
+        self.live.join(self)
+        self.live.pump(self)
+
+    def on_message(self, message: str | bytes) -> None:
+        if message == ACK:
+            self.wants = True
+            self.ack_at = time.monotonic()
+            self.live.pump(self)
+        else:
+            _limiter.log(log, logging.INFO, "ws-junk", "unexpected websocket message from %s",
+                         self.request.remote_ip)
+
+    def on_close(self) -> None:
+        self.closed = True
+        self._cancel_timer()
+        self.live.leave(self)
+
+    def wake_at(self, when: float) -> None:
+        """Pump again at `when` (time.monotonic): IOLoop.call_at would read it as time.time."""
+        if self._timer is None:
+            self._timer = self.live.loop.call_later(max(0.0, when - time.monotonic()),
+                                                    self._woken)
+
+    def _woken(self) -> None:
+        self._timer = None
+        self.live.pump(self)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self.live.loop.remove_timeout(self._timer)
+            self._timer = None
+
+    def send_status(self, text: str) -> None:
+        self.status_sent = text
+        self.status_at = time.monotonic()
+        try:
+            self.write_message(text).add_done_callback(_retrieve)
+        except tornado.websocket.WebSocketClosedError:
+            self.closed = True
+
+    def send(self, jpeg: Jpeg, status: str) -> None:
+        now = time.monotonic()
+        if status != self.status_sent or now - self.status_at >= STATUS_EVERY:
+            self.send_status(status)
+        header = HEADER.pack(jpeg.seq, jpeg.wall, now - jpeg.mono, now - self.ack_at)
+        self.wants = False
+        self.last_seq = jpeg.seq
+        self.last_sent = now
+        try:
+            future = self.write_message(header + jpeg.data, binary=True)
+        except tornado.websocket.WebSocketClosedError:
+            self.closed = True
+            return
+        # Until this frame has left for the kernel, no other: a client that acks without
+        # reading cannot make frames pile up in our buffers.
+        self.writing = True
+        future.add_done_callback(self._written)
+
+    def _written(self, future: asyncio.Future[None]) -> None:
+        self.writing = False
+        _retrieve(future)
+        self.live.pump(self)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Consume a write's outcome: a viewer gone mid-write is normal, not an error to report."""
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,121 @@
+"""The event loop's side of the live view: the viewers, who waits for a frame, the status they are shown."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Protocol
+
+import tornado.ioloop
+
+from raspberry_pancake.recorder.state import RecorderState
+from raspberry_pancake.recorder.web.jpeg import Jpeg, JpegProducer
+from raspberry_pancake.shared.credentials import redact_url
+
+STATUS_EVERY = 1.0  # a waiting viewer hears the status at least this often
+TIMER_SLACK = 0.002
+
+
+def display_name(source: str) -> str:
+    """The source as viewers may see it: an rtsp://user:password@host URL loses its userinfo."""
+    return redact_url(source)
+
+
+class Viewer(Protocol):
+    """What Live needs of a viewer; handlers.LiveSocket is the one on /websocket."""
+
+    wants: bool
+    writing: bool
+    closed: bool
+    last_seq: int
+    last_sent: float
+    status_sent: str
+    status_at: float
+
+    def wake_at(self, when: float) -> None: ...
+
+    def send(self, jpeg: Jpeg, status: str) -> None: ...
+
+    def send_status(self, text: str) -> None: ...
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None: ...
+
+
+class Live:
+    """The event loop's side of the live view: viewers, who waits for a frame, the status.
+
+    Everything here runs on the IOLoop; the JPEG thread only reaches it via add_callback.
+
+    Pacing: after an ack, the client gets the newest JPEG it has not seen, no sooner than
+    1/--max-stream-fps after the previous frame sent to it. JPEGs are encoded by jpeg.py's
+    thread only while some viewer waits, once per frame, shared by all viewers.
+    (The wire protocol itself is in handlers.LiveSocket's docstring.)
+    """
+
+    def __init__(self, state: RecorderState, loop: tornado.ioloop.IOLoop) -> None:
+        self.state = state
+        self.loop = loop
+        self.producer = JpegProducer(state.hub, state.cfg.max_stream_fps, self._from_thread)
+        self.interval = self.producer.interval
+        self.viewers: set[Viewer] = set()
+        self.waiting: set[Viewer] = set()
+        self.status_text = self._status_text()
+
+    def _from_thread(self, jpeg: Jpeg) -> None:
+        self.loop.add_callback(self._deliver, jpeg)
+
+    def _deliver(self, jpeg: Jpeg) -> None:
+        waiting, self.waiting = self.waiting, set()
+        for viewer in waiting:
+            self.pump(viewer)
+
+    def join(self, viewer: Viewer) -> None:
+        self.viewers.add(viewer)
+        self.refresh_status()
+
+    def leave(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+        self.waiting.discard(viewer)
+        self.refresh_status()
+
+    def pump(self, viewer: Viewer) -> None:
+        """Send `viewer` a frame if it asked for one and may have one now; else arrange to."""
+        if not viewer.wants or viewer.writing or viewer.closed:
+            return
+        now = time.monotonic()
+        due = viewer.last_sent + self.interval
+        # A timer may fire a hair early (epoll rounds to milliseconds): without this slack a
+        # woken viewer would find itself not yet due and re-arm the timer in a busy loop.
+        if now < due - TIMER_SLACK:
+            viewer.wake_at(due)
+            return
+        cached = self.producer.latest
+        if cached is not None and cached.seq > viewer.last_seq and now - cached.encoded < self.interval:
+            viewer.send(cached, self.status_text)
+            return
+        # Nothing fresh it has not seen: wait for the producer (never on this loop).
+        self.waiting.add(viewer)
+        self.producer.request(max(viewer.last_seq, cached.seq if cached is not None else -1))
+
+    def _status_text(self) -> str:
+        return json.dumps({
+            "type": "status",
+            "source": display_name(self.state.source_name),
+            "detection": self.state.detecting,
+            "rec": len(self.state.open_files()),
+            "capture_fps": round(self.state.capture_rate.rate(), 1),
+            "viewers": len(self.viewers),
+            "max_stream_fps": self.state.cfg.max_stream_fps,
+        }, separators=(",", ":"))
+
+    def refresh_status(self) -> None:
+        self.status_text = self._status_text()
+        now = time.monotonic()
+        for viewer in list(self.viewers):
+            if viewer.wants and (viewer.status_sent != self.status_text
+                                 or now - viewer.status_at >= STATUS_EVERY):
+                viewer.send_status(self.status_text)
+
+    def close_all(self) -> None:
+        for viewer in list(self.viewers):
+            viewer.close(1001, "server stopping")
