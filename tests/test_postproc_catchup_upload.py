@@ -12,10 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from raspberry_pancake.postproc.config import FtpTarget, parse
+from raspberry_pancake.postproc.config import parse
 from raspberry_pancake.postproc.main import Postproc
 from raspberry_pancake.postproc.receiver import open_socket
-from raspberry_pancake.postproc.upload.worker import JOURNAL_DIR, FtpDestination, UploadJournal, UploadWorker
+from raspberry_pancake.postproc.upload.ftp import FtpDestination
+from raspberry_pancake.postproc.upload.journal import JOURNAL_DIR, UploadJournal
+from raspberry_pancake.postproc.upload.targets import FtpTarget
+from raspberry_pancake.postproc.upload.worker import UploadWorker
 from raspberry_pancake.shared.credentials import Secret
 from tests.postproc_servers import (
     FtpServer,

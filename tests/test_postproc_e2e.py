@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raspberry_pancake.postproc.upload.worker import date_dirs
+from raspberry_pancake.postproc.upload.destination import date_dirs
 from tests.postproc_servers import (
     PYTHON,
     ROOT,

@@ -11,15 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from raspberry_pancake.postproc.config import FtpTarget, ScpTarget
-from raspberry_pancake.postproc.upload.worker import (
-    FtpDestination,
-    SftpDestination,
-    UploadError,
-    UploadTrigger,
-    UploadWorker,
-    date_dirs,
-)
+from raspberry_pancake.postproc.upload.destination import UploadError, date_dirs
+from raspberry_pancake.postproc.upload.ftp import FtpDestination
+from raspberry_pancake.postproc.upload.sftp import SftpDestination
+from raspberry_pancake.postproc.upload.targets import FtpTarget, ScpTarget
+from raspberry_pancake.postproc.upload.trigger import UploadTrigger
+from raspberry_pancake.postproc.upload.worker import UploadWorker
 from raspberry_pancake.shared.credentials import Secret
 from tests.postproc_servers import (
     FtpServer,

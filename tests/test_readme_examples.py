@@ -21,7 +21,7 @@ import av
 import pytest
 
 from raspberry_pancake.postproc import config as postproc_config
-from raspberry_pancake.postproc.upload.worker import date_dirs
+from raspberry_pancake.postproc.upload.destination import date_dirs
 from raspberry_pancake.recorder import config as recorder_config
 from raspberry_pancake.recorder.web.auth import hash_password
 from tests.postproc_servers import (

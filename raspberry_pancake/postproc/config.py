@@ -9,41 +9,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from raspberry_pancake.postproc.upload.targets import FtpTarget, ScpTarget
+from raspberry_pancake.postproc.upload.worker import BACKOFF_FIRST, MAX_ATTEMPTS
 from raspberry_pancake.shared.cli import ConfigError, OneLineParser
 from raspberry_pancake.shared.credentials import Secret, SecretError, resolve
 from raspberry_pancake.shared.events import MAX_SOCKET_NAME
 
 PUBLIC_BOT_API = "https://api.telegram.org/bot"
 MP4BOX = "MP4Box"
-# Upload retries: the first after this many seconds, doubling; a file is given up after this
-# many attempts (about an hour) until the next catch-up offers it again.
-UPLOAD_BACKOFF_FIRST = 2.0
-UPLOAD_ATTEMPTS = 16
-
-
-@dataclass(frozen=True, slots=True)
-class ScpTarget:
-    user: str
-    host: str
-    port: int
-    remote_dir: str
-
-    @property
-    def label(self) -> str:
-        return f"sftp://{self.user}@{self.host}:{self.port}/{self.remote_dir}"
-
-
-@dataclass(frozen=True, slots=True)
-class FtpTarget:
-    host: str
-    port: int
-    user: str
-    password: Secret
-    remote_dir: str
-
-    @property
-    def label(self) -> str:
-        return f"ftp://{self.user}@{self.host}:{self.port}/{self.remote_dir}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +51,8 @@ class PostprocConfig:
     ssh_key: Path | None
     # Not on the command line: the defaults suit every destination, and a catch-up at each
     # trigger and each start retries a file given up. Tests make them small.
-    upload_attempts: int = UPLOAD_ATTEMPTS
-    upload_backoff_first: float = UPLOAD_BACKOFF_FIRST
+    upload_attempts: int = MAX_ATTEMPTS
+    upload_backoff_first: float = BACKOFF_FIRST
 
     @property
     def uploading(self) -> bool:

@@ -23,14 +23,12 @@ from raspberry_pancake.postproc.convert import (
     remove_stale_temporaries,
 )
 from raspberry_pancake.postproc.receiver import Accepted, PathPolicy, Receiver, ReceiverError, open_socket
-from raspberry_pancake.postproc.upload.worker import (
-    Destination,
-    FtpDestination,
-    SftpDestination,
-    UploadJournal,
-    UploadTrigger,
-    UploadWorker,
-)
+from raspberry_pancake.postproc.upload.destination import Destination
+from raspberry_pancake.postproc.upload.ftp import FtpDestination
+from raspberry_pancake.postproc.upload.journal import UploadJournal
+from raspberry_pancake.postproc.upload.sftp import SftpDestination
+from raspberry_pancake.postproc.upload.trigger import UploadTrigger
+from raspberry_pancake.postproc.upload.worker import UploadWorker
 from raspberry_pancake.shared.cli import ConfigError
 from raspberry_pancake.shared.credentials import install_redaction
 from raspberry_pancake.shared.logs import setup_logging

@@ -1,1 +1,1 @@
-"""Uploads: one worker per destination (SFTP, FTP) with its queue, its journal and its triggers."""
+"""Uploads to SFTP and FTP: a worker per destination, with its queue and journal, and the triggers."""

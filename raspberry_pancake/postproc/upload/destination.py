@@ -1,0 +1,102 @@
+"""What every upload destination shares: its protocol, its errors, its remote YYYY/MM/DD path."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+CONNECT_TIMEOUT = 10.0
+# A transfer that makes no progress for this long is cut off and retried.
+TRANSFER_TIMEOUT = 30.0
+CHUNK = 256 * 1024
+PART = ".part"
+
+# Recording names: continuous YYYYMMDD-hhmm or -hhmmss, detection YYYYMMDD-hhmmss, maybe -N.
+_NAME = re.compile(r"^(\d{4})(\d{2})(\d{2})-\d{4}(?:\d{2})?(?:-\d+)?$")
+
+Progress = Callable[[int, int], None]
+
+
+class UploadError(Exception):
+    """One attempt failed; the message says why in a few words. Retried with backoff."""
+
+
+class UploadAborted(UploadError):
+    """The transfer was cut off on purpose (shutdown); only the .part is left remotely."""
+
+
+def date_dirs(path: Path) -> tuple[str, str, str]:
+    """YYYY, MM, DD from the recording's name, or from its mtime when the name does not parse."""
+    match = _NAME.match(path.stem)
+    if match:
+        y, m, d = match.groups()
+        try:
+            dt.date(int(y), int(m), int(d))
+        except ValueError:
+            pass
+        else:
+            return y, m, d
+    try:
+        day = dt.date.fromtimestamp(path.stat().st_mtime)
+    except OSError:
+        day = dt.date.today()
+    return f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}"
+
+
+class Dialer:
+    """Opens the TCP connection itself, so that abort() from another thread can shut down a
+    socket still waiting for a banner or welcome (a library's connect() cannot be cut off)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _sockets
+        self._sockets: set[socket.socket] = set()
+
+    def dial(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), timeout=timeout)
+        with self._lock:
+            self._sockets.add(sock)
+        return sock
+
+    def forget(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sockets.discard(sock)  # type: ignore[arg-type]
+
+    def shutdown_all(self) -> None:
+        with self._lock:
+            socks = list(self._sockets)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+class Destination(Protocol):
+    label: str
+
+    def upload(self, local: Path, stop: threading.Event,
+               progress: Progress | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def read_chunks(local: Path, stop: threading.Event, progress: Progress | None,
+                total: int, send: Callable[[bytes], Any]) -> int:
+    sent = 0
+    with local.open("rb") as f:
+        while True:
+            if stop.is_set():
+                raise UploadAborted("stopping")
+            chunk = f.read(CHUNK)
+            if not chunk:
+                return sent
+            send(chunk)
+            sent += len(chunk)
+            if progress is not None:
+                progress(sent, total)
