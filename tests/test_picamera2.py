@@ -21,11 +21,11 @@ import pytest
 from raspberry_pancake.recorder.config import RecorderConfig, parse
 from raspberry_pancake.recorder.emitter import Emitter
 from raspberry_pancake.recorder.frames import Frame
-from raspberry_pancake.recorder.pipeline import Recorder
+from raspberry_pancake.recorder.pipeline import Pipeline
 from raspberry_pancake.recorder.recording.splits import next_boundary
 from raspberry_pancake.recorder.sources.annotate import render
+from raspberry_pancake.recorder.sources.base import SourceError
 from raspberry_pancake.recorder.sources.picam import Picamera2Camera, StreamPlan, yuv420_planes
-from raspberry_pancake.recorder.sources.pyav import SourceError
 from raspberry_pancake.shared.events import Event
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,11 +88,11 @@ def decode_all(path: Path) -> list[av.VideoFrame]:
 
 
 def run_recorder(cfg: RecorderConfig, seconds: float,
-                 during: list[Frame] | None = None) -> tuple[Events, Picamera2Camera, Recorder]:
+                 during: list[Frame] | None = None) -> tuple[Events, Picamera2Camera, Pipeline]:
     camera = Picamera2Camera(0, cfg)
     camera.open()
     events = Events()
-    recorder = Recorder(cfg, camera, events)
+    recorder = Pipeline(cfg, camera, events)
     recorder.start()
     try:
         end = time.monotonic() + seconds
@@ -194,7 +194,7 @@ def test_a_camera_that_stops_is_reopened_into_a_new_segment(
     camera = Picamera2Camera(0, cfg)
     camera.open()
     events = Events()
-    recorder = Recorder(cfg, camera, events)
+    recorder = Pipeline(cfg, camera, events)
     recorder.start()
     try:
         assert recorder.hub.wait_newer(0, timeout=5) is not None
@@ -232,8 +232,8 @@ def test_pi5_records_with_our_encoder_and_an_idr_at_each_split(
     monkeypatch.setattr(encoders, "H264Encoder", encoders.LibavH264Encoder)
     cfg = config(tmp_path, "--record-split", "2")
     frames: list[Frame] = []
-    events, camera, _ = run_recorder(cfg, 5.0, frames)
-    assert camera._sw_encoder is not None and not camera._sw_encoder.is_alive()
+    events, _, recorder = run_recorder(cfg, 5.0, frames)
+    assert recorder.encoder is not None and not recorder.encoder.is_alive()
     segments = [e for e in events.events if "h264" in e]
     assert len(segments) >= 2, segments
     for i, event in enumerate(segments):

@@ -12,9 +12,10 @@ from recordings import decode
 
 from raspberry_pancake.recorder.config import parse
 from raspberry_pancake.recorder.emitter import Emitter
-from raspberry_pancake.recorder.pipeline import Recorder
+from raspberry_pancake.recorder.pipeline import Pipeline
 from raspberry_pancake.recorder.recording.splits import GUARD_SLACK
-from raspberry_pancake.recorder.sources.pyav import AVCamera, SourceSpec
+from raspberry_pancake.recorder.sources.base import SourceSpec
+from raspberry_pancake.recorder.sources.pyav import AVCamera
 
 FPS = 12
 SPLIT = 3
@@ -47,7 +48,7 @@ def test_clock_jumps_make_no_burst_no_giant_no_overwrite(tmp_path: Path,
     camera = AVCamera(SourceSpec("testsrc", ""), cfg, wall_clock=clock)
     camera.open()
     emitter = Emitter(listener.name)
-    recorder = Recorder(cfg, camera, emitter)
+    recorder = Pipeline(cfg, camera, emitter)
     recorder.start()
     started = time.monotonic()
     time.sleep(17)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import av
@@ -36,6 +37,12 @@ class Packet:
     mono: float
     wall: float
     boundary: bool = False
+
+
+# Where a stage hands frames or packets on; it is called on the producer's thread and must not
+# block it (queue, or publish to a LatestFrame).
+FrameSink = Callable[[Frame], None]
+PacketSink = Callable[[Packet], None]
 
 
 class LatestFrame:

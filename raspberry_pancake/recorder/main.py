@@ -11,8 +11,9 @@ from types import FrameType
 
 from raspberry_pancake.recorder.config import ConfigError, parse
 from raspberry_pancake.recorder.emitter import Emitter
-from raspberry_pancake.recorder.pipeline import Recorder
-from raspberry_pancake.recorder.sources import pyav as capture
+from raspberry_pancake.recorder.pipeline import Pipeline
+from raspberry_pancake.recorder.sources.base import SourceError
+from raspberry_pancake.recorder.sources.choose import open_camera, resolve
 from raspberry_pancake.recorder.watchdog import Watchdog
 from raspberry_pancake.recorder.web import app as web
 from raspberry_pancake.shared.logs import setup_logging
@@ -31,10 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(cfg.log)
     try:
-        spec = capture.resolve(cfg.source)
-        camera = capture.open_camera(spec, cfg)
+        spec = resolve(cfg.source)
+        camera = open_camera(spec, cfg)
         camera.open()
-    except capture.SourceError as exc:
+    except SourceError as exc:
         print(f"pancake.py: error: {exc}", file=sys.stderr)
         return 2
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     emitter = Emitter(cfg.emit)
-    recorder = Recorder(cfg, camera, emitter)
+    recorder = Pipeline(cfg, camera, emitter)
     log.info("%s at %s, %g fps; live view on port %d", camera.name, cfg.frame_size,
              cfg.fps, cfg.port)
     recorder.start()

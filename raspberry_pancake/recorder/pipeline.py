@@ -1,4 +1,4 @@
-"""Wires one camera's stages together and stops them in dependency order."""
+"""One camera's pipeline: wires its stages together, owns its encoder, stops them in dependency order."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from raspberry_pancake.recorder.diskguard import DiskGuard, DiskGuardConfig
 from raspberry_pancake.recorder.emitter import Emitter
 from raspberry_pancake.recorder.frames import Frame, LatestFrame, Packet
 from raspberry_pancake.recorder.recording.clips import PRE_ROLL, ClipConfig, ClipWriter, Edge
+from raspberry_pancake.recorder.recording.encode import EncoderThread
 from raspberry_pancake.recorder.recording.segments import SegmentWriter, WriterHooks
 from raspberry_pancake.recorder.recording.splits import create_unique, file_stem
-from raspberry_pancake.recorder.sources.pyav import Camera
+from raspberry_pancake.recorder.sources.base import Camera, Outputs
 from raspberry_pancake.recorder.state import RecorderState
 from raspberry_pancake.recorder.web.jpeg import JpegEncoder
 from raspberry_pancake.shared.events import Event
@@ -30,8 +31,9 @@ JOIN_TIMEOUT = 1.5
 EDGE_LATENCY_MARGIN = 0.3
 
 
-class Recorder:
-    """Camera → (frames → live view, detector) and (packets → segments, clips); edges → events."""
+class Pipeline:
+    """Camera → (frames → live view, detector) and (frames → encoder, or the camera's own
+    packets → segments, clips); edges → events."""
 
     def __init__(self, cfg: RecorderConfig, camera: Camera, emitter: Emitter) -> None:
         self.cfg = cfg
@@ -45,6 +47,7 @@ class Recorder:
                                        cfg.record_dirs)
                          if cfg.record_continuous is not None else None)
         self.clips: ClipWriter | None = None
+        self.encoder: EncoderThread | None = None  # made at start, when the camera needs one
         if cfg.detection_dir is not None and cfg.detection_mode is not None:
             merge_wait = PRE_ROLL + min(cfg.detect_interval, 2.0) + EDGE_LATENCY_MARGIN
             self.clips = ClipWriter(ClipConfig(cfg.detection_dir, cfg.detection_mode, merge_wait,
@@ -107,17 +110,28 @@ class Recorder:
         for writer in (self.segments, self.clips):
             if writer is not None:
                 writer.start()
-        self.camera.start(self._on_frame, self._on_packet)
+        wanted = self.camera.encoder_config()
+        outputs = Outputs(self._on_frame, self._on_packet)
+        if wanted is not None:
+            self.encoder = EncoderThread(wanted, [self._on_packet])
+            self.encoder.start()
+            outputs = Outputs(self._on_frame, self._on_packet, self.encoder.put, self.encoder.restart)
+        self.camera.start(outputs)
         if self.detector is not None:
             self.detector.start()
         if self.guard is not None:
             self.guard.start()
 
     def stop(self) -> None:
-        """Camera first (it flushes the encoder into the writers), then detector, then writers:
-        each writer closes its file and emits its message before the process exits."""
+        """Camera first, then the encoder (it flushes into the writers), then detector, then
+        writers: each writer closes its file and emits its message before the process exits."""
         self._stop.set()
         self.camera.stop()
+        if self.encoder is not None:
+            self.encoder.stop()
+            self.encoder.join(timeout=JOIN_TIMEOUT)
+            if self.encoder.is_alive():
+                log.error("encoder did not finish in time")
         self.hub.close()
         if self.detector is not None:
             self.detector.join(timeout=0.5)

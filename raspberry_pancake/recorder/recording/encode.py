@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -15,7 +15,7 @@ from av.video.frame import PictureType
 from av.video.reformatter import VideoReformatter
 
 from raspberry_pancake.recorder.config import Size
-from raspberry_pancake.recorder.frames import Frame, Packet
+from raspberry_pancake.recorder.frames import Frame, Packet, PacketSink
 from raspberry_pancake.recorder.recording.splits import SplitClock
 from raspberry_pancake.shared.inbox import Inbox
 from raspberry_pancake.shared.logs import RateLimiter
@@ -23,7 +23,6 @@ from raspberry_pancake.shared.logs import RateLimiter
 log = logging.getLogger(__name__)
 _limit = RateLimiter()
 
-PacketSink = Callable[[Packet], None]
 # Packet times travel beside the encoder in this unit; ms is finer than any camera's frame rate.
 TIME_BASE = Fraction(1, 1000)
 # Frames waiting for the encoder: a second's worth rides out a hiccup without unbounded memory.

@@ -8,8 +8,7 @@ from typing import Any
 import av
 import av.bitstream
 
-from raspberry_pancake.recorder.frames import Packet
-from raspberry_pancake.recorder.recording.encode import PacketSink
+from raspberry_pancake.recorder.frames import Packet, PacketSink
 from raspberry_pancake.recorder.recording.splits import SplitClock
 from raspberry_pancake.shared.logs import RateLimiter
 

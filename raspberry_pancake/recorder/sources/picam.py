@@ -7,21 +7,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 import av
-import numpy as np
-import numpy.typing as npt
 from av.video.reformatter import VideoReformatter
 
 from raspberry_pancake.recorder.config import RecorderConfig, Size
-from raspberry_pancake.recorder.frames import Frame, Packet
-from raspberry_pancake.recorder.recording.encode import EncoderConfig, EncoderThread, PacketSink
+from raspberry_pancake.recorder.frames import Frame, Packet, PacketSink
+from raspberry_pancake.recorder.recording.encode import EncoderConfig
 from raspberry_pancake.recorder.recording.splits import SplitClock
 from raspberry_pancake.recorder.sources.annotate import Annotator
-from raspberry_pancake.recorder.sources.pyav import BACKOFF_MAX, BACKOFF_START, FrameSink, SourceError
+from raspberry_pancake.recorder.sources.base import BACKOFF_MAX, BACKOFF_START, Outputs, SourceError
+from raspberry_pancake.recorder.sources.picam_streams import (
+    ArrayStamp,
+    StreamPlan,
+    bitrate_for,
+    video_frame,
+    yuv420_planes,
+)
 from raspberry_pancake.shared.logs import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -38,112 +42,6 @@ JOIN_TIMEOUT = 5.0
 # A sensor timestamp within this much of time.monotonic() is on the same clock (libcamera on a
 # Pi stamps with CLOCK_MONOTONIC); farther off, it is some other base and we measure the offset.
 CLOCK_TOLERANCE = 1.0
-# Bits per pixel per frame: about 6 Mbit/s at 1080p30, picamera2's "medium" quality.
-BITS_PER_PIXEL = 0.1
-# The VideoCore encoder's sane range; picamera2 raises the H.264 level itself above 10 Mbit/s.
-MIN_BITRATE, MAX_BITRATE = 300_000, 17_000_000
-
-Array = npt.NDArray[np.uint8]
-
-
-def bitrate_for(size: Size, fps: float) -> int:
-    return int(min(max(size.width * size.height * fps * BITS_PER_PIXEL, MIN_BITRATE), MAX_BITRATE))
-
-
-def _fits(inner: Size, outer: Size) -> bool:
-    return inner.width <= outer.width and inner.height <= outer.height
-
-
-@dataclass(frozen=True, slots=True)
-class StreamPlan:
-    """Which picamera2 stream carries the recording and which the frames, and their sizes.
-
-    picamera2 has a `main` stream and a `lores` one no larger than it, both YUV420 here: the
-    larger of (record size, frame size) is main. Sizes are as the sensor delivers them, before
-    a 90/270 turn, which the sensor transform cannot do: frames are turned in software, and
-    recordings are not turned at all.
-    """
-
-    main: Size
-    lores: Size | None
-    encode: str | None  # "main" or "lores"; None when nothing records
-    frames: str  # the stream that feeds viewers and detect()
-    turn: int  # 0, 90 or 270: software rotation of frames
-    hflip: bool
-    vflip: bool
-
-    @classmethod
-    def of(cls, cfg: RecorderConfig) -> StreamPlan:
-        turn = cfg.rotation if cfg.rotation in (90, 270) else 0
-
-        def unturned(size: Size) -> Size:
-            return Size(size.height, size.width) if turn else size
-
-        frame, record = unturned(cfg.frame_size), unturned(cfg.record_size)
-        half = cfg.rotation == 180  # a half turn is both flips, which the sensor does
-        flips = {"hflip": cfg.hflip != half, "vflip": cfg.vflip != half}
-        if not cfg.recording:
-            return cls(frame, None, None, "main", turn, **flips)
-        # A turned picture is stamped after turning, so it needs a stream of its own.
-        if record == frame and not turn:
-            return cls(frame, None, "main", "main", turn, **flips)
-        if _fits(frame, record):
-            return cls(record, frame, "main", "lores", turn, **flips)
-        if _fits(record, frame):
-            return cls(frame, record, "lores", "main", turn, **flips)
-        raise ValueError(f"recording at {record} and frames at {frame}: one must fit inside the "
-                         "other (picamera2's lores stream is no larger than main)")
-
-    def size(self, stream: str) -> Size:
-        if stream == "lores" and self.lores is not None:
-            return self.lores
-        return self.main
-
-
-def yuv420_planes(array: Array, width: int, height: int) -> tuple[Array, Array, Array]:
-    """Views of Y, U and V in a picamera2 YUV420 buffer: (height*3/2) rows of `stride` bytes,
-    the chroma planes packed at half that stride. Writing to them writes the buffer."""
-    if not array.flags["C_CONTIGUOUS"]:
-        raise ValueError("YUV420 buffer is not contiguous")
-    stride = array.shape[1]
-    flat = array.reshape(-1)
-    cw, ch, cs = width // 2, height // 2, stride // 2
-    u0 = stride * height
-    v0 = u0 + cs * ch
-    if flat.size < v0 + cs * ch:
-        raise ValueError(f"YUV420 buffer of {flat.size} bytes is too small for {width}x{height}")
-    y = flat[:u0].reshape(height, stride)[:, :width]
-    u = flat[u0:v0].reshape(ch, cs)[:, :cw]
-    v = flat[v0:v0 + cs * ch].reshape(ch, cs)[:, :cw]
-    return y, u, v
-
-
-def video_frame(planes: tuple[Array, Array, Array], turn: int) -> av.VideoFrame:
-    """A yuv420p VideoFrame copied from plane views (one copy, strides on both sides handled),
-    turned clockwise by `turn` degrees (90 or 270) or not at all."""
-    if turn:
-        k = -1 if turn == 90 else 1  # np.rot90 turns counter-clockwise for positive k
-        planes = (np.rot90(planes[0], k), np.rot90(planes[1], k), np.rot90(planes[2], k))
-    height, width = planes[0].shape
-    frame = av.VideoFrame(width, height, "yuv420p")
-    for plane, src in zip(frame.planes, planes, strict=True):
-        dst = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
-        dst[:src.shape[0], :src.shape[1]] = src
-    return frame
-
-
-class ArrayStamp:
-    """annotate's clock, written straight into a picamera2 YUV420 buffer, so that the
-    hardware encoder records it (the buffer is encoded after pre_callback returns)."""
-
-    def __init__(self, text_height: int) -> None:
-        self._annotator = Annotator(text_height)
-
-    def __call__(self, array: Array, width: int, height: int, wall: float) -> None:
-        y, u, v = yuv420_planes(array, width, height)
-        self._annotator.stamp(y, u, v, width, height, wall)
-
-
 class SensorClock:
     """Sensor timestamps (µs) to time.monotonic() seconds.
 
@@ -246,13 +144,13 @@ class Picamera2Camera:
     the VideoCore's H.264 encoder (picamera2's H264Encoder) records.
 
     A Pi 5 has no hardware encoder: there picamera2's H264Encoder is its LibavH264Encoder, libx264
-    on the CPU. We then encode with our own libx264 EncoderThread instead: the same work,
+    on the CPU. We then ask the pipeline for its libx264 encoder instead (encoder_config): the same work,
     plus an IDR exactly at each split time, and no dependence on the PyAV build picamera2 expects
     (it calls VideoFrame.from_ndarray(width=...), which Raspberry Pi's python3-av has and PyPI's
     av, which the venv puts first, lacks until picamera2 caught up).
 
     Threads: picamera2's own (its event loop calls pre_callback; its encoder thread calls the
-    output), "encoder" on a Pi 5, and "picam-watch", which reopens the camera when frames stop.
+    output), and "picam-watch", which reopens the camera when frames stop.
     """
 
     def __init__(self, index: int, cfg: RecorderConfig) -> None:
@@ -268,7 +166,7 @@ class Picamera2Camera:
         self._encoder: Any = None
         self._clock = SensorClock()
         self._stamper: PacketStamper | None = None
-        self._on_frame: FrameSink | None = None
+        self._out: Outputs | None = None
         self._stamp = ArrayStamp(cfg.annotate_text_size)
         self._annotate = Annotator(cfg.annotate_text_size)
         self._reformatter = VideoReformatter()  # one swscale context for every frame
@@ -276,7 +174,6 @@ class Picamera2Camera:
         self._last_frame = 0.0  # time.monotonic() of the newest frame (or a start grace)
         self._watch: threading.Thread | None = None
         self._software = False  # picamera2 has no hardware encoder here: we encode (see above)
-        self._sw_encoder: EncoderThread | None = None
         self._seq = 0
         self.frames = 0
         self.outages = 0
@@ -344,16 +241,19 @@ class Picamera2Camera:
 
     # --- running -------------------------------------------------------------------------
 
-    def start(self, on_frame: FrameSink, on_packet: PacketSink) -> None:
+    def encoder_config(self) -> EncoderConfig | None:
         if self._mods is None:
             self.open()
-        self._on_frame = on_frame
-        self._stamper = PacketStamper(self._cfg.record_split, self._clock, on_packet)
-        if self._software and self._plan is not None and self._plan.encode is not None:
-            cfg = self._cfg
-            self._sw_encoder = EncoderThread(
-                EncoderConfig(size=None, fps=cfg.fps, split=cfg.record_split), [on_packet])
-            self._sw_encoder.start()
+        if not self._software or self._plan is None or self._plan.encode is None:
+            return None
+        # Frames to record come from the stream that records, at its size: never scaled.
+        return EncoderConfig(size=None, fps=self._cfg.fps, split=self._cfg.record_split)
+
+    def start(self, out: Outputs) -> None:
+        if self._mods is None:
+            self.open()
+        self._out = out
+        self._stamper = PacketStamper(self._cfg.record_split, self._clock, out.packet)
         with self._swap:
             try:
                 if self._picam is None:
@@ -409,7 +309,7 @@ class Picamera2Camera:
             size = Size(*request.config[plan.encode]["size"])
             with mods.MappedArray(request, plan.encode) as m:
                 self._stamp(m.array, size.width, size.height, wall)
-                if self._sw_encoder is not None:
+                if self._software and self._out is not None and self._out.encode is not None:
                     record = video_frame(yuv420_planes(m.array, size.width, size.height), 0)
         size = Size(*request.config[plan.frames]["size"])
         if record is not None and plan.frames == plan.encode and not plan.turn:
@@ -424,10 +324,11 @@ class Picamera2Camera:
             self._annotate(image, wall)  # after the turn, so the clock reads upright
         self.frames += 1
         self._seq += 1
-        if self._on_frame is not None:
-            self._on_frame(Frame(self._seq, image, mono, wall))
-        if record is not None and self._sw_encoder is not None:
-            self._sw_encoder.put(Frame(self._seq, record, mono, wall))
+        out = self._out
+        if out is not None:
+            out.frame(Frame(self._seq, image, mono, wall))
+            if record is not None and out.encode is not None:
+                out.encode(Frame(self._seq, record, mono, wall))
 
     # --- failure and reopening -----------------------------------------------------------
 
@@ -456,8 +357,8 @@ class Picamera2Camera:
                         return
                     assert self._stamper is not None
                     self._stamper.restart()
-                    if self._sw_encoder is not None:
-                        self._sw_encoder.restart()
+                    if self._out is not None:
+                        self._out.reopened()
                     self._run(picam)
             except SourceError as exc:
                 log.debug("%s", exc)
@@ -496,8 +397,3 @@ class Picamera2Camera:
             self._swap.release()
         if picam is not None:
             self._close(picam, encoder)
-        if self._sw_encoder is not None:  # after the camera: no more frames can arrive
-            self._sw_encoder.stop()
-            self._sw_encoder.join(timeout=JOIN_TIMEOUT)
-            if self._sw_encoder.is_alive():
-                log.error("%s: encoder did not finish in time", self.name)

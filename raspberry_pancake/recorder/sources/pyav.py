@@ -1,111 +1,37 @@
-"""Frames from the camera: picks the source, paces it, annotates, flips, reopens it on failure;
-records its packets as is when it already sends H.264, else hands frames to the encoder."""
+"""Frames from any source PyAV opens, paced, annotated, turned; reopened on failure; H.264 passed through."""
 
 from __future__ import annotations
 
-import glob
-import importlib.util
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import av
 import av.filter
 
 from raspberry_pancake.recorder.config import RecorderConfig, Size
 from raspberry_pancake.recorder.frames import Frame
-from raspberry_pancake.recorder.recording.encode import EncoderConfig, EncoderThread, PacketSink
+from raspberry_pancake.recorder.recording.encode import EncoderConfig
 from raspberry_pancake.recorder.sources.annotate import Annotator
+from raspberry_pancake.recorder.sources.base import (
+    BACKOFF_MAX,
+    BACKOFF_START,
+    Outputs,
+    SourceError,
+    SourceSpec,
+)
 from raspberry_pancake.recorder.sources.passthrough import Passthrough
-from raspberry_pancake.shared.credentials import redact_url
 
 log = logging.getLogger(__name__)
 
-FrameSink = Callable[[Frame], None]
 # A packet as read from the source, with the (monotonic, wall) time it was read.
 PacketHook = Callable[["av.packet.Packet[Any]", float, float], None]
-# Reopening a failed source: first retry after this, doubling up to the cap.
-BACKOFF_START, BACKOFF_MAX = 0.5, 30.0
 # Network sources: seconds to connect, and to wait for data before calling it an outage.
 OPEN_TIMEOUT, READ_TIMEOUT = 10.0, 5.0
-# How long stop() waits for each of the camera's threads: pancake must exit within 2 s.
+# How long stop() waits for the capture thread: pancake must exit within 2 s.
 STOP_TIMEOUT = 0.8
-
-
-class SourceError(Exception):
-    """A source that cannot be opened or read: the message names the source and the reason."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(redact_url(message))
-
-
-class Camera(Protocol):
-    """What the recorder needs of a source: frames for viewers and detect(), packets to record."""
-
-    name: str
-
-    def open(self) -> None:
-        """Open the source once, so that an unreachable one is reported at start (SourceError)."""
-
-    def start(self, on_frame: FrameSink, on_packet: PacketSink) -> None:
-        """Start delivering frames and packets, from the camera's own threads."""
-
-    def stop(self) -> None:
-        """Stop and join the threads; every packet encoded so far has been delivered."""
-
-
-@dataclass(frozen=True, slots=True)
-class SourceSpec:
-    kind: str  # testsrc | picamera2 | device | url | file
-    target: str  # device path, URL, file path, or camera index
-
-    def __str__(self) -> str:
-        return self.kind if self.kind == "testsrc" else f"{self.kind}:{redact_url(self.target)}"
-
-
-def resolve(spec: str) -> SourceSpec:
-    """Turn --source into a concrete source; `auto` looks for a camera and says what it chose."""
-    if spec == "auto":
-        if importlib.util.find_spec("picamera2") is not None and _picamera2_attached():
-            chosen = SourceSpec("picamera2", "0")
-        else:
-            devices = sorted(glob.glob("/dev/video*"), key=lambda d: (len(d), d))
-            chosen = SourceSpec("device", devices[0]) if devices else SourceSpec("testsrc", "")
-        log.info("source auto: using %s", chosen)
-        return chosen
-    if spec == "testsrc":
-        return SourceSpec("testsrc", "")
-    if spec == "picamera2" or spec.startswith("picamera2:"):
-        index = spec.partition(":")[2] or "0"
-        if not index.isdigit():
-            raise SourceError(f"source {spec}: camera index must be a number")
-        return SourceSpec("picamera2", index)
-    if spec.startswith("/dev/"):
-        return SourceSpec("device", spec)
-    if "://" in spec:
-        return SourceSpec("url", spec)
-    return SourceSpec("file", os.path.abspath(spec))
-
-
-def _picamera2_attached() -> bool:
-    try:
-        from picamera2 import Picamera2
-
-        return bool(Picamera2.global_camera_info())
-    except (ImportError, RuntimeError, OSError):
-        return False
-
-
-def open_camera(spec: SourceSpec, cfg: RecorderConfig) -> Camera:
-    if spec.kind == "picamera2":
-        from raspberry_pancake.recorder.sources.picam import Picamera2Camera
-
-        return Picamera2Camera(int(spec.target), cfg)
-    return AVCamera(spec, cfg)
 
 
 class AVInput:
@@ -264,14 +190,12 @@ class Pacer:
 class CaptureThread(threading.Thread):
     """Reads the source, stamps capture times, annotates, and hands each frame on."""
 
-    def __init__(self, source: AVInput, cfg: RecorderConfig, on_frame: FrameSink,
-                 encoder: EncoderThread | None, stop: threading.Event,
+    def __init__(self, source: AVInput, cfg: RecorderConfig, out: Outputs, stop: threading.Event,
                  passthrough: Passthrough | None = None) -> None:
         super().__init__(name="capture", daemon=True)
         self._source = source
         self._cfg = cfg
-        self._on_frame = on_frame
-        self._encoder = encoder
+        self._out = out
         self._passthrough = passthrough
         self._stop_event = stop
         self._annotate = Annotator(cfg.annotate_text_size)
@@ -290,8 +214,7 @@ class CaptureThread(threading.Thread):
                              self._source.spec, time.monotonic() - outage_since)
                     outage_since, backoff = None, BACKOFF_START
                     self._pacer.reset()
-                    if self._encoder is not None:
-                        self._encoder.restart()
+                    self._out.reopened()
                 self._pump()
                 return
             except SourceError as exc:
@@ -324,14 +247,15 @@ class CaptureThread(threading.Thread):
             frame = Frame(self.frames, image, time.monotonic(), self._source.wall_clock())
             self._annotate(image, frame.wall)
             self.frames += 1
-            self._on_frame(frame)
-            if self._encoder is not None:
-                self._encoder.put(frame)
+            self._out.frame(frame)
+            if self._out.encode is not None:
+                self._out.encode(frame)
 
 
 class AVCamera:
     """Any source PyAV can open (testsrc, V4L2 devices, RTSP/HTTP, files). Recorded as the
-    camera sends it when that is H.264 and no picture change is asked, else encoded by libx264."""
+    camera sends it when that is H.264 and no picture change is asked, else by the pipeline's
+    libx264 encoder."""
 
     def __init__(self, spec: SourceSpec, cfg: RecorderConfig,
                  wall_clock: Callable[[], float] = time.time) -> None:
@@ -340,7 +264,6 @@ class AVCamera:
         self._input = AVInput(spec, cfg, wall_clock)
         self._stop = threading.Event()
         self._capture: CaptureThread | None = None
-        self._encoder: EncoderThread | None = None
 
     def open(self) -> None:
         self._input.open()
@@ -355,21 +278,21 @@ class AVCamera:
                 and cfg.record_resize is None
                 and not (cfg.vflip or cfg.hflip or cfg.rotation))
 
-    def start(self, on_frame: FrameSink, on_packet: PacketSink) -> None:
+    def encoder_config(self) -> EncoderConfig | None:
+        cfg = self._cfg
+        if not cfg.recording or self._can_pass_through():
+            return None
+        return EncoderConfig(size=cfg.record_size, fps=cfg.fps, split=cfg.record_split)
+
+    def start(self, out: Outputs) -> None:
         cfg = self._cfg
         passthrough: Passthrough | None = None
         if cfg.recording and self._can_pass_through():
             log.info("%s sends H.264: recording it as is (passthrough, no re-encode); the "
                      "date and time are burned into the live view only, not into recordings",
                      self.name)
-            passthrough = Passthrough(cfg.record_split, on_packet)
-        elif cfg.recording:
-            self._encoder = EncoderThread(
-                EncoderConfig(size=cfg.record_size, fps=cfg.fps, split=cfg.record_split),
-                [on_packet])
-            self._encoder.start()
-        self._capture = CaptureThread(self._input, cfg, on_frame, self._encoder, self._stop,
-                                      passthrough)
+            passthrough = Passthrough(cfg.record_split, out.packet)
+        self._capture = CaptureThread(self._input, cfg, out, self._stop, passthrough)
         self._capture.start()
 
     def stop(self) -> None:
@@ -381,8 +304,5 @@ class AVCamera:
             blocked = self._capture.is_alive()
             if blocked:
                 log.warning("capture thread still blocked in the source; leaving it")
-        if self._encoder is not None:
-            self._encoder.stop()
-            self._encoder.join(timeout=STOP_TIMEOUT)
         if not blocked:  # never close a container another thread is reading
             self._input.close()

@@ -1,0 +1,54 @@
+"""The camera for --source: `auto` looks for one; picamera2 for a Pi camera, PyAV for the rest."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import logging
+import os
+
+from raspberry_pancake.recorder.config import RecorderConfig
+from raspberry_pancake.recorder.sources.base import Camera, SourceError, SourceSpec
+from raspberry_pancake.recorder.sources.picam import Picamera2Camera
+from raspberry_pancake.recorder.sources.pyav import AVCamera
+
+log = logging.getLogger(__name__)
+
+
+def resolve(spec: str) -> SourceSpec:
+    """Turn --source into a concrete source; `auto` looks for a camera and says what it chose."""
+    if spec == "auto":
+        if importlib.util.find_spec("picamera2") is not None and _picamera2_attached():
+            chosen = SourceSpec("picamera2", "0")
+        else:
+            devices = sorted(glob.glob("/dev/video*"), key=lambda d: (len(d), d))
+            chosen = SourceSpec("device", devices[0]) if devices else SourceSpec("testsrc", "")
+        log.info("source auto: using %s", chosen)
+        return chosen
+    if spec == "testsrc":
+        return SourceSpec("testsrc", "")
+    if spec == "picamera2" or spec.startswith("picamera2:"):
+        index = spec.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise SourceError(f"source {spec}: camera index must be a number")
+        return SourceSpec("picamera2", index)
+    if spec.startswith("/dev/"):
+        return SourceSpec("device", spec)
+    if "://" in spec:
+        return SourceSpec("url", spec)
+    return SourceSpec("file", os.path.abspath(spec))
+
+
+def _picamera2_attached() -> bool:
+    try:
+        from picamera2 import Picamera2
+
+        return bool(Picamera2.global_camera_info())
+    except (ImportError, RuntimeError, OSError):
+        return False
+
+
+def open_camera(spec: SourceSpec, cfg: RecorderConfig) -> Camera:
+    if spec.kind == "picamera2":
+        return Picamera2Camera(int(spec.target), cfg)
+    return AVCamera(spec, cfg)
