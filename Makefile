@@ -52,6 +52,7 @@ run: apt-run $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy raspberry_pancake pancake.py postproc.py customize.py util bench
+	$(VENV)/bin/lint-imports
 
 unit: $(VENV)/.installed-test
 	$(PY) -m pytest -q
@@ -62,4 +63,4 @@ bench: apt-bench $(VENV)/.installed-test
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .import_linter_cache .pytest_cache *.egg-info
