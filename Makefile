@@ -52,7 +52,7 @@ run: apt-run $(VENV)/.installed
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy raspberry_pancake pancake.py postproc.py customize.py util bench
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports --no-logo
 
 unit: $(VENV)/.installed-test
 	$(PY) -m pytest -q
