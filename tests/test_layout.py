@@ -44,9 +44,9 @@ VIOLATIONS = [
     ("recorder/web/jpeg.py", "from raspberry_pancake.recorder.sources import pyav",
      "pancake's stages are layered"),
     ("recorder/config.py", "from raspberry_pancake.recorder import diskguard",
-     "Command lines are parsed without the stages they configure"),
+     "pancake's command line is parsed without the disk guard"),
     ("postproc/upload/worker.py", "from raspberry_pancake.postproc import config",
-     "Command lines are parsed without the stages they configure"),
+     "Uploads are configured by their targets, not by postproc's config"),
     ("recorder/sources/picam_streams.py", "from raspberry_pancake.recorder.sources import picam",
      "No import cycles"),
 ]
