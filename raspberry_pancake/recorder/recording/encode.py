@@ -1,4 +1,4 @@
-"""The one H.264 encoder of a process: frames in, packets out to every recording writer."""
+"""One camera's H.264 encoder (libx264), run by its pipeline: frames in, packets out to the writers."""
 
 from __future__ import annotations
 
