@@ -80,7 +80,7 @@ def test_segments_clips_and_events(tmp_path: Path, listener: Listener,
     edges = [(t, m) for t, m in listener.messages if "detection" in m and "h264" not in m]
     assert [m["detection"] for _, m in edges] == [True, False, True, False]
     for _, m in edges:  # each with a snapshot of the moment, for the alert's photo
-        assert set(m) == {"detection", "time", "jpeg"}
+        assert set(m) == {"detection", "time", "jpeg"}, (m, p.log()[-3000:])
         with av.open(m["jpeg"]) as snap:
             picture = next(snap.decode(video=0))
             assert (picture.width, picture.height) == (320, 240)
