@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Protocol
 
 from raspberry_pancake.postproc.config import PostprocConfig, parse
@@ -32,6 +30,7 @@ from raspberry_pancake.postproc.upload.worker import UploadWorker
 from raspberry_pancake.shared.cli import ConfigError
 from raspberry_pancake.shared.credentials import install_redaction
 from raspberry_pancake.shared.logs import setup_logging
+from raspberry_pancake.shared.signals import StopOnSignal
 
 if TYPE_CHECKING:
     from raspberry_pancake.postproc.notify import Notifier
@@ -177,18 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     app = Postproc(cfg, sock)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        app.stop_event.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = StopOnSignal(app.stop_event)
+    signals.start()
     _describe(cfg)
     app.start()
     while not app.stop_event.wait(0.5):
         pass
     log.info("stopping")
     clean = app.stop()
+    signals.close()
     log.info("stopped%s", "" if clean else " (some threads were still busy)")
     logging.shutdown()
     return 0

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 from collections.abc import Sequence
-from types import FrameType
 
 from raspberry_pancake.recorder.config import ConfigError, parse
 from raspberry_pancake.recorder.emitter import Emitter
@@ -18,6 +16,7 @@ from raspberry_pancake.recorder.watchdog import Watchdog
 from raspberry_pancake.recorder.web import app as web
 from raspberry_pancake.shared.logs import setup_logging
 from raspberry_pancake.shared.sdnotify import Notifier
+from raspberry_pancake.shared.signals import StopOnSignal
 
 log = logging.getLogger("pancake")
 
@@ -40,12 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = StopOnSignal(stop)
+    signals.start()
 
     emitter = Emitter(cfg.emit)
     recorder = Pipeline(cfg, camera, emitter)
@@ -64,5 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         watchdog.join(timeout=1.0)
         notifier.close()
         emitter.close()
+        signals.close()
         log.info("stopped")
     return 0
