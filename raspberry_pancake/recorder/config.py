@@ -8,7 +8,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -58,6 +58,10 @@ class RecorderConfig:
     certfile: Path | None
     keyfile: Path | None
     min_free: Amount
+    trust_proxy: bool = False
+    # The user's detect(), loaded once by parse(): customize.py's side effects (a GPIO pin
+    # opened, a model loaded) must happen once per process, not once per check.
+    detect_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def frame_size(self) -> Size:
@@ -140,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the oldest recordings (default 5%%; e.g. 2G, 500M, 10%%)")
     p.add_argument("--certfile", metavar="PEM", help="serve HTTPS/WSS with this certificate")
     p.add_argument("--keyfile", metavar="PEM", help="private key of --certfile")
+    p.add_argument("--trust-proxy", action="store_true",
+                   help="behind a reverse proxy: take the client's address and scheme from its "
+                        "X-Forwarded-For / X-Real-Ip and X-Forwarded-Proto headers")
     return p
 
 
@@ -210,8 +217,8 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
     continuous = (_record_dir("--record-continuous", a.record_continuous)
                   if a.record_continuous is not None else None)
     customize = _customize_path(a.customize) if a.detect else None
-    if customize is not None:
-        load_detect(customize, a.detect)  # fail now, not when the first frame arrives
+    # Loaded here, once: a bad file fails now, not when the first frame arrives.
+    detect_fn = load_detect(customize, a.detect) if customize is not None else None
     return RecorderConfig(
         port=a.port,
         bind=a.bind,
@@ -238,6 +245,8 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         certfile=_readable_file("--certfile", a.certfile) if a.certfile else None,
         keyfile=_readable_file("--keyfile", a.keyfile) if a.keyfile else None,
         min_free=min_free,
+        trust_proxy=a.trust_proxy,
+        detect_fn=detect_fn,
     )
 
 

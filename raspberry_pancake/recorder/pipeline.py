@@ -7,7 +7,7 @@ import threading
 
 import av
 
-from raspberry_pancake.recorder.config import RecorderConfig, load_detect
+from raspberry_pancake.recorder.config import RecorderConfig
 from raspberry_pancake.recorder.detect.runner import Detector
 from raspberry_pancake.recorder.diskguard import DiskGuard, DiskGuardConfig
 from raspberry_pancake.recorder.emitter import Emitter
@@ -59,9 +59,8 @@ class Pipeline:
         self._snapshot_dir = cfg.detection_dir or cfg.record_continuous
         self._jpeg = JpegEncoder()  # the detector thread's alone
         self.detector: Detector | None = None
-        if cfg.detect is not None and cfg.customize is not None:
-            detect = load_detect(cfg.customize, cfg.detect)
-            self.detector = Detector(detect, cfg.detect == "image", cfg.detect_resize,
+        if cfg.detect is not None and cfg.detect_fn is not None:
+            self.detector = Detector(cfg.detect_fn, cfg.detect == "image", cfg.detect_resize,
                                      cfg.detect_interval, self.hub, self._on_edge, self._stop)
 
     def _is_open(self, path: str) -> bool:
