@@ -19,3 +19,20 @@ def test_customize_py_is_executed_once(tmp_path: Path, pancakes: list[Pancake]) 
     rc, _ = p.stop()
     assert rc == 0, p.log()
     assert runs.read_text().splitlines() == ["loaded"]
+
+
+def test_log_file_in_a_missing_directory_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    done = subprocess.run([sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc",
+                           "--port", str(free_port()), "--bind", "127.0.0.1",
+                           "--log", str(tmp_path / "no/such/dir/x.log")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pancake.py: error: --log: "), done.stderr
+    assert "no/such/dir/x.log" in lines[0]

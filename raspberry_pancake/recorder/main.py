@@ -29,7 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pancake.py: error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(cfg.log)
+    try:
+        setup_logging(cfg.log)
+    except OSError as exc:
+        print(f"pancake.py: error: --log: {exc.strerror or exc}: {cfg.log}", file=sys.stderr)
+        return 2
     try:
         spec = resolve(cfg.source)
         camera = open_camera(spec, cfg)
