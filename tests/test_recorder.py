@@ -258,8 +258,11 @@ def test_segment_events_survive_restart_without_overwrite(tmp_path: Path,
         assert p.stop()[0] == 0
     names = sorted(f.name for f in tmp_path.glob("*.h264"))
     assert len(names) == 2
-    stems = {n.split(".")[0].split("-1")[0] for n in names}
+    # YYYYMMDD-HHMM[-N].h264: the minute, then the suffix a reused name gets.
+    parts = [re.fullmatch(r"(\d{8}-\d{4})(?:-(\d+))?\.h264", n) for n in names]
+    assert all(parts), names
+    stems = {m.group(1) for m in parts if m}
     if len(stems) == 1:  # same minute: the second got the -1 suffix
-        assert any(n.endswith("-1.h264") for n in names)
+        assert {m.group(2) for m in parts if m} == {None, "1"}, names
     assert all(decode(tmp_path / n, 0).first_is_key for n in names)
 
