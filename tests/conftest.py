@@ -20,6 +20,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# In CI (`CI` set, as .ci/run does) a skip is a failure: a run that skipped the disk-full,
+# wrong-uid, upload or browser tests for want of tmpfs, root, sshd or chromium is not green.
+NO_SKIPS = bool(os.environ.get("CI"))
+
+
+def _skip_is_failure(report: pytest.TestReport | pytest.CollectReport) -> None:
+    if NO_SKIPS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and CI allows no skip: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    _skip_is_failure(outcome.get_result())  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    _skip_is_failure(outcome.get_result())  # type: ignore[attr-defined]
+
 
 @contextlib.contextmanager
 def tmpfs(mnt: Path, size: str, why_not: str = "") -> Iterator[Path]:
