@@ -149,6 +149,10 @@ def test_flag_check_notices_a_missing_flag() -> None:
 def test_readme_has_the_five_examples_with_placeholder_hosts() -> None:
     assert [e.number for e in EXAMPLES] == [1, 2, 3, 4, 5]
     assert [e.postproc is not None for e in EXAMPLES] == [False, True, True, True, True]
+    # Every postproc is told where pancake records: catch-up at start, no path outside it.
+    for e in EXAMPLES:
+        if e.postproc is not None:
+            assert flag_values(e.postproc, "--h264-dir") == [["h264"]], e.number
     text = README.read_text()
     # Never a LAN address in what people copy: hosts are placeholders.
     assert not re.search(r"\b(192\.168|10\.\d+|172\.(1[6-9]|2\d|3[01]))\.\d+\.\d+", text)
@@ -542,6 +546,7 @@ def check_postproc(example: Example, post: Daemon, recordings: list[Path], uploa
     assert post.terminate() == 0, post.text()
     text = log.read_text()
     assert "stopped" in text, text
+    assert "accepting .h264 in" in text and "no --h264-dir" not in text, text
     # A password given on the command line is never logged.
     for values in flag_values(example.postproc, "--upload-ftp", 5):
         assert f" {values[3]} " not in text and "s3cret-ftp" not in text

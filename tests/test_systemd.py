@@ -278,3 +278,16 @@ def test_timer_starts_the_cleanup() -> None:
     assert values(timer, "Unit", "Timer") == ["pancake-cleanup.service"]
     assert values(timer, "OnCalendar", "Timer")
     assert values(timer, "WantedBy", "Install") == ["timers.target"]
+
+
+def test_env_files_and_secrets_are_installed_private() -> None:
+    """An instance's env file may name a camera URL: the README and example.env install it
+    readable by root only (systemd reads it before dropping to the pancake user)."""
+    readme = (ROOT / "README.md").read_text()
+    example = (UNIT_DIR / "example.env").read_text()
+    for text in (readme, example):
+        installs = re.findall(r"install\s[^\n]*?-m\s+(\d+)[^\n]*?/etc/pancake/cam1\.env", text)
+        assert installs and set(installs) == {"0600"}, installs
+    # Secret files the README makes are never world-readable.
+    modes = re.findall(r"install\s[^\n]*?-m\s+(\d+)[^\n]*?/etc/pancake/\S+", readme)
+    assert modes and all(int(m[-1]) == 0 for m in modes), modes
