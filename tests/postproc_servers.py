@@ -280,10 +280,86 @@ def sshd_available() -> bool:
 
 # ---------------------------------------------------------------- FTP
 
-class FtpServer:
-    """pyftpdlib serving `root` for one user, in a thread, on a free loopback port."""
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path  # what a client is told to trust (--ftps-ca)
+    server: Path  # the server's certificate chain and private key, one PEM
 
-    def __init__(self, root: Path, user: str = "cam", password: str = "s3cret-ftp") -> None:
+
+def make_tls(base: Path, names: tuple[str, ...] = ("127.0.0.1",),
+             self_signed: bool = False) -> TlsFiles:
+    """A throw-away server certificate for `names` (IP addresses or DNS names): signed by a
+    throw-away CA, or self-signed (then `ca` is the certificate itself)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    base.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def pem(cert: x509.Certificate) -> bytes:
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    sans: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    key = ec.generate_private_key(ec.SECP256R1())
+    if self_signed:
+        issuer_key, issuer = key, name(names[0])
+    else:
+        issuer_key, issuer = ec.generate_private_key(ec.SECP256R1()), name("pancake test CA")
+    builder = (x509.CertificateBuilder().subject_name(name(names[0])).issuer_name(issuer)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(hours=1))
+               .not_valid_after(now + dt.timedelta(days=2))
+               .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+               .add_extension(x509.BasicConstraints(ca=self_signed, path_length=None),
+                              critical=True))
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    server = base / "server.pem"
+    server.write_bytes(pem(cert) + key_pem)
+    ca = base / "ca.pem"
+    if self_signed:
+        ca.write_bytes(pem(cert))
+    else:
+        ca_cert = (x509.CertificateBuilder().subject_name(issuer).issuer_name(issuer)
+                   .public_key(issuer_key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(hours=1))
+                   .not_valid_after(now + dt.timedelta(days=2))
+                   .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                   .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                                key_encipherment=False, data_encipherment=False,
+                                                key_agreement=False, key_cert_sign=True,
+                                                crl_sign=True, encipher_only=False,
+                                                decipher_only=False), critical=True)
+                   .sign(issuer_key, hashes.SHA256()))
+        ca.write_bytes(pem(ca_cert))
+    return TlsFiles(ca, server)
+
+
+class FtpServer:
+    """pyftpdlib serving `root` for one user, in a thread, on a free loopback port.
+
+    With `tls` (a PEM with the certificate chain and key), explicit FTPS as vsftpd and ProFTPD
+    serve it by default: AUTH TLS before the login, PROT P before any transfer, and each data
+    connection must resume the control connection's TLS session; a plain client is refused.
+    `handler` adds or replaces attributes of the handler class (a misbehaving server)."""
+
+    def __init__(self, root: Path, user: str = "cam", password: str = "s3cret-ftp",
+                 tls: Path | None = None, handler: dict[str, Any] | None = None) -> None:
         import warnings
 
         with warnings.catch_warnings():
@@ -291,6 +367,7 @@ class FtpServer:
             warnings.simplefilter("ignore", DeprecationWarning)
             from pyftpdlib.authorizers import DummyAuthorizer
             from pyftpdlib.handlers import FTPHandler
+            from pyftpdlib.ioloop import IOLoop
             from pyftpdlib.servers import ThreadedFTPServer
 
         root.mkdir(parents=True, exist_ok=True)
@@ -299,22 +376,53 @@ class FtpServer:
         # rename): counts uploads, repeated ones included.
         self.received: list[str] = []
         received = self.received
+        # Data connections over TLS, and how many of them resumed the control's session.
+        self.tls_data = 0
+        self.tls_resumed = 0
         auth = DummyAuthorizer()
         auth.add_user(user, password, str(root), perm="elradfmwMT")
 
         def on_file_received(_handler: object, file: str) -> None:
             received.append(os.path.basename(file))
 
-        handler = type("Handler", (FTPHandler,), {"authorizer": auth,
-                                                  "auth_failed_timeout": 0.1,
-                                                  "on_file_received": on_file_received})
-        self._dtp = FTPHandler.dtp_handler
+        attrs: dict[str, Any] = {"authorizer": auth, "auth_failed_timeout": 0.1,
+                                 "on_file_received": on_file_received}
+        base: type = FTPHandler
+        if tls is not None:
+            base, attrs["dtp_handler"] = self._tls_classes()
+            attrs.update(certfile=str(tls), tls_control_required=True, tls_data_required=True,
+                         ssl_context=None)
+        attrs.update(handler or {})
+        handler_class: Any = type("Handler", (base,), attrs)
+        self._dtp = handler_class.dtp_handler
         self.port = free_port()
-        self.server = ThreadedFTPServer(("127.0.0.1", self.port), handler)
+        # Its own IOLoop and its own exit event (a class attribute of ThreadedFTPServer):
+        # with the shared ones, stopping one server ended every other server's sessions.
+        server_class = type("Server", (ThreadedFTPServer,),
+                            {"_lock": threading.Lock(), "_exit": threading.Event()})
+        self.server = server_class(("127.0.0.1", self.port), handler_class, ioloop=IOLoop())
         self._thread = threading.Thread(target=self.server.serve_forever,
                                         kwargs={"timeout": 0.2, "blocking": True},
                                         name="test-ftpd", daemon=True)
         self._thread.start()
+
+    def _tls_classes(self) -> tuple[type, type]:
+        from OpenSSL._util import lib as openssl  # SSL_session_reused: pyOpenSSL has no wrapper
+        from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
+
+        server = self
+
+        class ResumingDTP(TLS_DTPHandler):  # type: ignore[misc]
+            def handle_ssl_established(self) -> None:
+                server.tls_data += 1
+                if openssl.SSL_session_reused(self.socket._ssl):
+                    server.tls_resumed += 1
+                    return
+                # vsftpd's require_ssl_reuse: the data connection is dropped, the STOR fails.
+                self.cmd_channel.respond("522 SSL connection failed: session reuse required")
+                self.close()
+
+        return TLS_FTPHandler, ResumingDTP
 
     def throttle(self, bytes_per_second: int | None) -> None:
         """Slow every data transfer started from now on to this rate (None: full speed)."""
@@ -332,15 +440,20 @@ class FtpServer:
 
 
 class StallingServer:
-    """Accepts TCP connections on loopback and never says a word (an FTP server that hangs)."""
+    """Accepts TCP connections on loopback and never says a word (an FTP server that hangs).
+    With `script`, it first sends script[0], then answers each line it reads with the next
+    entry, and then falls silent (a server that hangs later in the dialogue)."""
 
-    def __init__(self) -> None:
+    def __init__(self, script: list[bytes] | None = None) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(8)
         self.port = int(self.sock.getsockname()[1])
         self.accepted: list[socket.socket] = []
+        self.script = list(script or [])
+        self.lines_read = 0
         self._stop = threading.Event()
+        self._talkers: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._run, name="test-stall", daemon=True)
         self._thread.start()
 
@@ -354,10 +467,38 @@ class StallingServer:
             except OSError:
                 return
             self.accepted.append(conn)
+            if self.script:
+                talker = threading.Thread(target=self._talk, args=(conn,),
+                                          name="test-stall-talk", daemon=True)
+                self._talkers.append(talker)
+                talker.start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        replies = iter(self.script)
+        with contextlib.suppress(OSError):
+            conn.sendall(next(replies))
+            conn.settimeout(0.1)
+            buf = b""
+            for reply in replies:
+                while b"\n" not in buf:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        data = conn.recv(4096)
+                    except TimeoutError:
+                        continue
+                    if not data:
+                        return
+                    buf += data
+                buf = buf.split(b"\n", 1)[1]
+                self.lines_read += 1
+                conn.sendall(reply)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(2)
+        for t in self._talkers:
+            t.join(2)
         for c in self.accepted:
             c.close()
         self.sock.close()

@@ -12,7 +12,7 @@ from raspberry_pancake.postproc.config import parse
 from raspberry_pancake.postproc.main import main
 from raspberry_pancake.shared.cli import ConfigError
 from raspberry_pancake.shared.credentials import RedactingFilter, Secret, SecretError, resolve
-from tests.postproc_servers import PYTHON, ROOT
+from tests.postproc_servers import PYTHON, ROOT, make_tls
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,6 +55,17 @@ def test_original_command_line_parses(tmp_path: Path) -> None:
     (["--notify-telegram", "env:POSTPROC_TEST_UNSET_VAR", "1"], "not set"),
     (["--telegram-api-url", "ftp://x/bot"], "not an http(s) URL"),
     (["--allow-uid", "root"], "not a numeric uid"),
+    (["--upload-ftps", "h", "21", "u", "p", "d", "--upload-after-convert", "1",
+      "--ftps-ca", "/nonexistent/ca.pem"], "--ftps-ca: '/nonexistent/ca.pem' is not a readable file"),
+    (["--ftps-ca", "/nonexistent/ca.pem"], "--ftps-ca is for --upload-ftps"),
+    (["--upload-ftps", "h", "21", "u"], "expected 5 arguments"),
+    (["--upload-ftps", "h", "0", "u", "p", "d", "--upload-after-convert", "1"],
+     "--upload-ftps: port 0 is not in 1..65535"),
+    (["--upload-ftps", "h", "21", "u", "p", "d"], "need a trigger"),
+    (["--upload-ftps", "h", "21", "u", "env:POSTPROC_TEST_UNSET_VAR", "d",
+      "--upload-after-convert", "1"], "--upload-ftps password: environment variable"),
+    (["--upload-ftp", "h", "21", "u\nPASS x", "p", "d", "--upload-after-convert", "1"],
+     "--upload-ftp: user contains a line break"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, extra: list[str], needle: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,3 +120,47 @@ def test_redacting_filter_masks_message_args_and_tracebacks() -> None:
     assert flt.filter(record)
     text = logging.Formatter().format(record)
     assert "123:SECRET" not in text and "[secret]" in text
+
+
+def test_ftps_command_line_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tls = make_tls(tmp_path / "tls")
+    monkeypatch.setenv("PP_FTPS", "ftps-pass")
+    cfg = parse(["ppp", "--convert", str(tmp_path), "12", "--upload-after-convert", "1",
+                 "--upload-ftp", "127.0.0.1", "21", "nick", "nickpass", "bakery/cam2",
+                 "--upload-ftps", "nas.example", "2121", "cam", "env:PP_FTPS", "bakery/cam3",
+                 "--ftps-ca", str(tls.ca)])
+    plain, tlsd = cfg.upload_ftp
+    assert not plain.tls and plain.ca_file is None
+    assert plain.label == "ftp://nick@127.0.0.1:21/bakery/cam2"
+    assert tlsd.tls and tlsd.ca_file == tls.ca and tlsd.port == 2121
+    assert tlsd.label == "ftps://cam@nas.example:2121/bakery/cam3"
+    assert tlsd.password.reveal() == "ftps-pass" and not tlsd.password.from_command_line
+    assert tlsd.password in cfg.secrets() and "ftps-pass" not in repr(cfg)
+    # Without --ftps-ca: the system's CA roots.
+    cfg = parse(["ppp", "--convert", str(tmp_path), "12", "--upload-minutes", "5",
+                 "--upload-ftps", "nas.example", "21", "cam", "env:PP_FTPS", "d"])
+    assert cfg.upload_ftp[0].tls and cfg.upload_ftp[0].ca_file is None
+
+
+def test_ftps_ca_that_holds_no_certificate_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """Through the real entry point: a key or a typo'd file is refused at start, not at the
+    first upload."""
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    done = _run("ppp", "--convert", str(tmp_path), "12", "--upload-after-convert", "1",
+                "--upload-ftps", "h", "21", "u", "p", "d", "--ftps-ca", str(bad))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds no PEM certificate" in lines[0], done.stderr
+
+
+def test_ftp_password_with_a_line_break_is_refused_unshown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PP_FTP", "first\nDELE everything")
+    for flag in ("--upload-ftp", "--upload-ftps"):
+        code = main(["ppp", "--convert", str(tmp_path), "12", "--upload-after-convert", "1",
+                     flag, "h", "21", "u", "env:PP_FTP", "d"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{flag}: password contains a line break" in err, err
+        assert "DELE" not in err and len(err.strip().splitlines()) == 1

@@ -1,11 +1,13 @@
-"""Uploads against a real OpenSSH sshd and a real FTP server (pyftpdlib), both on loopback."""
+"""Uploads against a real OpenSSH sshd and a real FTP/FTPS server (pyftpdlib), all on loopback."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +22,12 @@ from raspberry_pancake.postproc.upload.worker import UploadWorker
 from raspberry_pancake.shared.credentials import Secret
 from tests.postproc_servers import (
     FtpServer,
+    PostprocProcess,
     SshServer,
     StallingServer,
+    TlsFiles,
+    make_recording,
+    make_tls,
     sshd_available,
     wait_for,
 )
@@ -46,6 +52,26 @@ def ftpd(tmp_path: Path) -> Iterator[FtpServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsFiles:
+    return make_tls(tmp_path / "tls")
+
+
+@pytest.fixture
+def ftpsd(tmp_path: Path, tls: TlsFiles) -> Iterator[FtpServer]:
+    server = FtpServer(tmp_path / "ftpsroot", tls=tls.server)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _ftps(server: FtpServer, ca: Path | None, remote: str = "bak") -> FtpDestination:
+    target = FtpTarget("127.0.0.1", server.port, server.user, Secret(server.password, "test"),
+                       remote, tls=True, ca_file=ca)
+    return FtpDestination(target, connect_timeout=5, transfer_timeout=5)
 
 
 def _mp4(tmp_path: Path, name: str = "20240623-1715.mp4", size: int = 300_000) -> Path:
@@ -309,3 +335,224 @@ def test_trigger_at_minutes_skips_minutes_that_were_missed(tmp_path: Path) -> No
     assert fired == ["20240623-1015.mp4"]
     trigger.fire("minute 20")
     assert fired[1:] == ["20240623-1030.mp4", "20240623-1044.mp4"]
+
+
+# ---------------------------------------------------------------- FTPS
+
+@pytest.mark.parametrize("self_signed", [False, True], ids=["private-ca", "self-signed"])
+def test_ftps_upload_lands_over_tls_and_plain_ftp_is_refused(tmp_path: Path,
+                                                             self_signed: bool) -> None:
+    tls = make_tls(tmp_path / "tls", self_signed=self_signed)
+    server = FtpServer(tmp_path / "ftpsroot", tls=tls.server)
+    try:
+        dest = _ftps(server, tls.ca, "bakery/cam2")
+        stop = threading.Event()
+        a = _mp4(tmp_path)
+        b = _mp4(tmp_path, "20240623-171530-1.mp4", 12345)
+        dest.upload(a, stop)
+        dest.upload(b, stop)  # the same control connection, a second data connection
+        dest.close()
+        # The server demands TLS on both channels (a PROT C transfer is refused), and every
+        # data connection resumed the control connection's session, as vsftpd requires.
+        assert server.tls_data == 2 and server.tls_resumed == 2
+        day = server.root / "bakery/cam2/2024/06/23"
+        assert sorted(p.name for p in day.iterdir()) == sorted([a.name, b.name])
+        assert (day / a.name).read_bytes() == a.read_bytes()
+        assert (day / b.name).read_bytes() == b.read_bytes()
+        # The same server refuses plain FTP before the password is sent: the upload above
+        # cannot have passed in clear.
+        plain = FtpDestination(FtpTarget("127.0.0.1", server.port, server.user,
+                                         Secret(server.password, "test"), "plain"), 5, 5)
+        with pytest.raises(UploadError, match="TLS required"):
+            plain.upload(_mp4(tmp_path, "20240623-1800.mp4", 10), stop)
+        assert not (server.root / "plain").exists()
+    finally:
+        server.stop()
+
+
+def test_ftps_data_connection_without_session_reuse_is_refused(
+        tmp_path: Path, ftpsd: FtpServer, tls: TlsFiles) -> None:
+    """The server side of the check above is real: a data connection that does not resume
+    the session fails (what ftplib's own FTP_TLS does against vsftpd and ProFTPD)."""
+    import ftplib
+    import ssl
+
+    ftp = ftplib.FTP_TLS(context=ssl.create_default_context(cafile=str(tls.ca)), timeout=5)
+    try:
+        ftp.connect("127.0.0.1", ftpsd.port)
+        ftp.login(ftpsd.user, ftpsd.password)
+        ftp.prot_p()
+        with pytest.raises(ftplib.all_errors):
+            ftp.storbinary("STOR x.mp4", open(_mp4(tmp_path, size=1000), "rb"))
+    finally:
+        ftp.close()
+    assert ftpsd.tls_data >= 1 and ftpsd.tls_resumed == 0
+    assert ftpsd.received == []
+
+
+def test_ftps_untrusted_or_misnamed_certificate_is_refused(tmp_path: Path, ftpsd: FtpServer,
+                                                           tls: TlsFiles) -> None:
+    mp4 = _mp4(tmp_path)
+    # Not signed by a CA the system trusts: refused, never silently accepted.
+    with pytest.raises(UploadError, match="certificate is refused: unable to get local issuer "
+                                          r"certificate \(trusting the system's CA roots\)"):
+        _ftps(ftpsd, None).upload(mp4, threading.Event())
+    # Signed by a CA we trust, but for another name: the host name is checked too.
+    other = make_tls(tmp_path / "other", names=("backup.invalid",))
+    misnamed = FtpServer(tmp_path / "misnamed", tls=other.server)
+    try:
+        with pytest.raises(UploadError, match="certificate is refused: IP address mismatch"):
+            _ftps(misnamed, other.ca).upload(mp4, threading.Event())
+    finally:
+        misnamed.stop()
+    # Another CA than the one that signed the server's certificate.
+    with pytest.raises(UploadError, match="certificate is refused"):
+        _ftps(ftpsd, other.ca).upload(mp4, threading.Event())
+    assert ftpsd.received == [] and misnamed.received == []
+
+
+def test_worker_gives_up_on_an_untrusted_server_and_keeps_serving(
+        tmp_path: Path, ftpsd: FtpServer, caplog: pytest.LogCaptureFixture) -> None:
+    stop = threading.Event()
+    worker = UploadWorker(_ftps(ftpsd, None), queue_size=4, stop=stop, backoff_first=0.05,
+                          max_attempts=2)
+    worker.start()
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert worker.offer(_mp4(tmp_path, "20240623-1700.mp4", 1000))
+            wait_for(lambda: worker.given_up == 1, 20)
+            assert worker.offer(_mp4(tmp_path, "20240623-1715.mp4", 1000))
+            wait_for(lambda: worker.given_up == 2, 20)
+        assert worker._thread.is_alive(), "a refused certificate is a failed attempt"
+    finally:
+        stop.set()
+        worker.abort()
+        assert worker.join(5)
+    fails = [r for r in caplog.records if "failed (attempt" in r.getMessage()]
+    assert fails and all("certificate is refused" in r.getMessage() and r.exc_info is None
+                         and "\n" not in r.getMessage() for r in fails)
+    assert worker.uploaded == 0 and ftpsd.received == []
+
+
+def test_ftps_stop_mid_transfer_leaves_only_part(tmp_path: Path, ftpsd: FtpServer,
+                                                 tls: TlsFiles) -> None:
+    dest = _ftps(ftpsd, tls.ca)
+    stop = threading.Event()
+    mp4 = _mp4(tmp_path, size=4 * 1024 * 1024)
+
+    def halfway(sent: int, total: int) -> None:
+        if sent > total // 2:
+            stop.set()
+
+    with pytest.raises(UploadError, match="stopping"):
+        dest.upload(mp4, stop, progress=halfway)
+    dest.close()
+    day = ftpsd.root / "bak/2024/06/23"
+    wait_for(lambda: day.is_dir() and list(day.iterdir()), 5)
+    assert [p.name for p in day.iterdir()] == [mp4.name + ".part"]
+
+
+def test_abort_cuts_off_a_stalled_tls_handshake(tmp_path: Path) -> None:
+    """A server that accepts AUTH TLS and then says nothing: abort() (shutdown) ends the
+    attempt at once rather than after the timeout."""
+    stall = StallingServer(script=[b"220 hello\r\n", b"234 go ahead\r\n"])
+    try:
+        target = FtpTarget("127.0.0.1", stall.port, "u", Secret("p", "t"), "bak", tls=True)
+        dest = FtpDestination(target, connect_timeout=60, transfer_timeout=60)
+        failed: list[BaseException] = []
+
+        def attempt() -> None:
+            try:
+                dest.upload(_mp4(tmp_path, size=10), threading.Event())
+            except UploadError as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=attempt, name="test-ftps-attempt")
+        thread.start()
+        wait_for(lambda: stall.lines_read >= 1, 10)  # AUTH TLS was sent and answered
+        time.sleep(0.2)  # into the handshake
+        started = time.monotonic()
+        dest.abort()
+        thread.join(20)
+        assert not thread.is_alive() and failed
+        assert time.monotonic() - started < 15, "cut off, not left to the 60 s timeout"
+    finally:
+        stall.stop()
+
+
+def test_postproc_uploads_over_ftps(tmp_path: Path, ftpsd: FtpServer, tls: TlsFiles) -> None:
+    """The daemon: --upload-ftps with --ftps-ca and the password from the environment."""
+    h264, mp4 = tmp_path / "h264", tmp_path / "mp4"
+    h264.mkdir()
+    mp4.mkdir()
+    make_recording(h264 / "20240623-1700.h264", frames=12)
+    name = f"pp-ftps-{uuid.uuid4().hex[:12]}"
+    proc = PostprocProcess([name, "--convert", str(mp4), "12", "--h264-dir", str(h264),
+                            "--upload-after-convert", "1",
+                            "--upload-ftps", "127.0.0.1", str(ftpsd.port), ftpsd.user,
+                            "env:PP_FTPS", "cams/one", "--ftps-ca", str(tls.ca)],
+                           tmp_path / "postproc.log", env={"PP_FTPS": ftpsd.password})
+    try:
+        final = ftpsd.root / "cams/one/2024/06/23/20240623-1700.mp4"
+        wait_for(final.exists, 30)
+        proc.wait_log("uploaded 20240623-1700.mp4")
+    finally:
+        assert proc.terminate() == 0
+    assert final.read_bytes() == (mp4 / "20240623-1700.mp4").read_bytes()
+    assert ftpsd.tls_data >= 1 and ftpsd.tls_resumed == ftpsd.tls_data
+    text = proc.log_text()
+    assert f"ftps://{ftpsd.user}@127.0.0.1:{ftpsd.port}/cams/one" in text
+    assert ftpsd.password not in text
+
+
+# ---------------------------------------------------------------- FTP replies ftplib chokes on
+
+def test_ftp_unparsable_size_reply_is_a_failed_attempt(tmp_path: Path) -> None:
+    """ftplib's size() raises ValueError on `213 many`: it ended the worker's thread."""
+    server = FtpServer(tmp_path / "root",
+                       handler={"ftp_SIZE": lambda self, path: self.respond("213 many")})
+    stop = threading.Event()
+    target = FtpTarget("127.0.0.1", server.port, server.user, Secret(server.password, "t"),
+                       "bak")
+    worker = UploadWorker(FtpDestination(target, 5, 5), queue_size=4, stop=stop,
+                          backoff_first=0.05, max_attempts=2)
+    worker.start()
+    try:
+        assert worker.offer(_mp4(tmp_path, "20240623-1700.mp4", 1000))
+        wait_for(lambda: worker.given_up == 1 or not worker._thread.is_alive(), 20)
+        assert worker._thread.is_alive() and worker.given_up == 1
+    finally:
+        stop.set()
+        worker.abort()
+        assert worker.join(5)
+        server.stop()
+
+
+def test_ftp_name_with_a_line_break_fails_that_file_only(tmp_path: Path,
+                                                         ftpd: FtpServer) -> None:
+    """ftplib refuses to send a command with a line break (ValueError): one file fails,
+    the destination goes on."""
+    target = FtpTarget("127.0.0.1", ftpd.port, ftpd.user, Secret(ftpd.password, "t"), "bak")
+    dest = FtpDestination(target, 5, 5)
+    with pytest.raises(UploadError):
+        dest.upload(_mp4(tmp_path, "20240623-1700\nDELE x.mp4", 10), threading.Event())
+    good = _mp4(tmp_path, "20240623-1715.mp4", 10)
+    dest.upload(good, threading.Event())
+    dest.close()
+    assert (ftpd.root / "bak/2024/06/23" / good.name).read_bytes() == good.read_bytes()
+
+
+def test_ftp_latin1_banner_does_not_end_the_connection(tmp_path: Path) -> None:
+    """A server speaking Latin-1 (an old NAS) raised UnicodeDecodeError out of the worker."""
+    server = FtpServer(tmp_path / "root",
+                       handler={"encoding": "latin-1", "banner": "Willkommen in München"})
+    try:
+        target = FtpTarget("127.0.0.1", server.port, server.user,
+                           Secret(server.password, "t"), "bak")
+        dest = FtpDestination(target, 5, 5)
+        mp4 = _mp4(tmp_path, size=1000)
+        dest.upload(mp4, threading.Event())
+        dest.close()
+        assert (server.root / "bak/2024/06/23" / mp4.name).read_bytes() == mp4.read_bytes()
+    finally:
+        server.stop()

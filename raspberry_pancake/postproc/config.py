@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from raspberry_pancake.postproc.upload.ftp import tls_context
 from raspberry_pancake.postproc.upload.targets import FtpTarget, ScpTarget
 from raspberry_pancake.postproc.upload.worker import BACKOFF_FIRST, MAX_ATTEMPTS
 from raspberry_pancake.shared.cli import ConfigError, OneLineParser
@@ -37,7 +39,7 @@ class PostprocConfig:
     upload_after_convert: int | None
     upload_minutes: tuple[int, ...]
     upload_scp: tuple[ScpTarget, ...]
-    upload_ftp: tuple[FtpTarget, ...]
+    upload_ftp: tuple[FtpTarget, ...]  # --upload-ftp and --upload-ftps (tls=True) alike
     upload_queue_size: int
     notify_telegram: tuple[TelegramTarget, ...]
     notify_queue_size: int
@@ -112,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upload-ftp", nargs=5, action="append", default=[],
                    metavar=("host", "port", "user", "password", "remote_dir"),
                    help="upload by FTP; password may be @/path/to/file or env:VARNAME")
+    p.add_argument("--upload-ftps", nargs=5, action="append", default=[],
+                   metavar=("host", "port", "user", "password", "remote_dir"),
+                   help="upload by FTP over explicit TLS (AUTH TLS, encrypted data "
+                        "connections); the server's certificate must be valid for host, "
+                        "signed by a CA of the system or of --ftps-ca")
+    p.add_argument("--ftps-ca", metavar="FILE",
+                   help="CA certificates (PEM) that --upload-ftps trusts instead of the "
+                        "system's: your own CA, or the server's self-signed certificate")
     p.add_argument("--upload-queue-size", type=_at_least_one, default=8, metavar="8")
     p.add_argument("--notify-telegram", nargs=2, action="append", default=[],
                    metavar=("bot_token", "chat_id"),
@@ -174,14 +184,35 @@ def _scp(values: list[str]) -> ScpTarget:
     return ScpTarget(user, host, _port("--upload-scp", port), remote_dir)
 
 
-def _ftp(values: list[str]) -> FtpTarget:
+def _ftp(values: list[str], flag: str = "--upload-ftp", ca_file: Path | None = None) -> FtpTarget:
     host, port, user, password, remote_dir = values
     if not host or not user:
-        raise ConfigError("--upload-ftp: empty host or user")
+        raise ConfigError(f"{flag}: empty host or user")
     if not remote_dir:
-        raise ConfigError("--upload-ftp: empty remote_dir")
-    return FtpTarget(host, _port("--upload-ftp", port), user,
-                          resolve("--upload-ftp password", password), remote_dir)
+        raise ConfigError(f"{flag}: empty remote_dir")
+    secret = resolve(f"{flag} password", password)
+    # A line break would end the FTP command early (ftplib refuses to send it): caught here
+    # rather than as an upload that fails at every attempt. The password is not shown.
+    for what, text in (("host", host), ("user", user), ("password", secret.reveal()),
+                       ("remote_dir", remote_dir)):
+        if "\r" in text or "\n" in text:
+            raise ConfigError(f"{flag}: {what} contains a line break")
+    tls = flag == "--upload-ftps"
+    return FtpTarget(host, _port(flag, port), user, secret, remote_dir, tls=tls,
+                     ca_file=ca_file if tls else None)
+
+
+def _ftps_ca(text: str) -> Path:
+    path = Path(text).expanduser().absolute()
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise ConfigError(f"--ftps-ca: {text!r} is not a readable file")
+    try:
+        tls_context(path)
+    except ssl.SSLError:
+        raise ConfigError(f"--ftps-ca: {text!r} holds no PEM certificate") from None
+    except OSError as exc:
+        raise ConfigError(f"--ftps-ca: {text!r}: {exc.strerror or exc}") from None
+    return path
 
 
 def _telegram(values: list[str]) -> TelegramTarget:
@@ -207,19 +238,25 @@ def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
     minutes = tuple(a.upload_minutes or ())
     if len(set(minutes)) != len(minutes):
         raise ConfigError("--upload-minutes: a minute is repeated")
+    ftps_ca = None
+    if a.ftps_ca is not None:
+        if not a.upload_ftps:
+            raise ConfigError("--ftps-ca is for --upload-ftps, and there is none")
+        ftps_ca = _ftps_ca(a.ftps_ca)
     try:
         scp = tuple(_scp(v) for v in a.upload_scp)
         ftp = tuple(_ftp(v) for v in a.upload_ftp)
+        ftp += tuple(_ftp(v, "--upload-ftps", ftps_ca) for v in a.upload_ftps)
         telegram = tuple(_telegram(v) for v in a.notify_telegram)
     except SecretError as exc:
         raise ConfigError(str(exc)) from None
     triggered = a.upload_after_convert is not None or bool(minutes)
     if (scp or ftp) and not triggered:
-        raise ConfigError("--upload-scp/--upload-ftp need a trigger: "
+        raise ConfigError("--upload-scp/--upload-ftp/--upload-ftps need a trigger: "
                           "--upload-after-convert or --upload-minutes")
     if triggered and not (scp or ftp):
         raise ConfigError("--upload-after-convert/--upload-minutes need a destination: "
-                          "--upload-scp or --upload-ftp")
+                          "--upload-scp, --upload-ftp or --upload-ftps")
     mp4box = None
     if a.converter == "mp4box":
         mp4box = shutil.which(MP4BOX)

@@ -9,7 +9,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 CONNECT_TIMEOUT = 10.0
 # A transfer that makes no progress for this long is cut off and retried.
@@ -21,6 +21,7 @@ PART = ".part"
 _NAME = re.compile(r"^(\d{4})(\d{2})(\d{2})-\d{4}(?:\d{2})?(?:-\d+)?$")
 
 Progress = Callable[[int, int], None]
+_S = TypeVar("_S", bound=socket.socket)
 
 
 class UploadError(Exception):
@@ -63,6 +64,16 @@ class Dialer:
             self._sockets.add(sock)
         return sock
 
+    def wrap(self, sock: socket.socket, make: Callable[[socket.socket], _S]) -> _S:
+        """make(sock) in sock's place: a TLS socket before its handshake (made without I/O,
+        so under the lock). Wrapping detaches the plain socket, whose shutdown then reaches
+        nothing; under the lock, shutdown_all() cuts off one or the other, never neither."""
+        with self._lock:
+            new = make(sock)
+            self._sockets.discard(sock)
+            self._sockets.add(new)
+        return new
+
     def forget(self, sock: socket.socket | None) -> None:
         with self._lock:
             self._sockets.discard(sock)  # type: ignore[arg-type]
@@ -71,8 +82,15 @@ class Dialer:
         with self._lock:
             socks = list(self._sockets)
         for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            shutdown(sock)
+
+
+def shutdown(sock: socket.socket) -> None:
+    """Shut a socket down from another thread, so that a read or write blocked on it ends now.
+    The plain socket's method even for a TLS one: SSLSocket.shutdown() also drops the TLS
+    state under the feet of the thread still using it."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class Destination(Protocol):

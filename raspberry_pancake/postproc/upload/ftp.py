@@ -1,12 +1,13 @@
-"""FTP destination (ftplib), the plain FTP the original's --upload-ftp spoke."""
+"""FTP destination (ftplib): the original's plain --upload-ftp, or explicit FTPS (--upload-ftps)."""
 
 from __future__ import annotations
 
-import contextlib
 import ftplib
 import socket
+import ssl
 import threading
 from pathlib import Path, PurePosixPath
+from typing import TextIO
 
 from raspberry_pancake.postproc.upload.destination import (
     CONNECT_TIMEOUT,
@@ -18,24 +19,121 @@ from raspberry_pancake.postproc.upload.destination import (
     UploadError,
     date_dirs,
     read_chunks,
+    shutdown,
 )
 from raspberry_pancake.postproc.upload.targets import FtpTarget
 
+# What one attempt may raise at the network boundary. ftplib.all_errors covers replies, socket
+# errors, timeouts and TLS (ssl.SSLError is an OSError); ValueError too, because ftplib raises
+# it for a reply it cannot parse (SIZE's int()), for a name it cannot send (a newline, bytes
+# that are not UTF-8): each is one failed attempt, never the end of the worker's thread.
+_ERRORS: tuple[type[BaseException], ...] = (*ftplib.all_errors, ValueError)
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """The client context for FTPS: certificate and host name always checked, against the CA
+    certificates in ca_file only (a private CA, or a self-signed server certificate) when it
+    is given, else against the system's CA roots. Raises OSError (ssl.SSLError included) for a
+    file that cannot be read or holds no certificate."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+
+
+def _why(exc: BaseException, target: FtpTarget) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        trusted = str(target.ca_file) if target.ca_file is not None else "the system's CA roots"
+        return (f"TLS: the server's certificate is refused: {exc.verify_message} "
+                f"(trusting {trusted})")
+    return f"{type(exc).__name__}: {exc}"
+
 
 class _FTP(ftplib.FTP):
-    """ftplib.FTP on a socket opened by the caller (see Dialer). Plain FTP because the user
-    asked for it (the original's --upload-ftp); SFTP is there for everyone else."""
+    """ftplib.FTP on sockets opened through a Dialer, so that abort() reaches each of them.
+    Plain FTP because the user asked for it (the original's --upload-ftp); SFTP and FTPS are
+    there for everyone else."""
 
-    def connect_socket(self, sock: socket.socket) -> str:
+    dialer: Dialer
+    data_timeout: float
+
+    def connect_socket(self, sock: socket.socket, host: str) -> str:
         self.sock = sock
         self.af = sock.family
-        self.file = sock.makefile("r", encoding=self.encoding)
+        # The name the user gave, not the address: FTPS checks the certificate against it.
+        self.host = host
+        self.file = self._reader(sock)
         self.welcome = self.getresp()
         return self.welcome
 
+    def _reader(self, sock: socket.socket) -> TextIO:
+        # Replies are only logged, never parsed for names: a server's Latin-1 banner or
+        # message must not end the connection (it did: UnicodeDecodeError).
+        return sock.makefile("r", encoding=self.encoding, errors="replace")
+
+    def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int | None]:
+        """Passive mode only (works through NAT and firewalls; the original used it too)."""
+        if rest is not None:
+            raise ValueError("REST is not used here")
+        host, port = self.makepasv()
+        conn = self.dialer.dial(host, port, self.data_timeout)
+        try:
+            resp = self.sendcmd(cmd)
+            # Some servers send a 2xx before the 1xx (ftplib's own comment and workaround).
+            if resp[0] == "2":
+                resp = self.getresp()
+            if resp[0] != "1":
+                raise ftplib.error_reply(resp)  # noqa: S321 (an exception class, not a connection)
+            secured = self._secure_data(conn)
+        except BaseException:
+            self.dialer.forget(conn)
+            conn.close()
+            raise
+        return secured, None
+
+    def _secure_data(self, conn: socket.socket) -> socket.socket:
+        return conn
+
+
+class _FTPS(_FTP, ftplib.FTP_TLS):
+    """Explicit FTPS: AUTH TLS on the control connection before the password is sent, PROT P
+    so that every data connection is TLS too, each handshake cut off by abort()."""
+
+    # PROT P was accepted (ftplib keeps the same in a private attribute).
+    private_data = False
+
+    def auth(self) -> str:
+        resp = self.voidcmd("AUTH TLS")
+        assert self.sock is not None  # connect_socket() came first
+        self.sock = self._wrap(self.sock, None)
+        self.file = self._reader(self.sock)
+        return resp
+
+    def prot_p(self) -> str:
+        resp = super().prot_p()
+        self.private_data = True
+        return resp
+
+    def _wrap(self, raw: socket.socket, session: ssl.SSLSession | None) -> ssl.SSLSocket:
+        # In the dialer's set before the handshake, which is where a silent server holds us.
+        tls = self.dialer.wrap(raw, lambda s: self.context.wrap_socket(
+            s, server_hostname=self.host, do_handshake_on_connect=False, session=session))
+        try:
+            tls.do_handshake()
+        except BaseException:
+            self.dialer.forget(tls)
+            tls.close()
+            raise
+        return tls
+
+    def _secure_data(self, conn: socket.socket) -> socket.socket:
+        if not self.private_data:
+            return conn
+        # The control connection's TLS session, resumed: vsftpd and ProFTPD by default refuse
+        # a data connection that does not resume it (it proves the same client opened it).
+        session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
+        return self._wrap(conn, session)
+
 
 class FtpDestination:
-    """FTP through ftplib, with timeouts on connect and on every read and write."""
+    """FTP or FTPS through ftplib, with timeouts on connect and on every read and write."""
 
     def __init__(self, dest: FtpTarget, connect_timeout: float = CONNECT_TIMEOUT,
                  transfer_timeout: float = TRANSFER_TIMEOUT) -> None:
@@ -43,36 +141,61 @@ class FtpDestination:
         self._connect_timeout = connect_timeout
         self._transfer_timeout = transfer_timeout
         self.label = dest.label
-        self._lock = threading.Lock()  # guards _ftp and _data, which abort() shuts down
-        self._ftp: ftplib.FTP | None = None
-        self._data: socket.socket | None = None
+        # Made at the first attempt and kept: the CA file is read once (the config checked it).
+        self._context: ssl.SSLContext | None = None
+        self._lock = threading.Lock()  # guards _ftp, whose control socket abort() shuts down
+        self._ftp: _FTP | None = None
         self._home = "/"
+        # Every socket of a connection in progress and every data connection: abort() cuts
+        # them off.
         self._dialer = Dialer()
 
-    def _connect(self) -> ftplib.FTP:
+    def _connect(self) -> _FTP:
         if self._ftp is not None:
             return self._ftp
         d = self.dest
-        ftp = _FTP(timeout=self._transfer_timeout)
+        ftp: _FTP
+        if d.tls:
+            if self._context is None:
+                try:
+                    self._context = tls_context(d.ca_file)
+                except OSError as exc:  # gone or changed since the config read it
+                    raise UploadError(f"cannot load CA certificates from {d.ca_file}: "
+                                      f"{exc.strerror or exc}") from None
+            ftp = _FTPS(context=self._context, timeout=self._transfer_timeout)
+        else:
+            ftp = _FTP(timeout=self._transfer_timeout)
+        ftp.dialer = self._dialer
+        ftp.data_timeout = self._transfer_timeout
         sock: socket.socket | None = None
+        step = "connect"
         try:
             sock = self._dialer.dial(d.host, d.port, self._connect_timeout)
-            ftp.connect_socket(sock)
+            ftp.connect_socket(sock, d.host)
             # The welcome is read under the connect timeout; later replies under the other.
             sock.settimeout(self._transfer_timeout)
+            if isinstance(ftp, _FTPS):
+                step = "AUTH TLS"
+                ftp.auth()
+            step = f"login as {d.user}"
             ftp.login(d.user, d.password.reveal())
+            if isinstance(ftp, _FTPS):
+                step = "PROT P (encrypted data connections)"
+                ftp.prot_p()
+            step = "TYPE I"
             ftp.voidcmd("TYPE I")
             self._home = ftp.pwd()
         except ftplib.error_perm as exc:
             ftp.close()
-            raise UploadError(f"login as {d.user} refused: {exc}") from None
-        except ftplib.all_errors as exc:
+            raise UploadError(f"{step} refused: {exc}") from None
+        except _ERRORS as exc:
             ftp.close()
             if sock is not None:
                 sock.close()
-            raise UploadError(f"cannot connect: {type(exc).__name__}: {exc}") from None
+            raise UploadError(f"cannot connect: {_why(exc, d)}") from None
         finally:
             self._dialer.forget(sock)
+            self._dialer.forget(ftp.sock)
         with self._lock:
             self._ftp = ftp
         return ftp
@@ -93,13 +216,14 @@ class FtpDestination:
             self._chdirs(ftp, PurePosixPath(self.dest.remote_dir, *date_dirs(local)))
             part = local.name + PART
             conn = ftp.transfercmd(f"STOR {part}")
-            with self._lock:
-                self._data = conn
             try:
                 read_chunks(local, stop, progress, total, conn.sendall)
+                if isinstance(conn, ssl.SSLSocket):
+                    # TLS's close_notify: without it the server cannot tell the end of the
+                    # file from a cut connection (ftplib's storbinary does the same).
+                    conn.unwrap()
             finally:
-                with self._lock:
-                    self._data = None
+                self._dialer.forget(conn)
                 conn.close()
             ftp.voidresp()
             size = ftp.size(part)
@@ -109,11 +233,11 @@ class FtpDestination:
         except UploadError:
             self.close()
             raise
-        except ftplib.all_errors as exc:
+        except _ERRORS as exc:
             self.close()
             if stop.is_set():
                 raise UploadAborted("stopping") from None
-            raise UploadError(f"{type(exc).__name__}: {exc}") from None
+            raise UploadError(_why(exc, self.dest)) from None
 
     def close(self) -> None:
         with self._lock:
@@ -124,8 +248,6 @@ class FtpDestination:
     def abort(self) -> None:
         self._dialer.shutdown_all()
         with self._lock:
-            data, ftp = self._data, self._ftp
-        for sock in (data, ftp.sock if ftp is not None else None):
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            ftp = self._ftp
+        if ftp is not None and ftp.sock is not None:
+            shutdown(ftp.sock)

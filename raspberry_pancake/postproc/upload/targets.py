@@ -1,8 +1,9 @@
-"""Upload targets: the SFTP and FTP destinations the command line names."""
+"""Upload targets: the SFTP, FTP and FTPS destinations the command line names."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from raspberry_pancake.shared.credentials import Secret
 
@@ -26,7 +27,14 @@ class FtpTarget:
     user: str
     password: Secret
     remote_dir: str
+    # Explicit TLS (AUTH TLS, then PROT P): --upload-ftps. The server's certificate is checked
+    # against ca_file, or the system's CA roots when it is None, and against host.
+    tls: bool = False
+    ca_file: Path | None = None
 
     @property
     def label(self) -> str:
-        return f"ftp://{self.user}@{self.host}:{self.port}/{self.remote_dir}"
+        # The scheme tells FTPS from FTP in the logs; a destination moved from one to the
+        # other is a new destination for the journal, which costs one repeated upload each.
+        scheme = "ftps" if self.tls else "ftp"
+        return f"{scheme}://{self.user}@{self.host}:{self.port}/{self.remote_dir}"
