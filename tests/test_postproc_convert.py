@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import raspberry_pancake.postproc.convert as convert_module
 from raspberry_pancake.postproc.config import parse
 from raspberry_pancake.postproc.convert import (
+    RESCAN_SETTLED,
     Converter,
     ConvertSettings,
     Job,
@@ -242,3 +248,68 @@ def test_rescan_leaves_files_still_being_written(tmp_path: Path) -> None:
     make_recording(tmp_path / "20200623-1715.h264", frames=6)  # just written
     assert [j.h264.name for j in pending([tmp_path], out, settled=60)] == [old.name]
     assert len(pending([tmp_path], out)) == 2
+
+
+# Another process (as the retention scripts are) makes settled recordings and deletes them
+# again, as fast as it can: a directory listing keeps holding files that are gone by the time
+# they are looked at.
+_CHURN = """
+import os, sys
+names = [os.path.join(sys.argv[1], f"20240101-{i:06d}.h264") for i in range(200)]
+while True:
+    for n in names:
+        open(n, "wb").close()
+        os.utime(n, (1e9, 1e9))
+    for n in names:
+        os.unlink(n)
+"""
+
+
+@contextlib.contextmanager
+def retention_racing(directory: Path) -> Iterator[None]:
+    churn = subprocess.Popen([sys.executable, "-c", _CHURN, str(directory)])
+    try:
+        wait_for(lambda: any(directory.iterdir()), 10)
+        yield
+    finally:
+        churn.kill()
+        churn.wait(5)
+
+
+@pytest.mark.parametrize("settled", [0.0, RESCAN_SETTLED], ids=["start", "rescan"])
+def test_pending_while_retention_deletes_files(tmp_path: Path, settled: float) -> None:
+    h, out = tmp_path / "h264", tmp_path / "mp4"
+    h.mkdir()
+    out.mkdir()
+    seen = 0
+    with retention_racing(h):
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            seen += len(pending([h], out, settled=settled))
+    assert seen, "the listings held files"
+
+
+def test_converter_survives_retention_racing_its_rescans(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(convert_module, "RESCAN_INTERVAL", 0.0)  # rescan whenever idle
+    h, out = tmp_path / "h264", tmp_path / "mp4"
+    h.mkdir()
+    out.mkdir()
+    rescans: list[int] = []
+
+    def rescan() -> list[Job]:
+        jobs = pending([h], out, settled=RESCAN_SETTLED)
+        rescans.append(len(jobs))
+        return jobs
+
+    stop = threading.Event()
+    conv = Converter(ConvertSettings(out, fps=12.0), stop, lambda job, mp4: None, rescan=rescan)
+    with retention_racing(h):
+        conv.start()
+        try:
+            wait_for(lambda: len(rescans) >= 200 or conv.join(0), 60)
+            assert not conv.join(0), "the converter thread is still running"
+        finally:
+            stop.set()
+    assert conv.join(5)
+    assert any(rescans), "the rescans found files"

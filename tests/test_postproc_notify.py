@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -61,7 +62,9 @@ def test_edge_text_photo_and_video(tmp_path: Path, api: FakeBotApi,
     video = api.calls_to("sendVideo")[0]
     assert video.files["video"] == 20000 and mp4.name in video.fields["caption"]
     assert all(c.token == TOKEN for c in api.calls)
-    assert n.join(0.1) is False and stop.set() is None and n.join(5)
+    assert n.join(0.1) is False, "still running until stopped"
+    stop.set()
+    assert n.join(5)
 
 
 def test_429_retry_after_is_honoured(api: FakeBotApi, stop: threading.Event) -> None:
@@ -250,3 +253,44 @@ def test_tls_context_reads_the_system_ca_directory_and_still_verifies(
     # The user's own choice of CA file is httpx's to honour.
     monkeypatch.setenv("SSL_CERT_FILE", str(good / "ca.pem"))
     assert notify.tls_context(good) is None
+
+
+def test_snapshot_deleted_before_sending_gives_the_text_at_once(
+        tmp_path: Path, api: FakeBotApi, stop: threading.Event,
+        caplog: pytest.LogCaptureFixture) -> None:
+    jpeg = tmp_path / "20240623-180511.jpg"
+    jpeg.write_bytes(b"\xff\xd8snap\xff\xd9")
+    n = Notifier(TelegramTarget(Secret(TOKEN, "test"), "42"), api.base_url, False, 8, stop)
+    n.edge(True, 1719158711.0, jpeg)
+    jpeg.unlink()  # retention ran between the edge and the send
+    n.start()
+    wait_for(lambda: n.sent == 1, 15)
+    assert not api.calls_to("sendPhoto", status=None)
+    assert api.calls_to("sendMessage")[0].fields["text"].endswith("(snapshot not sent)")
+    # Not taken for a network error and retried.
+    assert "retry" not in caplog.text and "HTTP implementation" not in caplog.text
+
+
+@pytest.mark.parametrize("epoch", [float("nan"), float("inf"), 1e20, -1e300, 10**400],
+                         ids=["nan", "inf", "1e20", "-1e300", "10**400"])
+def test_edge_text_with_an_impossible_time_says_now(epoch: float) -> None:
+    before = dt.datetime.now().replace(microsecond=0)
+    text = notify.edge_text(True, epoch)
+    stamp = dt.datetime.strptime(text.removeprefix("Detection at "), "%Y-%m-%d %H:%M:%S")
+    assert before <= stamp <= dt.datetime.now()
+
+
+@pytest.mark.parametrize("retry_after", [10**30, float("nan"), "soon", [1]],
+                         ids=["huge", "nan", "text", "list"])
+def test_unreadable_flood_reply_fails_that_alert_only(api: FakeBotApi, stop: threading.Event,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      retry_after: object) -> None:
+    api.script("sendMessage", (429, {"retry_after": retry_after}))
+    n = _notifier(api, stop)
+    n.submit(Alert("first"))
+    wait_for(lambda: n.failed == 1 or n.join(0), 15)
+    n.submit(Alert("second"))
+    wait_for(lambda: n.sent == 1 or n.join(0), 15)
+    assert not n.join(0), "the notifier thread goes on"
+    assert [c.fields["text"] for c in api.calls_to("sendMessage")] == ["second"]
+    assert "unreadable reply to 'first'" in caplog.text

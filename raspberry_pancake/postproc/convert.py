@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from raspberry_pancake.postproc.supervise import StageThread
 from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.remux import ConversionError, EmptyRecording, remux, sidecar_for
 
@@ -97,7 +99,10 @@ def convert(settings: ConvertSettings, job: Job) -> Path:
     except OSError as exc:
         raise ConversionError(f"cannot write {final}: {exc.strerror or exc}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        # Not ENOENT alone: with mp4_dir replaced by a file this is ENOTDIR, and the reason
+        # worth reporting is the one above.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return final
 
 
@@ -123,11 +128,17 @@ def pending(h264_dirs: Iterable[Path], mp4_dir: Path, settled: float = 0.0) -> l
             log.error("catch-up: cannot list %s: %s", directory, exc.strerror or exc)
             continue
         for entry in entries:
-            if not entry.name.endswith(".h264") or not entry.is_file(follow_symlinks=False):
+            if not entry.name.endswith(".h264"):
+                continue
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                if settled and now - entry.stat(follow_symlinks=False).st_mtime < settled:
+                    continue
+            except OSError:
+                # Deleted since the listing (retention runs while we scan): nothing to convert.
                 continue
             path = Path(entry.path)
-            if settled and now - entry.stat(follow_symlinks=False).st_mtime < settled:
-                continue
             if not (mp4_dir / mp4_name(path)).exists():
                 jobs.append(Job(path, catch_up=True))
     jobs.sort(key=lambda j: (j.h264.name, str(j.h264)))
@@ -135,6 +146,12 @@ def pending(h264_dirs: Iterable[Path], mp4_dir: Path, settled: float = 0.0) -> l
 
 
 Done = Callable[[Job, Path], None]
+
+
+class OutputGone(Exception):
+    """The mp4 directory is gone or no longer a directory: no file can be converted until it
+    is back. Not caught by the converter: the supervisor restarts it, then gives up and
+    postproc exits, so that systemd (and whoever reads its status) sees it."""
 
 
 class Converter:
@@ -159,9 +176,19 @@ class Converter:
         self._rescan = rescan
         self._next_rescan = time.monotonic() + RESCAN_INTERVAL
         self._dropped = threading.Event()  # set by submit() on a full inbox
-        self._thread = threading.Thread(target=self._run, name="converter", daemon=True)
+        self._thread = StageThread("converter", self._run)
+        # The job a conversion was busy with when the loop died: it is not taken again in
+        # this run (a rescan would find it), so that one bad file cannot kill the stage
+        # over and over. Only the converter's thread touches these two.
+        self._in_hand: Job | None = None
+        self._skip: set[Path] = set()
         self.converted = 0
         self.failed = 0
+
+    @property
+    def thread(self) -> StageThread:
+        """For the supervisor, which restarts it."""
+        return self._thread
 
     def start(self) -> None:
         self._thread.start()
@@ -182,19 +209,22 @@ class Converter:
             self._backlog.extend(jobs)
 
     def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._thread.join(timeout)
 
     def _next(self) -> Job | None:
         try:
-            return self._inbox.get_nowait()
+            job = self._inbox.get_nowait()
         except queue.Empty:
             pass
+        else:
+            return self._unless_skipped(job)
         with self._backlog_lock:
             while self._backlog:
                 job = self._backlog.popleft()
-                # A live event may have converted it meanwhile.
-                if not (self.settings.mp4_dir / mp4_name(job.h264)).exists():
+                # A live event may have converted it meanwhile, retention deleted it, or it
+                # stopped the converter before.
+                if job.h264 not in self._skip and job.h264.exists() \
+                        and not (self.settings.mp4_dir / mp4_name(job.h264)).exists():
                     return job
         if self._rescan is not None and (self._dropped.is_set()
                                          or time.monotonic() >= self._next_rescan):
@@ -207,11 +237,25 @@ class Converter:
                     self._backlog.extend(jobs)
                 return None
         try:
-            return self._inbox.get(timeout=POLL)
+            job = self._inbox.get(timeout=POLL)
         except queue.Empty:
             return None
+        return self._unless_skipped(job)
+
+    def _unless_skipped(self, job: Job) -> Job | None:
+        if job.h264 not in self._skip:
+            return job
+        self._limiter.log(log, logging.WARNING, f"skip {job.h264}",
+                          "%s: not converted: it stopped the converter earlier in this run",
+                          job.h264)
+        return None
 
     def _run(self) -> None:
+        if self._in_hand is not None:
+            self._skip.add(self._in_hand.h264)
+            log.error("%s: not converted: it stopped the converter (it is tried again at the "
+                      "next start)", self._in_hand.h264)
+            self._in_hand = None
         while not self._stop.is_set():
             job = self._next()
             if job is None:
@@ -222,15 +266,23 @@ class Converter:
             log.info("stopping: %d file(s) left unconverted for the next start", left)
 
     def _convert_one(self, job: Job) -> None:
+        # Left set only when convert() raises something unforeseen (see _run).
+        self._in_hand = job
         try:
             mp4 = convert(self.settings, job)
         except EmptyRecording as exc:
+            self._in_hand = None
             log.warning("%s: skipped: %s", job.h264, exc)
             return
         except ConversionError as exc:
+            self._in_hand = None
+            if not self.settings.mp4_dir.is_dir():
+                raise OutputGone(f"{self.settings.mp4_dir} is gone or not a directory "
+                                 f"({exc})") from None
             self.failed += 1
             log.error("%s: conversion failed: %s", job.h264, exc)
             return
+        self._in_hand = None
         self.converted += 1
         log.info("converted %s -> %s%s", job.h264, mp4, " (catch-up)" if job.catch_up else "")
         self._on_done(job, mp4)

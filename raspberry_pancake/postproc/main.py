@@ -21,6 +21,7 @@ from raspberry_pancake.postproc.convert import (
     remove_stale_temporaries,
 )
 from raspberry_pancake.postproc.receiver import Accepted, PathPolicy, Receiver, ReceiverError, open_socket
+from raspberry_pancake.postproc.supervise import CHECK_INTERVAL, Supervisor
 from raspberry_pancake.postproc.upload.destination import Destination
 from raspberry_pancake.postproc.upload.ftp import FtpDestination
 from raspberry_pancake.postproc.upload.journal import UploadJournal
@@ -76,6 +77,10 @@ class Postproc:
                                    self._converted, rescan=rescan)
         self.receiver = Receiver(sock, cfg.allow_uids, PathPolicy(cfg.h264_dirs),
                                  self._received, stop)
+        self.supervisor = Supervisor(stop)
+        for thread in [self.receiver.thread, self.converter.thread, self.trigger.thread,
+                       *(w.thread for w in self.workers), *(n.thread for n in self.notifiers)]:
+            self.supervisor.watch(thread)
 
     def _received(self, acc: Accepted) -> None:
         """Runs on the receiver thread: only hands work to queues, never waits."""
@@ -180,11 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals.start()
     _describe(cfg)
     app.start()
-    while not app.stop_event.wait(0.5):
-        pass
+    code = 0
+    while not app.stop_event.wait(CHECK_INTERVAL):
+        if not app.supervisor.check():
+            code = 1  # a stage keeps dying: systemd's Restart=on-failure takes over
+            break
     log.info("stopping")
     clean = app.stop()
     signals.close()
-    log.info("stopped%s", "" if clean else " (some threads were still busy)")
+    log.info("stopped%s%s", "" if clean else " (some threads were still busy)",
+             f" after stage {app.supervisor.failed} kept failing: exit {code}" if code else "")
     logging.shutdown()
-    return 0
+    return code

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import os
 import queue
 import re
@@ -31,6 +32,7 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 
 from raspberry_pancake.postproc.config import TelegramTarget
+from raspberry_pancake.postproc.supervise import StageThread
 from raspberry_pancake.shared.credentials import RedactingFilter
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,13 @@ def tls_context(ca_dir: Path = SYSTEM_CA_DIR) -> ssl.SSLContext | None:
 
 
 def _when(epoch: float | None) -> str:
-    moment = dt.datetime.fromtimestamp(epoch) if epoch is not None else dt.datetime.now()
+    moment = dt.datetime.now()
+    if epoch is not None:
+        try:
+            moment = dt.datetime.fromtimestamp(epoch)
+        except (OverflowError, OSError, ValueError):
+            # events.validate keeps such times out; an alert is still worth more than none.
+            pass
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -105,12 +113,18 @@ def edge_text(detecting: bool, epoch: float | None) -> str:
     return f"{'Detection' if detecting else 'Detection over'} at {_when(epoch)}"
 
 
-def _retry_after_seconds(exc: RetryAfter) -> float:
+def _retry_after_seconds(exc: RetryAfter) -> float | None:
+    """The wait a 429 asks for, at most RETRY_AFTER_MAX; None when it names no number."""
     with warnings.catch_warnings():
         # PTB 22 warns that retry_after becomes a timedelta; either form is handled here.
         warnings.simplefilter("ignore")
         value = exc.retry_after
-    seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    try:
+        seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None  # the server's word, passed through by PTB: "soon", [1]
+    if not math.isfinite(seconds):
+        return None
     return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
@@ -130,18 +144,21 @@ class Notifier:
         self._stop = stop
         # Exception texts can quote a URL, and a Bot API URL holds the token.
         self._redact = RedactingFilter([target.token]).redact
-        self._thread = threading.Thread(target=self._run, name=f"telegram-{target.chat_id}"[:40],
-                                        daemon=True)
+        self._thread = StageThread(f"telegram-{target.chat_id}"[:40], self._run)
         self.sent = 0
         self.dropped = 0
         self.failed = 0
+
+    @property
+    def thread(self) -> StageThread:
+        """For the supervisor, which restarts it."""
+        return self._thread
 
     def start(self) -> None:
         self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._thread.join(timeout)
 
     def submit(self, alert: Alert) -> bool:
         try:
@@ -230,7 +247,7 @@ class Notifier:
             photo = alert.photo
 
             def call() -> Awaitable[object]:
-                return bot.send_photo(chat, photo=photo, caption=alert.text)
+                return self._send_photo(bot, photo, alert.text)
         else:
             def call() -> Awaitable[object]:
                 return bot.send_message(chat, alert.text)
@@ -254,6 +271,13 @@ class Notifier:
                                                         read_file_handle=False),
                                         caption=caption, supports_streaming=True)
 
+    async def _send_photo(self, bot: Bot, photo: Path, caption: str) -> object:
+        """Opened here: given a path that no longer exists (retention deleted the snapshot),
+        PTB would send the path itself as a file id and fail as if the network had."""
+        with photo.open("rb") as f:
+            return await bot.send_photo(self.target.chat_id,
+                                        photo=InputFile(f, filename=photo.name), caption=caption)
+
     async def _send(self, call: Callable[[], Awaitable[object]], text: str) -> bool:
         label = self.target.label
         network_failures = 0
@@ -266,6 +290,10 @@ class Notifier:
             except RetryAfter as exc:
                 flood_waits += 1
                 wait = _retry_after_seconds(exc)
+                if wait is None:
+                    log.error("%s: unreadable reply to %r: flood control with no usable "
+                              "retry_after", label, text)
+                    return False
                 if flood_waits > RETRY_AFTER_TIMES:
                     log.error("%s: still flood-limited, dropped %r", label, text)
                     return False
@@ -287,6 +315,12 @@ class Notifier:
                 delay *= 2
             except TelegramError as exc:
                 log.error("%s: refused %r: %s", label, text, self._redact(str(exc)))
+                return False
+            except (ValueError, OverflowError, TypeError) as exc:
+                # PTB reading a reply it cannot make sense of (a 429 whose retry_after is
+                # "soon", NaN or 10**30) raises these from its own parsing.
+                log.error("%s: unreadable reply to %r: %s: %s", label, text,
+                          type(exc).__name__, self._redact(str(exc)))
                 return False
             except OSError as exc:
                 log.error("%s: cannot read the file for %r: %s", label, text, exc.strerror)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from raspberry_pancake.postproc.supervise import StageThread
 from raspberry_pancake.shared.events import MAX_DATAGRAM, Event, EventError, abstract_address, decode
 from raspberry_pancake.shared.logs import RateLimiter
 
@@ -71,15 +72,18 @@ class PathPolicy:
     def check(self, field: str, text: str, suffixes: tuple[str, ...]) -> Path:
         if not text.lower().endswith(suffixes):
             raise Rejected(f"{field}: not a {'/'.join(suffixes)} file")
-        # realpath resolves "..", and symlinks to where they point: a link out of the
-        # directory is judged by its target.
-        real = Path(os.path.realpath(text))
-        if self.dirs and not any(real.is_relative_to(d) and real != d for d in self.dirs):
-            raise Rejected(f"{field}: outside the --h264-dir directories")
         try:
+            # realpath resolves "..", and symlinks to where they point: a link out of the
+            # directory is judged by its target.
+            real = Path(os.path.realpath(text))
+            if self.dirs and not any(real.is_relative_to(d) and real != d for d in self.dirs):
+                raise Rejected(f"{field}: outside the --h264-dir directories")
             st = os.stat(real)
         except OSError as exc:
             raise Rejected(f"{field}: {exc.strerror or exc}") from None
+        except ValueError:
+            # A NUL or a lone surrogate that validate() let through would end up here.
+            raise Rejected(f"{field}: not a file name") from None
         if not stat.S_ISREG(st.st_mode):
             raise Rejected(f"{field}: not a regular file")
         return real
@@ -117,7 +121,9 @@ def sender_uid(ancdata: list[tuple[int, int, bytes]]) -> int | None:
 
 
 class Receiver:
-    """The receiving thread: one datagram at a time, no thread per datagram, never raises."""
+    """The receiving thread: one datagram at a time, no thread per datagram. A bad datagram is
+    a rate-limited drop; anything else that ends the loop (a bug) is the supervisor's, which
+    runs the loop again on the same socket."""
 
     def __init__(self, sock: socket.socket, allowed_uids: frozenset[int], paths: PathPolicy,
                  handle: Callable[[Accepted], None], stop: threading.Event) -> None:
@@ -127,16 +133,25 @@ class Receiver:
         self._handle = handle
         self._stop = stop
         self._limiter = RateLimiter()
-        self._thread = threading.Thread(target=self._run, name="receiver", daemon=True)
+        self._thread = StageThread("receiver", self._run)
         self.accepted = 0
         self.dropped = 0
+
+    @property
+    def thread(self) -> StageThread:
+        """For the supervisor, which restarts it."""
+        return self._thread
 
     def start(self) -> None:
         self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait for the thread; the socket is closed once it has ended (a restarted loop
+        needs it, so the loop itself never closes it)."""
+        done = self._thread.join(timeout)
+        if done:
+            self._sock.close()
+        return done
 
     def _drop(self, reason: str) -> None:
         self.dropped += 1
@@ -147,30 +162,27 @@ class Receiver:
 
     def _run(self) -> None:
         space = socket.CMSG_SPACE(_UCRED.size)
-        try:
-            while not self._stop.is_set():
-                try:
-                    data, ancdata, flags, _addr = self._sock.recvmsg(MAX_DATAGRAM, space)
-                except TimeoutError:
-                    continue
-                except OSError as exc:
-                    self._limiter.log(log, logging.ERROR, "recv", "receive failed: %s",
-                                      exc.strerror or exc)
-                    self._stop.wait(POLL)
-                    continue
-                if flags & socket.MSG_TRUNC:
-                    self._drop(f"longer than {MAX_DATAGRAM} bytes")
-                    continue
-                uid = sender_uid(ancdata)
-                if uid is None:
-                    self._drop("no sender credentials")
-                    continue
-                try:
-                    accepted = accept(data, uid, self._allowed, self._paths)
-                except (Rejected, EventError) as exc:
-                    self._drop(str(exc))
-                    continue
-                self.accepted += 1
-                self._handle(accepted)
-        finally:
-            self._sock.close()
+        while not self._stop.is_set():
+            try:
+                data, ancdata, flags, _addr = self._sock.recvmsg(MAX_DATAGRAM, space)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                self._limiter.log(log, logging.ERROR, "recv", "receive failed: %s",
+                                  exc.strerror or exc)
+                self._stop.wait(POLL)
+                continue
+            if flags & socket.MSG_TRUNC:
+                self._drop(f"longer than {MAX_DATAGRAM} bytes")
+                continue
+            uid = sender_uid(ancdata)
+            if uid is None:
+                self._drop("no sender credentials")
+                continue
+            try:
+                accepted = accept(data, uid, self._allowed, self._paths)
+            except (Rejected, EventError) as exc:
+                self._drop(str(exc))
+                continue
+            self.accepted += 1
+            self._handle(accepted)

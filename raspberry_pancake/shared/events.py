@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any, TypedDict
 
 # An abstract datagram socket carries at most this much in one message (DESIGN.md).
@@ -44,6 +46,15 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "dir": (str,),
 }
 _PATHS = ("h264", "jpeg", "pts", "dir")
+# A `time` outside 2000-01-01 .. 2200-01-01 UTC is a wrong clock or a forged datagram, and
+# beyond year 9999 datetime cannot even show it: such an event is dropped.
+TIME_MIN = 946684800
+TIME_MAX = 7258118400
+# `free` is a byte count: no filesystem holds more than 2**63 bytes.
+FREE_MAX = 2**63
+# Linux's PATH_MAX; text fields end up in alerts and log lines.
+MAX_TEXT = 4096
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate(obj: Any) -> Event:
@@ -60,15 +71,41 @@ def validate(obj: Any) -> Event:
             raise EventError(f"{key}: wrong type")
         if not isinstance(value, types):
             raise EventError(f"{key}: wrong type")
-        if key in _PATHS and isinstance(value, str) and (
-                "\0" in value or not value.startswith("/")):
-            raise EventError(f"{key}: not an absolute path")
+        if isinstance(value, str):
+            _check_text(key, value)
+        elif key == "time" and isinstance(value, int | float):
+            _check_time(value)
+        elif key == "free" and isinstance(value, int) and not 0 <= value <= FREE_MAX:
+            raise EventError("free: out of range")
         event[key] = value
     if not event.keys() & {"h264", "detection", "disk"}:
         raise EventError("neither h264, detection nor disk")
     if "disk" in event and not ("free" in event and "dir" in event):
         raise EventError("disk without free and dir")
     return Event(**event)  # type: ignore[typeddict-item,no-any-return]
+
+
+def _check_text(key: str, value: str) -> None:
+    try:
+        # JSON can spell a lone surrogate (\ud800): no file has that name, no chat shows it.
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EventError(f"{key}: not valid Unicode") from None
+    if len(value) > MAX_TEXT:
+        raise EventError(f"{key}: longer than {MAX_TEXT} characters")
+    # A newline would forge a line in postproc's log, where paths are quoted as they are.
+    if _CONTROL.search(value):
+        raise EventError(f"{key}: control character")
+    if key in _PATHS and not value.startswith("/"):
+        raise EventError(f"{key}: not an absolute path")
+
+
+def _check_time(value: float) -> None:
+    # Compared as is: a float() of a 4000-digit integer would raise OverflowError.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EventError("time: not a finite number")
+    if not TIME_MIN <= value <= TIME_MAX:
+        raise EventError("time: out of range (years 2000 to 2200)")
 
 
 def encode(event: Event) -> bytes:
@@ -80,17 +117,23 @@ def encode(event: Event) -> bytes:
 
 
 def decode(data: bytes) -> Event:
-    """The event in a datagram, or EventError: too long, not UTF-8, not JSON, wrong fields."""
+    """The event in a datagram, or EventError: too long, not UTF-8, not JSON, wrong fields.
+    Nothing else escapes, whatever the datagram holds."""
     if len(data) > MAX_DATAGRAM:
         raise EventError("datagram too long")
     try:
-        obj = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise EventError("not UTF-8") from exc
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise EventError("not JSON") from exc
     except RecursionError as exc:
         raise EventError("JSON nested too deep") from exc
+    except ValueError as exc:
+        # An integer of more than 4300 digits (sys.int_max_str_digits) is refused by int().
+        raise EventError("number too long") from exc
     return validate(obj)
 
 

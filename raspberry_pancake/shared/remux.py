@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,6 +16,9 @@ log = logging.getLogger(__name__)
 # mp4 timestamps in the usual 90 kHz video clock: the sidecar's microseconds round to 11 µs.
 TIME_BASE = Fraction(1, 90000)
 SIDECAR_HEADER = "# timecode format v2"
+# No recording is 11 days long: a time past this is damage (it would also overflow the mp4's
+# 90 kHz clock arithmetic), and the frames from there on are timed by fps.
+MAX_SIDECAR_MS = 1e9
 
 
 class ConversionError(Exception):
@@ -46,8 +50,9 @@ def read_sidecar(path: Path) -> list[float]:
                     ms = float(text)
                 except ValueError:
                     break
-                if ms != ms or ms < 0 or (times and ms / 1000.0 < times[-1]):
-                    break  # NaN, negative or backwards: trust nothing after it
+                if not math.isfinite(ms) or not 0 <= ms <= MAX_SIDECAR_MS \
+                        or (times and ms / 1000.0 < times[-1]):
+                    break  # NaN, infinite, negative, absurd or backwards: trust nothing after it
                 times.append(ms / 1000.0)
     except OSError as exc:
         log.warning("%s: cannot read sidecar (%s), timing by fps", path, exc.strerror or exc)

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from raspberry_pancake.postproc.supervise import StageThread
 from raspberry_pancake.postproc.upload.worker import UploadWorker
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,19 @@ class UploadTrigger:
         self._lock = threading.Lock()  # guards _pending and _count (converter and clock threads)
         self._pending: list[Path] = []
         self._count = 0
-        self._thread = threading.Thread(target=self._clock, name="upload-clock", daemon=True)
+        self._thread = StageThread("upload-clock", self._clock)
+
+    @property
+    def thread(self) -> StageThread:
+        """For the supervisor, which restarts it."""
+        return self._thread
 
     def start(self) -> None:
         if self._minutes and self._workers:
             self._thread.start()
 
     def join(self, timeout: float) -> bool:
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._thread.join(timeout)
 
     def converted(self, mp4: Path) -> None:
         if not self._workers:

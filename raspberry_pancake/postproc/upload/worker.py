@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from raspberry_pancake.postproc.supervise import StageThread
 from raspberry_pancake.postproc.upload.destination import Destination, UploadAborted, UploadError
 from raspberry_pancake.postproc.upload.journal import UploadJournal
 from raspberry_pancake.shared.logs import RateLimiter
@@ -54,10 +55,15 @@ class UploadWorker:
         self._gave_up: dict[str, int] = {}  # name -> times given up since start
         self._more = False  # a catch-up left files waiting: run another when the queue empties
         name = "upload-" + re.sub(r"[^A-Za-z0-9@.:_-]", "_", dest.label.split("://", 1)[-1])
-        self._thread = threading.Thread(target=self._run, name=name[:60], daemon=True)
+        self._thread = StageThread(name[:60], self._run)
         self.uploaded = 0
         self.dropped = 0
         self.given_up = 0
+
+    @property
+    def thread(self) -> StageThread:
+        """For the supervisor, which restarts it."""
+        return self._thread
 
     def start(self) -> None:
         self._thread.start()
@@ -118,8 +124,7 @@ class UploadWorker:
         self.dest.abort()
 
     def join(self, timeout: float) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return self._thread.join(timeout)
 
     def _run(self) -> None:
         idle_since = time.monotonic()
@@ -163,26 +168,42 @@ class UploadWorker:
                 log.info("%s: upload of %s cut off by shutdown", self.dest.label, mp4)
                 return
             except UploadError as exc:
-                if attempt == self._max_attempts:
-                    self._limiter.log(log, logging.WARNING, "fail",
-                                      "%s: upload of %s failed (attempt %d): %s",
-                                      self.dest.label, mp4.name, attempt, exc)
-                    break
+                reason = str(exc)
+            except Exception as exc:  # noqa: BLE001 - the destination's boundary, see below
+                # A destination's library failing in a way it does not declare (ftplib
+                # reading a server's Latin-1 reply raises UnicodeDecodeError) is this
+                # destination's problem: retried like any failure, rather than ending the
+                # thread, which would hold back every file of this destination.
+                reason = f"unexpected {type(exc).__name__}: {exc}"
+                self._close_quietly()
+            else:
+                if self.journal is not None:
+                    self.journal.record(mp4)
+                self.uploaded += 1
+                log.info("%s: uploaded %s in %.1f s", self.dest.label, mp4.name,
+                         time.monotonic() - started)
+                return
+            if attempt == self._max_attempts:
                 self._limiter.log(log, logging.WARNING, "fail",
-                                  "%s: upload of %s failed (attempt %d): %s; retry in %g s",
-                                  self.dest.label, mp4.name, attempt, exc, delay)
-                if self._stop.wait(delay):
-                    return
-                delay = min(delay * 2, BACKOFF_MAX)
-                continue
-            if self.journal is not None:
-                self.journal.record(mp4)
-            self.uploaded += 1
-            log.info("%s: uploaded %s in %.1f s", self.dest.label, mp4.name,
-                     time.monotonic() - started)
-            return
+                                  "%s: upload of %s failed (attempt %d): %s",
+                                  self.dest.label, mp4.name, attempt, reason)
+                break
+            self._limiter.log(log, logging.WARNING, "fail",
+                              "%s: upload of %s failed (attempt %d): %s; retry in %g s",
+                              self.dest.label, mp4.name, attempt, reason, delay)
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, BACKOFF_MAX)
         self.given_up += 1
         with self._lock:
             self._gave_up[mp4.name] = self._gave_up.get(mp4.name, 0) + 1
         log.error("%s: gave up on %s after %d attempts (it stays on disk for the next "
                   "catch-up)", self.dest.label, mp4, self._max_attempts)
+
+    def _close_quietly(self) -> None:
+        """Drop the connection after an undeclared failure: its state is unknown."""
+        try:
+            self.dest.close()
+        except Exception as exc:  # noqa: BLE001 - same boundary as in _upload
+            log.warning("%s: closing after the failure: %s: %s", self.dest.label,
+                        type(exc).__name__, exc)
