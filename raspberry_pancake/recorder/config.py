@@ -14,6 +14,8 @@ from types import ModuleType
 from typing import Any
 
 from raspberry_pancake.shared.cli import ConfigError, OneLineParser
+from raspberry_pancake.shared.credentials import Secret, SecretError
+from raspberry_pancake.shared.credentials import resolve as resolve_secret
 from raspberry_pancake.shared.events import MAX_SOCKET_NAME
 from raspberry_pancake.shared.retention import DEFAULT_MIN_FREE, Amount, parse_min_free
 
@@ -51,7 +53,8 @@ class RecorderConfig:
     detect_interval: float
     emit: str | None
     login: Path | None
-    source: str
+    # A Secret: a camera URL may carry a password, and a Secret never prints it.
+    source: Secret
     record_split: float
     customize: Path | None
     log: str | None
@@ -133,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--login", metavar="password_hash_file",
                    help="password-protect streaming webpage")
     p.add_argument("--source", default="auto", metavar="SPEC",
-                   help="auto, picamera2[:N], /dev/videoN, rtsp://… or http://…, a video file, testsrc")
+                   help="auto, picamera2[:N], /dev/videoN, rtsp://… or http://…, a video file, "
+                        "testsrc; @/path/to/file or env:VARNAME to read it from there (a URL "
+                        "with a password, which the command line shows to every user)")
     p.add_argument("--record-split", type=_positive, default=DEFAULT_SPLIT, metavar="SECONDS",
                    help="split recordings on wall-clock multiples of this (default 900)")
     p.add_argument("--customize", metavar="PATH",
@@ -159,6 +164,18 @@ def _record_dir(flag: str, text: str) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag}: directory {text!r} is not writable")
     return path
+
+
+def _source(text: str) -> Secret:
+    """--source as given, or read from `@/path` (its first line) or `env:VARNAME`."""
+    if text.startswith(("@", "env:")):
+        try:
+            return resolve_secret("--source", text)
+        except SecretError as exc:  # its message names the file or variable, never the value
+            raise ConfigError(str(exc)) from None
+    if not text.strip():
+        raise ConfigError("--source: empty (auto, testsrc, a device, a URL or a file)")
+    return Secret(text, "the command line")
 
 
 def _customize_path(text: str | None) -> Path:
@@ -238,7 +255,7 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         detect_interval=a.detect_interval if a.detect_interval is not None else 1.0 / a.fps,
         emit=a.emit,
         login=_readable_file("--login", a.login) if a.login is not None else None,
-        source=a.source,
+        source=_source(a.source),
         record_split=a.record_split,
         customize=customize,
         log=a.log,

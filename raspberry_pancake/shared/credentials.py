@@ -10,13 +10,50 @@ from pathlib import Path
 # A secret file holds one line; anything longer is not a password or a bot token.
 MAX_SECRET_FILE = 4096
 
-_USERINFO = re.compile(r"(\w+://)[^/@\s]*@")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_AUTHORITY_END = re.compile(r"[/?#\n]")
+_BLANK = re.compile(r"\s")
+USERINFO_MASK = "***"
+
+
+def _userinfo_end(text: str, start: int) -> int:
+    """The index of the '@' that ends the user:password@ of the URL whose `scheme://` ends at
+    `start`, or -1 when it has none."""
+    end = _AUTHORITY_END.search(text, start)
+    # The last '@' before the path, as FFmpeg splits a URL: a password may hold '@', ':' and
+    # blanks (the price: a URL with no path, then an '@' later on the line, loses more).
+    at = text.rfind("@", start, end.start() if end is not None else len(text))
+    if at < 0:
+        # A '/', '?' or '#' inside the password (FFmpeg cannot use such a URL, but the error
+        # that says so quotes it): hide up to the word's last '@'.
+        blank = _BLANK.search(text, start)
+        at = text.rfind("@", start, blank.start() if blank is not None else len(text))
+    return at
 
 
 def redact_url(text: str) -> str:
-    """Text with every URL's user:password@ removed: camera URLs carry credentials, and the
-    source's name goes into log lines, /status and error messages (FFmpeg's among them)."""
-    return _USERINFO.sub(r"\1", text)
+    """Text with every URL's user:password@ shown as ***@: camera URLs carry credentials, and
+    the source's name goes into log lines, /status and error messages (FFmpeg's among them)."""
+    parts: list[str] = []
+    done = 0
+    for m in _SCHEME.finditer(text):
+        if m.start() < done:
+            continue  # inside a userinfo already hidden
+        at = _userinfo_end(text, m.end())
+        if at >= 0:
+            parts += [text[done:m.end()], USERINFO_MASK]
+            done = at
+    parts.append(text[done:])
+    return "".join(parts)
+
+
+def url_has_password(text: str) -> bool:
+    """Whether a URL in `text` carries user:password@ (a user name alone is no secret)."""
+    for m in _SCHEME.finditer(text):
+        at = _userinfo_end(text, m.end())
+        if at >= 0 and ":" in text[m.end():at]:
+            return True
+    return False
 
 
 class SecretError(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import av
@@ -26,17 +27,48 @@ _GLYPHS: dict[str, tuple[str, ...]] = {
     " ": ("00000",) * 7,
 }
 _CELL_W, _CELL_H = 6, 9  # glyph plus one column of spacing; one row above and below
-_MARGIN = 4
+_MARGIN = 4  # from the picture's edges, on every side
 # Studio-swing luma: white text with a black outline reads on any picture.
 _TEXT_Y, _EDGE_Y = 235, 16
+# The stamp's forms, longest first: the year goes when even the smallest glyphs leave no
+# room for it (a picture under 122 pixels wide), then the date, then the seconds.
+FORMS = ("%Y-%m-%d %H:%M:%S", "%m-%d %H:%M:%S", "%H:%M:%S", "%H:%M")
 
 Mask = npt.NDArray[np.bool_]
 Plane = npt.NDArray[np.uint8]
 
+log = logging.getLogger(__name__)
+
+
+def stamp_size(chars: int, scale: int) -> tuple[int, int]:
+    """(width, height) in pixels of `chars` characters at `scale` pixels per font pixel; the
+    cells' blank rows and last spacing column hold the outline."""
+    return chars * _CELL_W * scale, _CELL_H * scale
+
+
+def _scale(height: int) -> int:
+    return max(1, round(height / _CELL_H))
+
+
+def layout(width: int, height: int, text_height: int) -> tuple[str, int] | None:
+    """The form and scale of the stamp on a width x height picture: the asked height when it
+    fits, else smaller glyphs, else a shorter form; None when not even "hh:mm" fits."""
+    if text_height <= 0:
+        return None
+    wanted = _scale(text_height)
+    for form in FORMS:
+        chars = len(time.strftime(form, time.localtime(0)))
+        for scale in range(wanted, 0, -1):
+            w, h = stamp_size(chars, scale)
+            if w <= width - 2 * _MARGIN and h <= height - 2 * _MARGIN:
+                return form, scale
+    return None
+
 
 def render(text: str, height: int) -> tuple[Mask, Mask]:
-    """The text's pixels and its one-pixel outline, as masks about `height` pixels tall."""
-    scale = max(1, round(height / _CELL_H))
+    """The text's pixels and its one-pixel outline, as masks about `height` pixels tall (a
+    whole number of font pixels: stamp_size(len(text), scale) for a height of 9 * scale)."""
+    scale = _scale(height)
     cells = np.zeros((_CELL_H, _CELL_W * len(text)), dtype=bool)
     for i, ch in enumerate(text):
         rows = _GLYPHS.get(ch, _GLYPHS[" "])
@@ -44,27 +76,50 @@ def render(text: str, height: int) -> tuple[Mask, Mask]:
             for c, bit in enumerate(bits):
                 cells[r + 1, i * _CELL_W + c] = bit == "1"
     glyphs = np.kron(cells, np.ones((scale, scale), dtype=bool))
-    grown = glyphs.copy()
+    # Grown on a padded copy: np.roll wraps round, and once put the first glyph's left
+    # outline at the right end, past the last character.
+    padded = np.pad(glyphs, 1)
+    grown = padded.copy()
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            grown |= np.roll(np.roll(glyphs, dy, axis=0), dx, axis=1)
-    return glyphs, grown & ~glyphs
+            grown |= np.roll(np.roll(padded, dy, axis=0), dx, axis=1)
+    return glyphs, (grown & ~padded)[1:-1, 1:-1]
 
 
 class Annotator:
-    """Writes local date and time into the top-left corner of yuv420p frames, in place."""
+    """Writes local date and time into the top-left corner of yuv420p frames, in place, as
+    large as --annotate-text-size asks and the picture's width allows."""
 
     def __init__(self, text_height: int) -> None:
         self._height = text_height
         self._second = -1
+        self._size: tuple[int, int] | None = None
+        self._layout: tuple[str, int] | None = None
         self._text: Mask | None = None
         self._edge: Mask | None = None
 
-    def _masks(self, wall: float) -> tuple[Mask, Mask]:
+    def _fit(self, width: int, height: int) -> tuple[str, int] | None:
+        if self._size != (width, height):
+            self._size, self._second = (width, height), -1
+            self._layout = layout(width, height, self._height)
+            wanted = _scale(self._height)
+            if self._layout is None:
+                log.warning("no room for the date and time on a %dx%d picture", width, height)
+            elif self._layout != (FORMS[0], wanted):
+                form, scale = self._layout
+                shown = form
+                for code, word in _WORDS.items():
+                    shown = shown.replace(code, word)
+                log.info("date and time as %s, %d pixels high (--annotate-text-size %d), to "
+                         "fit a %d pixel wide picture", shown, stamp_size(0, scale)[1],
+                         self._height, width)
+        return self._layout
+
+    def _masks(self, wall: float, form: str, scale: int) -> tuple[Mask, Mask]:
         second = int(wall)
         if second != self._second or self._text is None or self._edge is None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            self._text, self._edge = render(stamp, self._height)
+            stamp = time.strftime(form, time.localtime(second))
+            self._text, self._edge = render(stamp, scale * _CELL_H)
             self._second = second
         return self._text, self._edge
 
@@ -80,15 +135,23 @@ class Annotator:
         """Stamp YUV 4:2:0 planes given as arrays (rows may be padded beyond `width`)."""
         if self._height <= 0:
             return
-        text, edge = self._masks(wall)
+        fit = self._fit(width, height)
+        if fit is None:
+            return
+        text, edge = self._masks(wall, *fit)
+        # layout() keeps the stamp inside; the crop only guards the planes' bounds.
         h = min(text.shape[0], height - _MARGIN)
         w = min(text.shape[1], width - _MARGIN)
-        if h <= 0 or w <= 0:
-            return
         box = y[_MARGIN:_MARGIN + h, _MARGIN:_MARGIN + w]
         box[text[:h, :w]] = _TEXT_Y
         box[edge[:h, :w]] = _EDGE_Y
-        # Neutral chroma under the text so it is white on any colour.
-        y0, x0, y1, x1 = _MARGIN // 2, _MARGIN // 2, (_MARGIN + h) // 2, (_MARGIN + w) // 2
+        # Neutral chroma under the text so it is white on any colour; rounded outwards, so
+        # that a box of odd size leaves no coloured half-line.
+        y0, x0 = _MARGIN // 2, _MARGIN // 2
+        y1, x1 = (_MARGIN + h + 1) // 2, (_MARGIN + w + 1) // 2
         u[y0:y1, x0:x1] = 128
         v[y0:y1, x0:x1] = 128
+
+
+# For the log line: a form as people read it ("MM-DD hh:mm:ss").
+_WORDS = {"%Y": "YYYY", "%m": "MM", "%d": "DD", "%H": "hh", "%M": "mm", "%S": "ss"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from raspberry_pancake.recorder.frames import FrameSink, PacketSink
@@ -24,7 +24,8 @@ class SourceError(Exception):
 @dataclass(frozen=True, slots=True)
 class SourceSpec:
     kind: str  # testsrc | picamera2 | device | url | file
-    target: str  # device path, URL, file path, or camera index
+    # Device path, URL, file path, or camera index. Kept out of repr(): a URL may hold a password.
+    target: str = field(repr=False)
 
     def __str__(self) -> str:
         return self.kind if self.kind == "testsrc" else f"{self.kind}:{redact_url(self.target)}"

@@ -11,12 +11,23 @@ from raspberry_pancake.recorder.config import RecorderConfig
 from raspberry_pancake.recorder.sources.base import Camera, SourceError, SourceSpec
 from raspberry_pancake.recorder.sources.picam import Picamera2Camera
 from raspberry_pancake.recorder.sources.pyav import AVCamera
+from raspberry_pancake.shared.credentials import Secret, url_has_password
 
 log = logging.getLogger(__name__)
 
 
-def resolve(spec: str) -> SourceSpec:
-    """Turn --source into a concrete source; `auto` looks for a camera and says what it chose."""
+def resolve(source: str | Secret) -> SourceSpec:
+    """Turn --source into a concrete source; `auto` looks for a camera and says what it chose.
+    Called once logging is set up: it warns of a password that the process listing shows."""
+    if isinstance(source, Secret):
+        spec = source.reveal()
+        if not source.from_command_line:
+            log.info("source read from %s", source.source)
+        elif url_has_password(spec):
+            log.warning("the --source URL holds a password, and `ps` shows the command line to "
+                        "every user: prefer --source @/path/to/file or env:VARNAME")
+    else:
+        spec = source
     if spec == "auto":
         if importlib.util.find_spec("picamera2") is not None and _picamera2_attached():
             chosen = SourceSpec("picamera2", "0")
