@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 from raspberry_pancake.recorder.frames import Packet
@@ -13,7 +15,7 @@ from raspberry_pancake.recorder.recording.clips import (
     Edge,
     RingBuffer,
 )
-from raspberry_pancake.recorder.recording.segments import WriterHooks
+from raspberry_pancake.recorder.recording.segments import QUEUE_PACKETS, WriterHooks
 from raspberry_pancake.shared.events import Event
 
 FPS = 10
@@ -108,3 +110,84 @@ def test_all_mode_covers_the_detection_and_splits(tmp_path: Path) -> None:
 def test_stop_closes_an_open_clip(tmp_path: Path) -> None:
     rec, clips = run_writer(tmp_path, "all", {100: True}, 200)
     assert len(clips) == 1 and rec.events[0]["detection"] is True
+
+
+def test_ring_stays_bounded_when_keyframes_stop_coming() -> None:
+    # A camera that sent one keyframe and then only P-frames: one GOP that never ends.
+    mib = 1024 * 1024
+    ring = RingBuffer(keep=PRE_ROLL + 3.0)
+    ring.append(Packet(b"k" * mib, True, 0.0, WALL0))
+    for i in range(1, 48):
+        ring.append(Packet(b"p" * mib, False, i / FPS, WALL0 + i / FPS))
+    held = sum(len(p.data) for p in ring.since(float("inf")))
+    assert held <= 40 * mib, f"{held / mib:.0f} MiB held"
+    # The next keyframe starts a ring that clips can cut from again.
+    ring.append(Packet(b"k", True, 5.0, WALL0 + 5.0))
+    ring.append(Packet(b"p", False, 5.1, WALL0 + 5.1))
+    assert [p.data for p in ring.since(5.0)][-2:] == [b"k", b"p"]
+
+
+class FailingOnce(Recorded):
+    """Hooks whose first announcement raises, as a bug in a listener's path would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+        def emit(event: Event) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                raise RuntimeError("injected fault")
+            self.events.append(event)
+
+        self.hooks = WriterHooks(self.open.add, self.open.discard, emit)
+
+
+def wait_dead(writer: ClipWriter) -> None:
+    deadline = time.monotonic() + 10
+    while not writer.dead() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writer.dead()
+
+
+def test_a_clip_writer_that_dies_is_seen_dead_and_resumes_when_respawned(
+        tmp_path: Path) -> None:
+    rec = FailingOnce()
+    writer = ClipWriter(ClipConfig(tmp_path, "edge", merge_wait=PRE_ROLL + 0.5), rec.hooks)
+    writer.start()
+    for i in range(300):
+        writer.put(packet(i))
+        if i == 100:
+            writer.edge(Edge(True, i / FPS, WALL0 + i / FPS))
+    wait_dead(writer)  # the first clip's announcement raised
+    assert isinstance(writer.failure, RuntimeError)
+    assert not rec.open  # the clip in hand was closed all the same
+    assert writer.respawn()
+    for i in range(300, 600):
+        writer.put(packet(i))
+        if i == 400:
+            writer.edge(Edge(False, i / FPS, WALL0 + i / FPS))
+    writer.stop()
+    writer.join(5)
+    assert not writer.is_alive() and not writer.dead()
+    assert len(rec.events) == 1 and rec.events[0]["detection"] is True
+    clip = Path(rec.events[0]["h264"]).read_bytes().decode().split()
+    assert int(clip[0]) <= 380 and int(clip[-1]) >= 420
+    assert len(list(tmp_path.glob("*.h264"))) == 2  # the first clip is on disk too
+
+
+def test_stop_returns_when_the_writer_died_with_a_full_queue(tmp_path: Path) -> None:
+    rec = FailingOnce()
+    writer = ClipWriter(ClipConfig(tmp_path, "edge", merge_wait=0.5), rec.hooks)
+    writer.start()
+    for i in range(100):
+        writer.put(packet(i))
+        if i == 30:
+            writer.edge(Edge(True, i / FPS, WALL0 + i / FPS))
+    wait_dead(writer)
+    for i in range(100, 100 + QUEUE_PACKETS + 10):  # nobody reads: the queue fills, then drops
+        writer.put(packet(i))
+    stopper = threading.Thread(target=writer.stop, name="test-stop")
+    stopper.start()
+    stopper.join(10)
+    assert not stopper.is_alive(), "stop() waits for ever on a dead writer's full queue"

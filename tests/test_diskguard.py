@@ -301,9 +301,9 @@ def test_thread_is_named_survives_errors_and_stops_promptly(rec: Path,
                       stop, Events(), disk_usage=broken)
     guard.start()
     assert wait_for(lambda: len(calls) >= 3)  # still checking after failures
-    assert guard._thread.name == "diskguard"
+    assert guard._thread is not None and guard._thread.name == "diskguard"
     guard.stop()
-    guard.join(2)
+    guard.join(5)
     assert not guard.is_alive()
     assert stems(rec) == STEMS
     messages = [r.getMessage() for r in caplog.records]
@@ -329,3 +329,27 @@ def test_parse_min_free_messages() -> None:
             continue
         with pytest.raises(ValueError, match=f"^--min-free: .*{says}"):
             parse_min_free(bad)
+
+
+def test_a_guard_that_dies_is_seen_dead_and_runs_again_when_respawned(rec: Path) -> None:
+    calls: list[Event] = []
+
+    def emit(event: Event) -> bool:
+        calls.append(event)
+        if len(calls) == 1:
+            raise RuntimeError("injected fault")
+        return True
+
+    disk = FakeDisk(rec, free=0)
+    stop = threading.Event()
+    guard = DiskGuard(DiskGuardConfig((rec,), Amount(bytes=2 * MiB), interval=0.02,
+                                      rearm_after=0), stop, emit, is_open=lambda _p: False,
+                      disk_usage=disk)
+    guard.start()
+    assert wait_for(guard.dead)
+    assert isinstance(guard.failure, RuntimeError)
+    assert guard.respawn()
+    assert wait_for(lambda: guard.deleted >= 2)  # checking and deleting again
+    guard.stop()
+    guard.join(5)
+    assert not guard.is_alive() and not guard.dead()

@@ -38,11 +38,12 @@ def test_full_disk_then_space_returns(full_fs: Path, listener: Listener,
     p = run_pancake(pancakes, ["--source", "testsrc", "--fps", "12", "--resolution", "320",
                                "240", "--record-continuous", str(full_fs), "--min-free", "1",
                                "--emit", listener.name], tmp_path)
-    p.wait_for("segment write failed", timeout=15)
+    p.wait_for("segment write failed", timeout=30)
     time.sleep(4)
     assert p.proc.poll() is None
     st = status(p)  # the live view still answers, with frames flowing
-    assert float(st["capture_fps"]) > 6, st  # type: ignore[arg-type]
+    # 12 are asked; what matters is that capture goes on, which a loaded machine still shows.
+    assert float(st["capture_fps"]) > 2, st  # type: ignore[arg-type]
     during = list(full_fs.glob("*.h264"))
     assert len(during) <= 1, during  # no new (empty) file every second while full
     (full_fs / "filler").unlink()

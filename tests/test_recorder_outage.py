@@ -20,12 +20,13 @@ def test_camera_outage_resumes_in_new_segment(tmp_path: Path, pancakes: list[Pan
         p = run_pancake(pancakes, ["--source", f"http://127.0.0.1:{port}/live.ts", "--fps",
                                    str(FPS), "--resolution", "320", "240",
                                    "--record-continuous", str(tmp_path)], tmp_path)
+        p.wait_for("first frame captured", timeout=30)  # startup is slow on a loaded machine
         time.sleep(5)
         server.stop()  # the camera reboots
         time.sleep(3)
         server = StreamServer(port, FPS)
-        p.wait_for("is back after", timeout=20)
-        time.sleep(3)
+        p.wait_for("is back after", timeout=30)
+        time.sleep(4)
         rc, _ = p.stop()
     finally:
         server.stop()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.shared.events import Event
 from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.retention import (
@@ -58,7 +59,7 @@ class _Episode:
     stuck_logged: bool = False
 
 
-class DiskGuard:
+class DiskGuard(Stage):
     """A named thread checking free space every `interval` seconds.
 
     When a filesystem holding record directories has less than `min_free` available, the guard
@@ -77,6 +78,7 @@ class DiskGuard:
         disk_usage: Callable[[str], DiskUsage] = shutil.disk_usage,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__("diskguard")
         self.cfg = cfg
         self._stop = stop
         self._emit = emit
@@ -87,21 +89,11 @@ class DiskGuard:
         self._episodes: dict[int, _Episode] = {}  # by st_dev; touched by the guard thread only
         self.deleted = 0
         self.emitted = 0
-        self._thread = threading.Thread(target=self._run, name="diskguard", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         self._stop.set()
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         log.info("keeping %s free on %s", self.cfg.min_free,
                  ", ".join(str(d) for d in self.cfg.record_dirs))
         while True:

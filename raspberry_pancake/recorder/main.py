@@ -12,7 +12,7 @@ from raspberry_pancake.recorder.emitter import Emitter
 from raspberry_pancake.recorder.pipeline import Pipeline
 from raspberry_pancake.recorder.sources.base import SourceError
 from raspberry_pancake.recorder.sources.choose import open_camera, resolve
-from raspberry_pancake.recorder.watchdog import Watchdog
+from raspberry_pancake.recorder.watchdog import EXIT_STAGE_DIED, Watchdog
 from raspberry_pancake.recorder.web import app as web
 from raspberry_pancake.shared.logs import setup_logging
 from raspberry_pancake.shared.sdnotify import Notifier
@@ -52,17 +52,19 @@ def main(argv: Sequence[str] | None = None) -> int:
              cfg.fps, cfg.port)
     recorder.start()
     notifier = Notifier()
-    watchdog = Watchdog(recorder.hub, notifier, stop)
+    watchdog = Watchdog(recorder.hub, notifier, stop, recorder.stages)
     watchdog.start()
     try:
         web.run(recorder.state, stop, address=cfg.bind, sockets=sockets)  # until stop is set
     finally:
         stop.set()
+        # The watchdog first: it must not take the stages' ends for deaths and restart them.
+        watchdog.join(timeout=2.0)
         notifier.stopping()
         recorder.stop()
-        watchdog.join(timeout=1.0)
         notifier.close()
         emitter.close()
         signals.close()
-        log.info("stopped")
-    return 0
+        code = 0 if watchdog.fatal is None else EXIT_STAGE_DIED
+        log.info("stopped, exit code %d", code)
+    return code

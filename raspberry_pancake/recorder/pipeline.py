@@ -17,6 +17,7 @@ from raspberry_pancake.recorder.recording.encode import EncoderThread
 from raspberry_pancake.recorder.recording.segments import SegmentWriter, WriterHooks
 from raspberry_pancake.recorder.recording.splits import create_unique, file_stem
 from raspberry_pancake.recorder.sources.base import Camera, Outputs
+from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.recorder.state import RecorderState
 from raspberry_pancake.recorder.web.jpeg import JpegEncoder
 from raspberry_pancake.shared.events import Event
@@ -100,7 +101,7 @@ class Pipeline:
             path, f = create_unique(self._snapshot_dir, file_stem(edge.wall, True), ".jpg")
             with f:
                 f.write(data)
-        except (OSError, av.FFmpegError) as exc:
+        except (OSError, av.FFmpegError, ValueError) as exc:
             _limit.log(log, logging.ERROR, "snapshot", "edge snapshot not saved: %s", exc)
             return None
         return str(path)
@@ -121,10 +122,21 @@ class Pipeline:
         if self.guard is not None:
             self.guard.start()
 
+    def stages(self) -> list[Stage]:
+        """The threads recording depends on, for the watchdog to supervise (the camera's own
+        threads are watched through the frames they deliver)."""
+        started = [self.encoder, self.segments, self.clips, self.detector, self.guard]
+        return [s for s in started if s is not None]
+
     def stop(self) -> None:
         """Camera first, then the encoder (it flushes into the writers), then detector, then
-        writers: each writer closes its file and emits its message before the process exits."""
+        writers: each writer closes its file and emits its message before the process exits.
+        A stage that died is not waited for: its file in hand was finished when it died."""
         self._stop.set()
+        if self.detector is not None:
+            self.detector.stop()
+        if self.guard is not None:
+            self.guard.stop()
         self.camera.stop()
         if self.encoder is not None:
             self.encoder.stop()

@@ -1,44 +1,78 @@
-"""Tells systemd the recorder is up once frames flow, and alive only while they keep flowing."""
+"""Tells systemd the recorder is alive only while frames flow and every recording stage runs."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable, Sequence
 
 from raspberry_pancake.recorder.frames import LatestFrame
+from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.shared.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
 # Without a systemd watchdog, still notice a stalled capture this often (logged once).
 DEFAULT_PERIOD = 10.0
+# How often the stages are looked at: a dead one costs at most this much recording.
+CHECK_INTERVAL = 0.5
+# How many times one stage is restarted; its next death ends the process (systemd restarts it).
+RESTARTS = 1
+# The exit code then: EX_SOFTWARE, "internal software error" (sysexits.h).
+EXIT_STAGE_DIED = 70
 
 
 class Watchdog(threading.Thread):
-    """READY=1 at the first frame; then WATCHDOG=1 each period in which new frames arrived.
+    """READY=1 at the first frame; then WATCHDOG=1 each period in which new frames arrived and
+    every stage was alive. A stage that died is restarted once (logged); a second death sets
+    `fatal` and the stop event, and main exits with EXIT_STAGE_DIED.
 
-    A capture that stalls stops the pings, so systemd (WatchdogSec=) restarts the service.
+    A capture that stalls, or a stage that stays dead, stops the pings, so systemd
+    (WatchdogSec=) restarts the service.
     """
 
-    def __init__(self, hub: LatestFrame, notifier: Notifier, stop: threading.Event) -> None:
+    def __init__(self, hub: LatestFrame, notifier: Notifier, stop: threading.Event,
+                 stages: Callable[[], Sequence[Stage]] = list) -> None:
         super().__init__(name="watchdog", daemon=True)
         self._hub = hub
         self._notifier = notifier
         self._stop_event = stop
+        self._stages = stages
         interval = notifier.watchdog_interval()
         # Ping twice per watchdog period, as sd_watchdog_enabled(3) advises.
         self._period = interval / 2 if interval else DEFAULT_PERIOD
+        self._check = min(CHECK_INTERVAL, self._period)
+        self.fatal: str | None = None  # why the process must end, once a stage died for good
+        self._restarted: dict[str, int] = {}  # by stage name; the watchdog thread's alone
 
     def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # without its watchdog the process must not go on
+            log.exception("watchdog failed: stopping")
+            self.fatal = f"watchdog failed: {type(exc).__name__}: {exc}"
+            self._stop_event.set()
+
+    def _run(self) -> None:
         first = None
         while first is None and not self._stop_event.is_set():
-            first = self._hub.wait_newer(-1, timeout=0.5)
+            first = self._hub.wait_newer(-1, timeout=self._check)
+            if not self._supervise():
+                return
         if first is None:
             return
         self._notifier.ready("recording")
         log.info("first frame captured: ready")
         seq, stalled = first.seq, False
-        while not self._stop_event.wait(self._period):
+        next_ping = time.monotonic() + self._period
+        while not self._stop_event.wait(self._check):
+            if not self._supervise():
+                return
+            now = time.monotonic()
+            if now < next_ping:
+                continue
+            next_ping = now + self._period
             latest = self._hub.latest()
             if latest is not None and latest.seq > seq:
                 seq = latest.seq
@@ -51,3 +85,29 @@ class Watchdog(threading.Thread):
                 log.warning("no frame captured for %.0f s: not telling systemd we are alive",
                             self._period)
                 self._notifier.status("capture stalled")
+
+    def _supervise(self) -> bool:
+        """Restart what died; False once a stage died more often than it may (stop is set)."""
+        for stage in self._stages():
+            if self._stop_event.is_set() or not stage.dead():
+                continue
+            why = _why(stage)
+            if self._restarted.get(stage.name, 0) >= RESTARTS:
+                self.fatal = f"{stage.name} stage died again ({why})"
+                log.error("%s stage died again (%s): exiting with code %d so that it is "
+                          "restarted as a whole", stage.name, why, EXIT_STAGE_DIED)
+                self._notifier.status(self.fatal)
+                self._stop_event.set()
+                return False
+            self._restarted[stage.name] = self._restarted.get(stage.name, 0) + 1
+            if stage.respawn():
+                log.warning("%s stage restarted after %s", stage.name, why)
+                self._notifier.status(f"{stage.name} stage restarted after {why}")
+        return True
+
+
+def _why(stage: Stage) -> str:
+    exc = stage.failure
+    if exc is None:
+        return "it ended on its own"
+    return f"{type(exc).__name__}: {exc}"

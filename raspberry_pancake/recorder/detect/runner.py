@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import av
 from av.video.reformatter import VideoReformatter
 
 from raspberry_pancake.recorder.config import Size
 from raspberry_pancake.recorder.frames import LatestFrame
 from raspberry_pancake.recorder.recording.clips import Edge
+from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.shared.logs import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -21,7 +23,7 @@ _limit = RateLimiter(interval=30.0)
 EdgeSink = Callable[[Edge], None]
 
 
-class Detector(threading.Thread):
+class Detector(Stage):
     """Calls detect() or detect(rgb_bytes) and reports changes the moment it sees them.
 
     It owns nothing the recording needs: a slow or hanging detect() only delays detection.
@@ -31,7 +33,7 @@ class Detector(threading.Thread):
     def __init__(self, detect: Callable[..., Any], with_image: bool, size: Size | None,
                  interval: float, hub: LatestFrame, on_edge: EdgeSink,
                  stop: threading.Event) -> None:
-        super().__init__(name="detector", daemon=True)  # daemon: a hung detect() can't pin exit
+        super().__init__("detector")  # a daemon thread: a hung detect() can't pin the exit
         self._detect = detect
         self._with_image = with_image
         self._size = size
@@ -55,18 +57,9 @@ class Detector(threading.Thread):
                 if frame is None:
                     continue
                 seq, mono, wall = frame.seq, frame.mono, frame.wall
-                image = frame.image
-                if self._size is not None:
-                    # Fast bilinear: detection needs the picture, not the finest scaling.
-                    image = self._reformatter.reformat(image, self._size.width,
-                                                       self._size.height, "rgb24",
-                                                       interpolation="FAST_BILINEAR")
-                else:
-                    image = self._reformatter.reformat(image, format="rgb24")
-                plane = image.planes[0]
-                # Tightly packed rows are already the bytes detect() wants: skip numpy's copy.
-                rgb = (bytes(plane) if plane.line_size == image.width * 3
-                       else image.to_ndarray().tobytes())
+                rgb = self._rgb(frame.image)
+                if rgb is None:
+                    continue
                 result = self._call(rgb)
             else:
                 mono, wall = time.monotonic(), time.time()
@@ -80,6 +73,23 @@ class Detector(threading.Thread):
                 due = now  # detect() took longer than the interval: carry on, don't catch up
             elif self._stop_event.wait(due - now):
                 return
+
+    def _rgb(self, image: av.VideoFrame) -> bytes | None:
+        """The picture as detect(rgb_bytes) wants it, or None (logged) if it cannot be made."""
+        try:
+            if self._size is not None:
+                # Fast bilinear: detection needs the picture, not the finest scaling.
+                image = self._reformatter.reformat(image, self._size.width, self._size.height,
+                                                   "rgb24", interpolation="FAST_BILINEAR")
+            else:
+                image = self._reformatter.reformat(image, format="rgb24")
+            plane = image.planes[0]
+            # Tightly packed rows are already the bytes detect() wants: skip numpy's copy.
+            return (bytes(plane) if plane.line_size == image.width * 3
+                    else image.to_ndarray().tobytes())
+        except (av.FFmpegError, ValueError) as exc:
+            _limit.log(log, logging.ERROR, "rgb", "frame not converted for detect(): %s", exc)
+            return None
 
     def _call(self, *args: bytes) -> bool:
         self.calls += 1

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from raspberry_pancake.recorder.frames import Packet
 from raspberry_pancake.recorder.recording.segments import QUEUE_PACKETS, H264File, WriterHooks
+from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.shared.inbox import Inbox
 from raspberry_pancake.shared.logs import RateLimiter
 
@@ -21,14 +21,25 @@ PRE_ROLL = 2.0
 POST_ROLL = 2.0
 # The ring keeps this much beyond the pre-roll: a GOP (≤ 1 s) plus the detector's latency.
 RING_SLACK = 3.0
+# The most the ring holds, whatever the camera's keyframe interval: far above 5 s of any sane
+# bitrate, far below a Pi Zero's memory.
+RING_MAX_BYTES = 32 * 1024 * 1024
 
 
 class RingBuffer:
-    """The last seconds of encoded video, kept as whole GOPs so any cut starts at a keyframe."""
+    """The last seconds of encoded video, kept as whole GOPs so any cut starts at a keyframe.
 
-    def __init__(self, keep: float) -> None:
+    Also bounded in bytes: a camera that sends keyframes rarely (or never again) would
+    otherwise grow one GOP without end; past `max_bytes` the oldest GOPs go, and a single GOP
+    that outgrows it is dropped whole (logged): clips then start at the next keyframe.
+    """
+
+    def __init__(self, keep: float, max_bytes: int = RING_MAX_BYTES) -> None:
         self._keep = keep
+        self._max_bytes = max_bytes
         self._gops: deque[list[Packet]] = deque()
+        self._bytes = 0
+        self.dropped_gops = 0
 
     def append(self, packet: Packet) -> None:
         if packet.keyframe:
@@ -37,9 +48,21 @@ class RingBuffer:
             self._gops[-1].append(packet)
         else:
             return  # nothing decodes before the first keyframe
+        self._bytes += len(packet.data)
         newest = packet.mono
         while len(self._gops) >= 2 and self._gops[1][0].mono <= newest - self._keep:
-            self._gops.popleft()
+            self._drop_oldest()
+        while self._bytes > self._max_bytes and self._gops:
+            if len(self._gops) == 1:
+                self.dropped_gops += 1
+                _limit.log(log, logging.WARNING, "ring", "no keyframe for %.0f s (over %d MiB): "
+                           "the pre-roll restarts at the next keyframe",
+                           newest - self._gops[0][0].mono, self._max_bytes // (1024 * 1024))
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        gop = self._gops.popleft()
+        self._bytes -= sum(len(p.data) for p in gop)
 
     def since(self, t: float) -> list[Packet]:
         """Packets from the last keyframe at or before `t` (or the oldest one kept) onwards."""
@@ -78,7 +101,7 @@ class ClipConfig:
     siblings: tuple[Path, ...] = ()  # other record dirs: a name is unique across all of them
 
 
-class ClipWriter(threading.Thread):
+class ClipWriter(Stage):
     """Cuts clips from the packet stream the continuous recording also reads: one encoder.
 
     A clip starts at the keyframe at or before edge - PRE_ROLL and ends at the first packet
@@ -88,7 +111,7 @@ class ClipWriter(threading.Thread):
     """
 
     def __init__(self, cfg: ClipConfig, hooks: WriterHooks) -> None:
-        super().__init__(name="clips", daemon=True)
+        super().__init__("clips")
         self._cfg = cfg
         self._hooks = hooks
         self._ring = RingBuffer(PRE_ROLL + RING_SLACK)
@@ -108,8 +131,16 @@ class ClipWriter(threading.Thread):
         """From the detector thread, at the edge."""
         self._inbox.offer(edge)
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         self._inbox.close()
+
+    def salvage(self, stopping: bool) -> None:
+        """Finish the clip in hand; the ring buffer is kept, so the next edge still has its
+        pre-roll."""
+        self._close(final=True)
+        if stopping:
+            for _ in self._inbox:
+                pass
 
     # -- the writer thread -----------------------------------------------------------------
     def run(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from av.video.reformatter import VideoReformatter
 from raspberry_pancake.recorder.config import Size
 from raspberry_pancake.recorder.frames import Frame, Packet, PacketSink
 from raspberry_pancake.recorder.recording.splits import SplitClock
+from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.shared.inbox import Inbox
 from raspberry_pancake.shared.logs import RateLimiter
 
@@ -122,11 +122,12 @@ class H264Encoder:
             self._pending.clear()
 
 
-class EncoderThread(threading.Thread):
+class EncoderThread(Stage):
     """Takes frames from a bounded queue, encodes them, hands packets to the writers' queues."""
 
     def __init__(self, cfg: EncoderConfig, sinks: Sequence[PacketSink]) -> None:
-        super().__init__(name="encoder", daemon=True)
+        super().__init__("encoder")
+        self._cfg = cfg
         self._encoder = H264Encoder(cfg)
         self._sinks = tuple(sinks)
         self._inbox: Inbox[Frame] = Inbox(max(2, int(cfg.fps * QUEUE_SECONDS)), "encoder", log)
@@ -140,9 +141,17 @@ class EncoderThread(threading.Thread):
         """Source came back: the next frame starts a new segment (thread-safe: read per frame)."""
         self._encoder.restart()
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         """Encode what is queued, flush, then end. Blocks only if the queue is full, briefly."""
         self._inbox.close()
+
+    def salvage(self, stopping: bool) -> None:
+        """The encoder's state is unknown after an exception: a fresh one, whose first frame
+        is an IDR at a boundary, so the writers close their file and start a new one."""
+        self._encoder = H264Encoder(self._cfg)
+        if stopping:
+            for _ in self._inbox:
+                pass
 
     def run(self) -> None:
         for frame in self._inbox:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import BinaryIO
 
 from raspberry_pancake.recorder.frames import Packet
 from raspberry_pancake.recorder.recording.splits import create_unique, file_stem
+from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.shared.events import Event
 from raspberry_pancake.shared.inbox import Inbox
 from raspberry_pancake.shared.logs import RateLimiter
@@ -21,6 +21,11 @@ _limit = RateLimiter()
 
 # The first line of a timestamps sidecar, in the form mkvmerge and picamera2 use.
 PTS_HEADER = "# timecode format v2\n"
+# Both files of a recording are handed to the OS (flush, not fsync) at every keyframe and at
+# least this often: a crash or kill -9 then keeps every frame's time up to the last keyframe.
+# A power cut loses what the kernel had not yet written back, video and sidecar alike; fsync
+# happens at close only, because a sync per second would wear an SD card and stall the writer.
+FLUSH_EVERY = 1.0
 # Packets waiting for the disk: minutes of video at any sane bitrate, so a slow SD card
 # stalls nothing; past it, packets drop with a log line.
 QUEUE_PACKETS = 4096
@@ -52,15 +57,24 @@ class H264File:
             raise
         self.wall = wall
         self._first: float | None = None
+        self._flushed = 0.0  # capture time of the last flush to the OS
         self.frames = 0
         self.first_mono = 0.0
         self.last_mono = 0.0
 
     def write(self, packet: Packet) -> None:
         if self._first is None:
-            self._first = self.first_mono = packet.mono
-        self._file.write(packet.data)
+            self._first = self.first_mono = self._flushed = packet.mono
         self._pts.write(f"{(packet.mono - self._first) * 1000:.3f}\n".encode())
+        if packet.keyframe or packet.mono - self._flushed >= FLUSH_EVERY:
+            # The sidecar's line goes out before the frame: a crash leaves no keyframe on
+            # disk without its time, and the video's buffer goes out with it.
+            self._pts.flush()
+            self._file.write(packet.data)
+            self._file.flush()
+            self._flushed = packet.mono
+        else:
+            self._file.write(packet.data)
         self.frames += 1
         self.last_mono = packet.mono
 
@@ -89,8 +103,12 @@ class H264File:
             log.error("closing %s failed: %s", self.path, exc)
         hooks.closed(str(self.path))
         if self.frames == 0:
-            self.path.unlink(missing_ok=True)
-            self.pts_path.unlink(missing_ok=True)
+            for path in (self.path, self.pts_path):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError as exc:  # a read-only remount: an empty file stays, said once
+                    _limit.log(log, logging.ERROR, "unlink", "cannot remove empty %s: %s",
+                               path, exc.strerror or exc)
             return
         log.info("%s: %d frames, %.1f s", self.path.name, self.frames, self.duration)
         event = Event(h264=str(self.path), pts=str(self.pts_path), time=round(self.wall, 3))
@@ -120,12 +138,12 @@ class DiskRetry:
         self._delay = self.FIRST
 
 
-class SegmentWriter(threading.Thread):
+class SegmentWriter(Stage):
     """Writes every packet; starts a new file at each boundary packet (an IDR at a split time)."""
 
     def __init__(self, directory: Path, split: float, hooks: WriterHooks,
                  siblings: tuple[Path, ...] = ()) -> None:
-        super().__init__(name="segments", daemon=True)
+        super().__init__("segments")
         self._dir = directory
         self._siblings = siblings
         self._with_seconds = split % 60 != 0
@@ -139,9 +157,16 @@ class SegmentWriter(threading.Thread):
         """From the encoder thread; never blocks it."""
         self._inbox.offer(packet)
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         """Write what is queued, close the file, then end (after the encoder has stopped)."""
         self._inbox.close()
+
+    def salvage(self, stopping: bool) -> None:
+        """Finish the file in hand: it is announced, and the next keyframe starts a new one."""
+        self._close()
+        if stopping:
+            for _ in self._inbox:
+                pass
 
     def run(self) -> None:
         for packet in self._inbox:
