@@ -155,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes a Linux file name may hold, as surrogate escapes
+        return False
+    return True
+
+
 def _record_dir(flag: str, text: str) -> Path:
     path = Path(text).absolute()
     if not path.exists():
@@ -233,6 +241,12 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         detection_dir = _record_dir("--record-detection", text)
     continuous = (_record_dir("--record-continuous", a.record_continuous)
                   if a.record_continuous is not None else None)
+    if a.emit is not None:
+        for flag, d in (("--record-continuous", continuous), ("--record-detection", detection_dir)):
+            if d is not None and not _utf8(str(d)):
+                shown = os.fsencode(d).decode("utf-8", "backslashreplace")
+                raise ConfigError(f"{flag}: '{shown}' is not a UTF-8 name, and --emit's messages "
+                                  "can only carry UTF-8 paths: rename the directory")
     customize = _customize_path(a.customize) if a.detect else None
     # Loaded here, once: a bad file fails now, not when the first frame arrives.
     detect_fn = load_detect(customize, a.detect) if customize is not None else None

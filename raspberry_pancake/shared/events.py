@@ -87,7 +87,8 @@ def validate(obj: Any) -> Event:
 
 def _check_text(key: str, value: str) -> None:
     try:
-        # JSON can spell a lone surrogate (\ud800): no file has that name, no chat shows it.
+        # JSON can spell a lone surrogate (\ud800). A Linux name may hold any bytes (Python
+        # spells them as such surrogates), but the protocol carries UTF-8 names only.
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise EventError(f"{key}: not valid Unicode") from None

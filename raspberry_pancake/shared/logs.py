@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import sys
@@ -27,10 +28,15 @@ def setup_logging(path: str | None, level: int = logging.INFO) -> None:
     """Log to a file rotated at midnight (33 kept), or to stdout when no path is given."""
     handler: logging.Handler
     if path:
+        # A path that is not UTF-8 (Linux allows any bytes) is written escaped, `\xff`:
+        # strict UTF-8 would print "--- Logging error ---" and a traceback instead of the line.
         handler = logging.handlers.TimedRotatingFileHandler(
-            path, when="midnight", backupCount=ROTATE_BACKUPS, encoding="utf-8"
+            path, when="midnight", backupCount=ROTATE_BACKUPS, encoding="utf-8",
+            errors="backslashreplace",
         )
     else:
+        if isinstance(sys.stdout, io.TextIOWrapper):
+            sys.stdout.reconfigure(errors="backslashreplace")
         handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(_Formatter(FORMAT))
     root = logging.getLogger()
