@@ -1,9 +1,10 @@
-// Pancake live view: show each JPEG, then ack with "read_frame" (protocol: griddle/web.py).
+// Pancake live view: show each JPEG, then ack with "read_frame" (protocol: recorder/web/handlers.py).
 "use strict";
 
 (function () {
   const HEADER_BYTES = 24; // u64 seq, f64 capture wall, f32 age at send, f32 hold
   const ACK = "read_frame";
+  const LOGGED_OUT = 1008; // close code: recorder/web/live.py LOGGED_OUT
   const $ = (id) => document.getElementById(id);
   const img = $("frame");
   const conn = $("conn");
@@ -16,11 +17,19 @@
   let backoff = 500;
   let fpsTimer = null;
   let lastFrameAt = 0; // performance.now() of the last frame shown
+  let openedAt = 0; // performance.now() when the socket opened
+  let reacked = false; // this stall has had its second ack
+  // A stall (no frame for STALE_MS after asking) is met first by asking again — an ack is
+  // idempotent, so this costs nothing if the server is merely slow — then, if still nothing
+  // by RECONNECT_MS, by a new socket: a connection stuck in a proxy or a dead Wi-Fi path never
+  // reports itself closed, and the page must not show a frozen picture for good.
   const STALE_MS = 3000;
+  const RECONNECT_MS = 8000;
 
-  function setConn(text, ok) {
+  function setConn(text, ok, stale) {
     conn.textContent = text;
     conn.classList.toggle("ok", !!ok);
+    conn.classList.toggle("stale", !!stale);
   }
 
   function pad(n) { return String(n).padStart(2, "0"); }
@@ -78,6 +87,8 @@
     showTime(wall);
     showFps();
     lastFrameAt = shownAt;
+    reacked = false;
+    backoff = 500;
     setConn("live", true);
     ack();
   }
@@ -104,8 +115,10 @@
     ws = new WebSocket(`${scheme}//${location.host}/websocket`);
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
-      backoff = 500;
-      ackAt = performance.now(); // opening the socket is the first ack
+      // backoff is reset by a frame, not here: a socket that opens but stalls again must not
+      // be reopened at full speed forever.
+      ackAt = openedAt = performance.now(); // opening the socket is the first ack
+      reacked = false;
       setConn("waiting for the camera…", false);
     };
     ws.onmessage = (ev) => {
@@ -115,9 +128,12 @@
         onFrame(ev.data);
       }
     };
-    ws.onclose = async () => {
+    const socket = ws;
+    ws.onclose = async (ev) => {
+      if (ws !== socket) return; // an older socket we gave up on: its successor is running
       ws = null;
-      if (await loggedOut()) {
+      // 1008: the server closed it because this session logged out (in this tab or another).
+      if (ev.code === LOGGED_OUT || await loggedOut()) {
         location.href = "/login?next=" + encodeURIComponent(location.pathname);
         return;
       }
@@ -129,10 +145,25 @@
 
   function tick() {
     showFps();
-    // Frames stop coming while the socket stays open: say so instead of showing a frozen image.
-    const quiet = performance.now() - lastFrameAt;
-    if (ws && ws.readyState === WebSocket.OPEN && lastFrameAt && quiet > STALE_MS) {
-      setConn(`no picture for ${Math.round(quiet / 1000)} s`, false);
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    // Frames stop coming while the socket stays open: say so, ask again, then reconnect.
+    const quiet = performance.now() - Math.max(lastFrameAt, openedAt);
+    if (quiet <= STALE_MS) return;
+    if (quiet > RECONNECT_MS) {
+      setConn(`no picture for ${Math.round(quiet / 1000)} s: reconnecting…`, false, true);
+      const stuck = ws;
+      stuck.onclose = null; // its close may take long on a dead path: do not wait for it
+      stuck.onmessage = null;
+      stuck.close();
+      ws = null;
+      setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 8000);
+      return;
+    }
+    setConn(`no picture for ${Math.round(quiet / 1000)} s: asking again`, false, true);
+    if (!reacked) {
+      reacked = true;
+      ack();
     }
   }
 

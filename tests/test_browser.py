@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from web_helpers import HOST, ROOT, Daemon, make_hash_file
+from conftest import Pancake
+from web_helpers import HOST, ROOT, Proxy, make_hash_file, start_pancake
 
 from raspberry_pancake.recorder.web import auth
 
@@ -31,14 +32,17 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-def test_live_page_logs_in_shows_moving_frames_and_logs_out(browser: object, tmp_path: Path) -> None:
+def test_live_page_logs_in_shows_moving_frames_and_logs_out(
+        browser: object, tmp_path: Path, pancakes: list[Pancake]) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     hash_file = make_hash_file(tmp_path, auth.hash_password(PASSWORD.encode()))
     flags = ["--login", str(hash_file), "--resolution", "640", "480", "--fps", "15"]
-    with Daemon(flags=flags, log=tmp_path / "pancake.log") as daemon:
+    daemon = start_pancake(pancakes, flags, tmp_path)
+    if True:  # one block, as the test read before
         base = f"http://{HOST}:{daemon.port}"
         context = browser.new_context(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
         page = context.new_page()
+        other = context.new_page()  # a second tab of the same session
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
@@ -86,11 +90,59 @@ def test_live_page_logs_in_shows_moving_frames_and_logs_out(browser: object, tmp
         assert "on" not in (page.get_attribute("#rec", "class") or "").split()
         assert "on" not in (page.get_attribute("#detect", "class") or "").split()
 
+        # A second tab of the same session watches too; logging out in the first closes its
+        # websocket, and it goes to the login page by itself.
+        other.goto(base + "/")
+        _wait(other, lambda: int(other.inner_text("#frames")) >= 2)
         page.click("#logout")
-        page.wait_for_url(base + "/login")
+        # The logout's redirect, or the page's own move once its socket is closed: either.
+        page.wait_for_url(base + "/login*")
+        other.wait_for_url(base + "/login*", timeout=10_000)
         page.goto(base + "/")
         assert page.url.startswith(base + "/login"), "still logged in after logging out"
         assert errors == [], errors
+        context.close()
+
+
+def test_the_page_recovers_from_a_stall_by_itself(
+        browser: object, tmp_path: Path, pancakes: list[Pancake]) -> None:
+    """A lost ack: the page asks again on the same socket. A connection that hangs without
+    closing: the page says so, then opens a new one. No reload, nobody clicks anything."""
+    daemon = start_pancake(pancakes, ["--fps", "15"], tmp_path)
+    with Proxy(daemon.port) as proxy:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
+        page = context.new_page()
+        page.goto(f"http://{HOST}:{proxy.port}/")
+
+        def frames() -> int:
+            return int(page.inner_text("#frames"))
+
+        def said() -> list[str]:
+            return page.evaluate("window.connSaid")  # type: ignore[no-any-return]
+
+        _wait(page, lambda: frames() >= 5)
+        # Everything the connection line says, in order (evaluate is not subject to the CSP).
+        page.evaluate("""window.connSaid = [];
+            new MutationObserver(() => window.connSaid.push(document.getElementById('conn')
+              .textContent)).observe(document.getElementById('conn'),
+              {childList: true, characterData: true, subtree: true});""")
+        # 1. The next ack is lost: the server waits for it for ever; the page acks again.
+        connections = proxy.accepted
+        proxy.drop_next_from_client()
+        _wait(page, lambda: any("asking again" in t for t in said()), 15)
+        stalled_at = frames()
+        _wait(page, lambda: frames() >= stalled_at + 5, 15)
+        assert proxy.accepted == connections, "acking again should have been enough"
+        # 2. The connection hangs (nothing closes it): the page gives up on it and reconnects.
+        page.evaluate("window.connSaid = []")
+        proxy.freeze()
+        _wait(page, lambda: any("no picture" in t for t in said()), 10)
+        page.screenshot(path=str(ARTIFACTS / "live-stalled.png"))
+        frozen_at = frames()
+        _wait(page, lambda: frames() >= frozen_at + 5, 30)
+        assert any("reconnecting" in t for t in said()), said()
+        assert proxy.accepted > connections, "the page did not open a new connection"
+        assert page.inner_text("#conn") == "live"
         context.close()
 
 

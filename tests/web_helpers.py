@@ -1,28 +1,23 @@
-"""Helpers for the web tests: a synthetic camera, the live server in a thread or a process, clients.
-
-Run as a script (`python tests/web_helpers.py serve PANCAKE-FLAGS...`) it is the web part of
-pancake alone (synthetic camera + recorder.web.app.run) in its own process: handy to profile it.
-"""
+"""Helpers for the web tests: the real pancake.py, the web part in a thread (units), clients, a proxy."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import http.client
-import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import av
+from conftest import Pancake, run_pancake
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -33,6 +28,7 @@ from raspberry_pancake.recorder.frames import Frame, LatestFrame  # noqa: E402
 from raspberry_pancake.recorder.state import RecorderState  # noqa: E402
 from raspberry_pancake.recorder.web import app as web  # noqa: E402
 from raspberry_pancake.recorder.web import handlers  # noqa: E402
+from raspberry_pancake.recorder.web.jpeg import ImageEncoder  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -103,8 +99,10 @@ class ServerThread:
     """recorder.web.app.run in a thread of this process, on loopback, fed by a SyntheticCamera."""
 
     def __init__(self, flags: list[str] | tuple[str, ...] = (), *, fps: float = 30.0,
-                 size: tuple[int, int] = (320, 240), camera: bool = True) -> None:
+                 size: tuple[int, int] = (320, 240), camera: bool = True,
+                 encoder: ImageEncoder | None = None) -> None:
         self.port = free_port()
+        self.encoder = encoder
         argv = ["--port", str(self.port), "--resolution", str(size[0]), str(size[1]),
                 "--fps", f"{fps:g}", *flags]
         self.cfg = recorder_config.parse(argv)
@@ -118,7 +116,7 @@ class ServerThread:
 
     def _serve(self) -> None:
         try:
-            web.run(self.state, self.stop, address=HOST)
+            web.run(self.state, self.stop, address=HOST, encoder=self.encoder)
         except BaseException as exc:  # reported by __exit__ / the test
             self.error = exc
 
@@ -149,45 +147,18 @@ class ServerThread:
         return int(get_json(self.port, "/status")["jpeg_encodes"])
 
 
-@dataclass
-class Daemon:
-    """The real pancake.py --source testsrc as a process on loopback (`stand_in`: this file's
-    `serve`, the same web code on a synthetic camera, to look at the web part alone)."""
+LISTENING = "live view on http"  # the web part's line once it serves (https too)
 
-    flags: list[str] = field(default_factory=list)
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    stand_in: bool = False
-    log: Path | None = None
 
-    def argv(self) -> list[str]:
-        args = ["--port", str(self.port), *self.flags]
-        if self.stand_in:
-            return [sys.executable, str(Path(__file__).resolve()), "serve", *args]
-        return [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc",
-                "--bind", "127.0.0.1", *args]
-
-    def __enter__(self) -> Daemon:
-        out = open(self.log, "wb") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.argv(), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        try:
-            wait_port(self.port, 20, self.proc)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError("server did not exit within 5 s of SIGTERM") from None
+def start_pancake(pancakes: list[Pancake], flags: list[str], cwd: Path,
+                  env: dict[str, str] | None = None, timeout: float = 30.0) -> Pancake:
+    """The real pancake.py on `--source testsrc`, loopback, its state in `cwd`/state unless
+    `env` says otherwise; returns once the page is served."""
+    env = {"XDG_STATE_HOME": str(cwd / "state"), **(env or {})}
+    daemon = run_pancake(pancakes, ["--source", "testsrc", *flags], cwd, env)
+    daemon.wait_for(LISTENING, timeout)
+    wait_port(daemon.port, timeout)
+    return daemon
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None,
@@ -380,44 +351,102 @@ def ws_frames(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+class Proxy:
+    """A loopback TCP proxy in front of `port` that can fail the way networks do, for the page:
+    `freeze()` stops forwarding on every open connection, which stays open (a dead Wi-Fi path,
+    a stuck reverse proxy: nothing says it is gone); `drop_next_from_client()` loses the next
+    chunk a client sends on each open connection (one websocket ack). New connections are
+    forwarded normally."""
+
+    def __init__(self, port: int) -> None:
+        import selectors
+
+        self.upstream = port
+        self.listener = socket.create_server((HOST, 0))
+        self.listener.setblocking(False)
+        self.port = int(self.listener.getsockname()[1])
+        self.accepted = 0
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.listener, selectors.EVENT_READ)
+        self._peer: dict[socket.socket, socket.socket] = {}
+        self._from_client: set[socket.socket] = set()
+        self._frozen: list[socket.socket] = []  # kept open, never read again
+        self._drop: set[socket.socket] = set()
+        self._lock = threading.Lock()  # guards _peer, _from_client, _drop; freeze's requests
+        self._freeze = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-proxy", daemon=True)
+
+    def __enter__(self) -> Proxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for s in [self.listener, *self._peer, *self._frozen]:
+            s.close()
+
+    def freeze(self) -> None:
+        with self._lock:
+            self._freeze = True
+
+    def drop_next_from_client(self) -> None:
+        with self._lock:
+            self._drop = set(self._from_client)
+
+    def _run(self) -> None:
+        import selectors
+
+        while not self._stop.is_set():
+            with self._lock:
+                if self._freeze:
+                    self._freeze = False
+                    for s in list(self._peer):
+                        self._sel.unregister(s)
+                        self._frozen.append(s)
+                    self._peer.clear()
+                    self._from_client.clear()
+            for key, _ in self._sel.select(0.05):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                if sock is self.listener:
+                    client, _addr = self.listener.accept()
+                    server = socket.create_connection((HOST, self.upstream), timeout=5)
+                    client.settimeout(5)
+                    with self._lock:
+                        self._peer[client], self._peer[server] = server, client
+                        self._from_client.add(client)
+                        self.accepted += 1
+                    for s in (client, server):
+                        self._sel.register(s, selectors.EVENT_READ)
+                    continue
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    data = b""
+                with self._lock:
+                    other = self._peer.get(sock)
+                    drop = sock in self._drop
+                    self._drop.discard(sock)
+                if other is None:
+                    continue
+                if not data:
+                    with self._lock:
+                        for s in (sock, other):
+                            self._peer.pop(s, None)
+                            self._from_client.discard(s)
+                    for s in (sock, other):
+                        self._sel.unregister(s)
+                        s.close()
+                    continue
+                if not drop:
+                    with contextlib.suppress(OSError):
+                        other.sendall(data)
+
+
 def make_hash_file(directory: Path, hashed: bytes, name: str = "password.txt") -> Path:
     path = directory / name
     path.write_bytes(hashed + b"\n")
     path.chmod(0o600)
     return path
-
-
-def _serve_main(argv: list[str]) -> int:
-    """The stand-in daemon: pancake's web part on a synthetic camera, stopped by SIGTERM."""
-    import logging
-
-    from raspberry_pancake.shared.logs import setup_logging
-
-    setup_logging(None, logging.INFO)
-    try:
-        cfg = recorder_config.parse(argv)
-        web.prepare(cfg)
-    except recorder_config.ConfigError as exc:
-        print(f"pancake.py: error: {exc}", file=sys.stderr)
-        return 2
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    hub = LatestFrame()
-    state = RecorderState(cfg, "testsrc", hub)
-    size = cfg.frame_size
-    camera = SyntheticCamera(hub, state, size.width, size.height, cfg.fps)
-    camera.start()
-    try:
-        web.run(state, stop, address=HOST)  # loopback only: a test server stays off the LAN
-    finally:
-        camera.stop()
-        hub.close()
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "serve":
-        sys.exit(_serve_main(sys.argv[2:]))
-    print(f"usage: {os.path.basename(sys.argv[0])} serve PANCAKE-FLAGS...", file=sys.stderr)
-    sys.exit(2)

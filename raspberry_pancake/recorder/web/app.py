@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ipaddress
 import logging
 import secrets
 import socket
@@ -27,6 +28,7 @@ from raspberry_pancake.recorder.web.handlers import (
     LogoutHandler,
     StatusHandler,
 )
+from raspberry_pancake.recorder.web.jpeg import ImageEncoder
 from raspberry_pancake.recorder.web.live import Live
 from raspberry_pancake.shared.logs import RateLimiter
 
@@ -36,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[3]  # the checkout: index.html, login.ht
 # How often the loop looks at the stop event and refreshes the status pushed to viewers.
 STOP_POLL = 0.1
 STATUS_TICK = 0.25
+# How often open websockets are checked against logouts made by another pancake.
+REVOKED_TICK = 1.0
 
 _limiter = RateLimiter()
 
@@ -45,7 +49,32 @@ def prepare(cfg: RecorderConfig) -> None:
     if cfg.login is not None:
         auth.load_hash(cfg.login)
         auth.cookie_secret(cfg.login)
+        _revocations(cfg).load()
     _ssl_context(cfg)
+
+
+def _revocations(cfg: RecorderConfig) -> auth.Revocations:
+    """Where logouts are kept: the state directory (DESIGN.md "State"); --state-dir goes here."""
+    return auth.Revocations(auth.state_dir())
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # "" (every interface) or a host name
+
+
+def open_to_network(cfg: RecorderConfig, address: str | None = None) -> str | None:
+    """The warning for a page anyone on the network may watch: no --login, and bound to
+    `address` (else --bind) that is not loopback."""
+    if cfg.login is not None or _is_loopback(cfg.bind if address is None else address):
+        return None
+    return (f"the live view has no password: anyone who can reach port {cfg.port} can watch. "
+            "To add one: python3 util/set_password.py password.txt, then start pancake with "
+            "--login password.txt")
 
 
 def _ssl_context(cfg: RecorderConfig) -> ssl.SSLContext | None:
@@ -84,9 +113,10 @@ def make_app(state: RecorderState, live: Live, login: Login | None, tls: bool,
         template_path=str(ROOT),
         static_path=str(ROOT / "static"),
         cookie_secret=cookie_secret or secrets.token_bytes(auth.SECRET_BYTES),
+        # The XSRF token guards every POST; LiveSocket's Origin check (Tornado's) guards the
+        # websocket. "secure" is added per request (handlers.Base.set_cookie).
         xsrf_cookies=True,
-        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "secure": tls},
-        cross_origin_protection=True,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict"},
         websocket_ping_interval=20,
         websocket_max_message_size=4096,
         compress_response=False,
@@ -104,20 +134,21 @@ def listen(port: int, address: str = "") -> list[socket.socket]:
 
 
 def run(state: RecorderState, stop: threading.Event, *, address: str = "",
-        sockets: list[socket.socket] | None = None) -> None:
+        sockets: list[socket.socket] | None = None,
+        encoder: ImageEncoder | None = None) -> None:
     """Serve the live page on `sockets` (else cfg.port on `address`) until `stop` is set.
 
     Runs the IOLoop in the calling thread (pancake's main thread) and returns promptly after
     `stop`: the JPEG thread is joined and every websocket closed. A port that cannot be
-    bound raises ConfigError.
+    bound raises ConfigError. `encoder` replaces the live view's JPEG encoder (tests).
     """
     if sockets is None:
         sockets = listen(state.cfg.port, address)
-    asyncio.run(_serve(state, stop, address, sockets))
+    asyncio.run(_serve(state, stop, address, sockets, encoder))
 
 
 async def _serve(state: RecorderState, stop: threading.Event, address: str,
-                 sockets: list[socket.socket]) -> None:
+                 sockets: list[socket.socket], encoder: ImageEncoder | None) -> None:
     cfg = state.cfg
     tls_ctx = _ssl_context(cfg)
     hashed = auth.load_hash(cfg.login) if cfg.login is not None else None
@@ -127,15 +158,29 @@ async def _serve(state: RecorderState, stop: threading.Event, address: str,
     status_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
                                                         thread_name_prefix="web-status")
     asyncio.get_running_loop().set_default_executor(status_pool)
-    login = (Login(hashed, auth.session_tag(hashed), auth.LoginThrottle(), pool, {})
-             if hashed is not None else None)
-    live = Live(state, tornado.ioloop.IOLoop.current())
+    # Logouts are written here: not behind a /status stuck on a hung mount.
+    state_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                       thread_name_prefix="login-state")
+    login = None
+    if hashed is not None:
+        revoked = _revocations(cfg)
+        revoked.load()
+        login = Login(hashed, auth.session_tag(hashed), auth.LoginThrottle(), pool, revoked,
+                      state_pool)
+    live = Live(state, tornado.ioloop.IOLoop.current(), encoder)
     app = make_app(state, live, login, tls_ctx is not None, secret)
-    server = tornado.httpserver.HTTPServer(app, ssl_options=tls_ctx, xheaders=False)
+    # xheaders only with --trust-proxy: else any client could name its own address (and dodge
+    # the login throttle) or claim HTTPS.
+    server = tornado.httpserver.HTTPServer(app, ssl_options=tls_ctx, xheaders=cfg.trust_proxy)
     server.add_sockets(sockets)
     live.producer.start()
-    log.info("live view on %s://%s:%d/%s", "https" if tls_ctx else "http", address or "*",
-             cfg.port, " (login required)" if login else "")
+    log.info("live view on %s://%s:%d/%s%s", "https" if tls_ctx else "http", address or "*",
+             cfg.port, " (login required)" if login else "",
+             " (--trust-proxy: client address and scheme from the proxy's headers)"
+             if cfg.trust_proxy else "")
+    warning = open_to_network(cfg, address)
+    if warning is not None:
+        log.warning(warning)
     done = asyncio.Event()
 
     def tick() -> None:
@@ -144,18 +189,24 @@ async def _serve(state: RecorderState, stop: threading.Event, address: str,
 
     stopper = tornado.ioloop.PeriodicCallback(tick, STOP_POLL * 1000)
     status = tornado.ioloop.PeriodicCallback(live.refresh_status, STATUS_TICK * 1000)
-    stopper.start()
-    status.start()
+    callbacks = [stopper, status]
+    if login is not None:
+        ended = login.revoked
+        callbacks.append(tornado.ioloop.PeriodicCallback(
+            lambda: live.drop_revoked(ended.__contains__), REVOKED_TICK * 1000))
+    for callback in callbacks:
+        callback.start()
     try:
         await done.wait()
     finally:
-        stopper.stop()
-        status.stop()
+        for callback in callbacks:
+            callback.stop()
         server.stop()
         live.close_all()
         live.producer.stop()
         pool.shutdown(wait=False, cancel_futures=True)
         status_pool.shutdown(wait=False, cancel_futures=True)
+        state_pool.shutdown(wait=True)  # a logout being written is finished, not lost
         try:
             await asyncio.wait_for(server.close_all_connections(), 0.5)
         except TimeoutError:

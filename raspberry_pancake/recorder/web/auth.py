@@ -1,15 +1,20 @@
-"""Login for the live page: the bcrypt hash file, the cookie secret beside it, failure throttling."""
+"""Login for the live page: the bcrypt hash file, the cookie secret, revoked sessions, failure throttling."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import hashlib
+import json
+import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +28,11 @@ MAX_PASSWORD_BYTES = 72
 _BCRYPT_HASH = re.compile(rb"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
 SECRET_BYTES = 32
 SECRET_SUFFIX = ".secret"  # noqa: S105 — a file name suffix, not a secret
+SESSION_DAYS = 7  # a session cookie's life; a revocation is kept as long
+REVOKED_FILE = "revoked-sessions.json"
+MAX_REVOKED = 10_000
+
+log = logging.getLogger(__name__)
 
 
 def hash_password(password: bytes) -> bytes:
@@ -91,6 +101,129 @@ def cookie_secret(hash_path: Path) -> bytes:
         raise ConfigError(f"--login: cannot write the cookie secret {str(path)!r}: "
                           f"{exc.strerror}") from None
     return secret
+
+
+def state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The programs' state directory (DESIGN.md "State"): $XDG_STATE_HOME/pancake, else
+    ~/.local/state/pancake. (--state-dir, when it comes, takes precedence over both.)"""
+    env = os.environ if env is None else env
+    base = env.get("XDG_STATE_HOME", "")
+    if not base or not os.path.isabs(base):  # the XDG spec: a relative value is ignored
+        base = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "pancake"
+
+
+class Revocations:
+    """Sessions ended by logging out, kept in the state directory so a restart keeps them ended.
+
+    The file (mode 0600, in a 0700 directory) holds a SHA-256 of each session id (never the id)
+    with the wall-clock time after which its cookie has expired anyway. Several pancakes (one per
+    camera) may share it: a logout re-reads it under a lock and merges before writing, and a
+    check re-reads it when it changed, so a cookie logged out on one is refused by all.
+    Checks run on the event loop (a stat, rarely a small read); writes run in an executor.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / REVOKED_FILE
+        # Guards _ids and _seen: checks on the loop, writes in an executor thread.
+        self._lock = threading.Lock()
+        self._ids: dict[str, float] = {}
+        self._seen: tuple[int, int, int] | None = None
+
+    def load(self) -> None:
+        """Make the directory and read the file; ConfigError with one line if either fails."""
+        directory = self.path.parent
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if directory.stat().st_mode & 0o077 and directory.stat().st_uid == os.getuid():
+                directory.chmod(0o700)
+            with self._lock:
+                self._reload()
+        except OSError as exc:
+            raise ConfigError(f"--login: cannot keep logged-out sessions in {str(directory)!r}: "
+                              f"{exc.strerror}; set XDG_STATE_HOME to a writable directory"
+                              ) from None
+
+    @staticmethod
+    def _key(sid: str) -> str:
+        return hashlib.sha256(sid.encode()).hexdigest()
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _reload(self) -> None:
+        """Read the file if it changed since last read (caller holds _lock); OSError if unreadable."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return
+        ids: dict[str, float] = {}
+        if stamp is not None:
+            with open(self.path, "rb") as f:
+                raw = f.read(4 * 1024 * 1024)
+            try:
+                data = json.loads(raw)
+                ids = {str(k): float(v) for k, v in data.get("revoked", {}).items()}
+            except (ValueError, AttributeError, TypeError):
+                # A damaged file must not resurrect sessions silently, nor stop the page.
+                log.error("%s is damaged; sessions logged out before may work again until they "
+                          "expire", self.path)
+        self._ids = ids
+        self._seen = stamp
+
+    def __contains__(self, sid: str) -> bool:
+        key = self._key(sid)
+        with self._lock:
+            try:
+                self._reload()
+            except OSError as exc:
+                log.error("cannot read %s: %s", self.path, exc.strerror)
+            until = self._ids.get(key)
+        return until is not None and until > time.time()
+
+    def revoke(self, sid: str) -> None:
+        """End `sid` for good (blocking: call it off the event loop). OSError if not written:
+        the session is then ended in memory only, until a restart."""
+        key = self._key(sid)
+        now = time.time()
+        with self._lock:
+            self._ids[key] = now + SESSION_DAYS * 86400
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # another pancake may be writing it too
+                mine = dict(self._ids)
+                self._seen = None
+                with contextlib.suppress(OSError):
+                    self._reload()
+                merged = {k: v for k, v in {**self._ids, **mine}.items() if v > now}
+                if len(merged) > MAX_REVOKED:  # keep the ones that expire last
+                    merged = dict(sorted(merged.items(), key=lambda kv: kv[1])[-MAX_REVOKED:])
+                self._ids = merged  # kept in memory even if the write below fails
+                _write_private(self.path, json.dumps({"version": 1, "revoked": merged}).encode())
+                self._seen = self._stamp()
+            finally:
+                os.close(fd)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (mode 0600) so that a crash leaves the old file or the new."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # Failure throttling: the n-th failure in a row from one address costs BASE * 2**(n-1) s, up

@@ -24,8 +24,7 @@ from raspberry_pancake.shared.logs import RateLimiter
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "pancake_session"
-SESSION_DAYS = 7
-MAX_REVOKED = 10_000
+SESSION_DAYS = auth.SESSION_DAYS
 
 _limiter = RateLimiter()
 
@@ -37,8 +36,9 @@ class Login:
     hashed: bytes
     tag: str
     throttle: auth.LoginThrottle
-    pool: concurrent.futures.ThreadPoolExecutor
-    revoked: dict[str, float]  # session id -> monotonic time it may be forgotten
+    pool: concurrent.futures.ThreadPoolExecutor  # bcrypt checks
+    revoked: auth.Revocations
+    state_pool: concurrent.futures.ThreadPoolExecutor  # writes of the revocations file
 
 
 def _session(handler: tornado.web.RequestHandler, login: Login | None) -> str | None:
@@ -72,6 +72,14 @@ class Base(tornado.web.RequestHandler):
 
     def get_current_user(self) -> str | None:
         return _session(self, self.login)
+
+    def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
+        # Every cookie (session, XSRF, and the clearing of either) is Secure whenever the
+        # browser speaks HTTPS to us: --certfile, or a proxy's X-Forwarded-Proto with
+        # --trust-proxy (Tornado's xheaders set request.protocol; ignored without the flag).
+        if self.request.protocol == "https":
+            kwargs["secure"] = True
+        super().set_cookie(name, value, *args, **kwargs)
 
 
 class IndexHandler(Base):
@@ -137,30 +145,29 @@ class LoginHandler(Base):
             return
         log.info("login from %s", address)
         self.set_signed_cookie(SESSION_COOKIE, f"{login.tag}:{secrets.token_urlsafe(18)}",
-                               expires_days=SESSION_DAYS, httponly=True, samesite="Strict",
-                               secure=self.tls)
+                               expires_days=SESSION_DAYS, httponly=True, samesite="Strict")
         self.redirect(target)
 
 
 class LogoutHandler(Base):
-    def _logout(self) -> None:
+    """POST only (with the XSRF token): a GET that ends a session could be set off by any page.
+    Other methods get Tornado's 405."""
+
+    async def post(self) -> None:
         sid = self.current_user
         if self.login is not None and sid is not None:
-            revoked = self.login.revoked
-            now = time.monotonic()
-            for old in [s for s, until in revoked.items() if until < now]:
-                del revoked[old]
-            if len(revoked) >= MAX_REVOKED:
-                del revoked[next(iter(revoked))]
-            revoked[sid] = now + SESSION_DAYS * 86400
-        self.clear_cookie(SESSION_COOKIE, httponly=True, samesite="Strict", secure=self.tls)
+            # Written to disk (off the loop) before we answer, so that a restart right after
+            # still refuses it; refused in memory even if the write fails.
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self.login.state_pool, self.login.revoked.revoke, sid)
+            except OSError as exc:
+                log.error("logout not saved in %s (%s): that session ends now, but would work "
+                          "again after a restart", self.login.revoked.path, exc.strerror)
+            self.live.end_session(sid)
+            log.info("logout from %s", self.request.remote_ip)
+        self.clear_cookie(SESSION_COOKIE, httponly=True, samesite="Strict")
         self.redirect("/login" if self.login is not None else "/")
-
-    def get(self) -> None:
-        self._logout()
-
-    def post(self) -> None:
-        self._logout()
 
 
 class StatusHandler(Base):
@@ -176,6 +183,7 @@ class StatusHandler(Base):
         status["source"] = display_name(str(status.get("source", "")))
         status["viewers"] = len(self.live.viewers)
         status["jpeg_encodes"] = self.live.producer.encodes
+        status["jpeg_failures"] = self.live.producer.failures
         status["max_stream_fps"] = self.recorder.cfg.max_stream_fps
         self.finish(status)
 
@@ -208,7 +216,11 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         for a frame: with the next frame when it changed, and at least once a second while the
         client waits (so a stalled client is sent nothing at all).
 
-    Pacing (when a frame is sent after an ack) is in live.Live's docstring.
+    close: code 1008 (live.LOGGED_OUT) when the viewer's session logs out, in any tab.
+
+    A frame the encoder refuses is skipped, not answered: the ack still stands and the next
+    captured frame answers it. Pacing (when a frame is sent after an ack) is in live.Live's
+    docstring.
     """
 
     def initialize(self, state: RecorderState, live: Live, login: Login | None,
@@ -223,6 +235,7 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         self.ack_at = 0.0
         self.status_sent = ""
         self.status_at = float("-inf")
+        self.session: str | None = None
         self._timer: object | None = None
 
     def get_current_user(self) -> str | None:
@@ -232,6 +245,7 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         # Checked before the upgrade: a refused viewer gets a plain 403, not an open socket.
         if self.current_user is None:
             raise tornado.web.HTTPError(403, "login required")
+        self.session = self.current_user  # a logout of this session closes this socket
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.wants = True  # opening is the first ack

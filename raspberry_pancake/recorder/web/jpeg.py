@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Protocol
 
 import av
 from av.video.reformatter import VideoReformatter
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 JPEG_QSCALE = 5
 # How long the producer sleeps on a condition before looking at its stop event again.
 POLL = 0.25
+TIME_BASE = Fraction(1, 1000)  # the mjpeg context's, and every frame sent to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +37,24 @@ class Jpeg:
     encoded: float  # time.monotonic() when the encode finished
 
 
+class ImageEncoder(Protocol):
+    """What the producer needs of an encoder: JpegEncoder, or a test's one that fails on purpose."""
+
+    def encode(self, image: av.VideoFrame) -> bytes: ...
+
+
 class JpegEncoder:
-    """libavcodec's mjpeg encoder behind one call; rebuilt when the frame size changes."""
+    """libavcodec's mjpeg encoder behind one call; rebuilt when the frame size changes.
+
+    Safe to share between threads (one lock around each encode), though each user normally
+    has its own: the live view's producer and the pipeline's edge snapshot.
+    """
 
     def __init__(self, qscale: int = JPEG_QSCALE) -> None:
         self._qscale = qscale
+        # Guards _reformatter, _ctx and _pts: a codec context and a swscale context are not
+        # thread-safe, and two encodes interleaving would send the encoder pts out of order.
+        self._lock = threading.Lock()
         self._reformatter = VideoReformatter()
         self._ctx: av.VideoCodecContext | None = None
         self._pts = 0
@@ -52,21 +67,31 @@ class JpegEncoder:
             ctx.height = height
             # JPEG is full range: yuvj420p, so browsers show true blacks and whites.
             ctx.pix_fmt = "yuvj420p"
-            ctx.time_base = Fraction(1, 1000)
+            ctx.time_base = TIME_BASE
             ctx.qmin = ctx.qmax = self._qscale
             ctx.open()
             self._ctx = ctx
         return self._ctx
 
     def encode(self, image: av.VideoFrame) -> bytes:
-        # reformat returns a new frame: the shared capture frame is never written to. One
-        # reformatter for all frames: frame.reformat() would set up swscale anew each time.
-        full = self._reformatter.reformat(image, format="yuvj420p")
-        # The encoder refuses a pts that does not increase; capture pts may restart or repeat.
-        self._pts += 1
-        full.pts = self._pts
-        packets = self._context(image.width, image.height).encode(full)
-        return b"".join(bytes(p) for p in packets)
+        with self._lock:
+            # reformat returns a new frame (the shared capture frame is never written to),
+            # except when it has nothing to do: then copy, because pts is set below. One
+            # reformatter for all frames: frame.reformat() would set up swscale anew each time.
+            full = self._reformatter.reformat(image, format="yuvj420p")
+            if full is image:
+                full = av.VideoFrame.from_ndarray(image.to_ndarray(), format="yuvj420p")
+            # The encoder refuses a pts that does not increase (EINVAL from avcodec_send_frame),
+            # so it gets our own count in our own time base. The copy carries the shared
+            # frame's time_base, which is whatever its source or the H.264 thread last stamped
+            # on it (1/15 from lavfi, then 1/1000 once stamped): left there, PyAV rescales our
+            # pts by it, and a frame read before the stamp followed by one read after it goes
+            # backwards (pts 67 then 2).
+            self._pts += 1
+            full.pts = self._pts
+            full.time_base = TIME_BASE
+            packets = self._context(image.width, image.height).encode(full)
+            return b"".join(bytes(p) for p in packets)
 
 
 class JpegProducer:
@@ -84,20 +109,21 @@ class JpegProducer:
         hub: LatestFrame,
         max_fps: float,
         on_jpeg: Callable[[Jpeg], None],
-        encoder: JpegEncoder | None = None,
+        encoder: ImageEncoder | None = None,
     ) -> None:
         self._hub = hub
         self._interval = 1.0 / max_fps
         self._on_jpeg = on_jpeg
-        self._encoder = encoder or JpegEncoder()
+        self._encoder: ImageEncoder = encoder or JpegEncoder()
         self._stop = threading.Event()
         self._limiter = RateLimiter()
-        # Guards _want_after, _latest and _encodes; held only to read or swap them, never
+        # Guards _want_after, _latest, _encodes and _failures; held only to read or swap them, never
         # while encoding or calling out.
         self._cond = threading.Condition()
         self._want_after: int | None = None
         self._latest: Jpeg | None = None
         self._encodes = 0
+        self._failures = 0
         self._last_seq = -1  # only the producer thread touches it
         self._thread = threading.Thread(target=self._run, name="live-jpeg", daemon=True)
 
@@ -109,6 +135,12 @@ class JpegProducer:
     def encodes(self) -> int:
         with self._cond:
             return self._encodes
+
+    @property
+    def failures(self) -> int:
+        """Encodes the encoder refused (each logged, rate-limited; its frame skipped)."""
+        with self._cond:
+            return self._failures
 
     @property
     def latest(self) -> Jpeg | None:
@@ -141,6 +173,7 @@ class JpegProducer:
 
     def _run(self) -> None:
         next_allowed = 0.0
+        failed = -1  # seq of the last frame the encoder refused; only this thread touches it
         while not self._stop.is_set():
             with self._cond:
                 self._cond.wait_for(
@@ -154,14 +187,19 @@ class JpegProducer:
             delay = next_allowed - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
-            frame = self._hub.wait_newer(max(want, self._last_seq), POLL)
+            frame = self._hub.wait_newer(max(want, self._last_seq, failed), POLL)
             if frame is None:
                 continue  # no newer frame yet (camera slow or stalled): the request stands
             start = time.monotonic()
+            next_allowed = start + self._interval
             jpeg = self._encode(frame)
             if jpeg is None:
+                # The request still stands (_last_seq is only moved by a frame delivered):
+                # the next captured frame is encoded for the viewers waiting now. Moving
+                # _last_seq past the refused frame would answer them with nothing, and a
+                # viewer waiting for an answer never acks again: frozen for good.
+                failed = frame.seq
                 continue
-            next_allowed = start + self._interval
             self._last_seq = frame.seq
             with self._cond:
                 self._latest = jpeg
@@ -172,7 +210,10 @@ class JpegProducer:
         try:
             data = self._encoder.encode(frame.image)
         except (av.FFmpegError, ValueError) as exc:
-            self._limiter.log(log, logging.WARNING, "encode", "JPEG encode failed: %s", exc)
-            self._last_seq = frame.seq  # skip this frame rather than retry it forever
+            self._limiter.log(log, logging.WARNING, "encode",
+                              "JPEG encode failed (frame %d skipped; the next one is sent): %s",
+                              frame.seq, exc)
+            with self._cond:
+                self._failures += 1
             return None
         return Jpeg(frame.seq, data, frame.wall, frame.mono, time.monotonic())

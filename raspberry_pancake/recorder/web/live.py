@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import tornado.ioloop
 
 from raspberry_pancake.recorder.state import RecorderState
-from raspberry_pancake.recorder.web.jpeg import Jpeg, JpegProducer
+from raspberry_pancake.recorder.web.jpeg import ImageEncoder, Jpeg, JpegProducer
 from raspberry_pancake.shared.credentials import redact_url
 
 STATUS_EVERY = 1.0  # a waiting viewer hears the status at least this often
+LOGGED_OUT = 1008  # websocket close code (policy violation) for a session that logged out
 TIMER_SLACK = 0.002
 
 
@@ -31,6 +33,7 @@ class Viewer(Protocol):
     last_sent: float
     status_sent: str
     status_at: float
+    session: str | None  # the login session it opened with (None: not yet open)
 
     def wake_at(self, when: float) -> None: ...
 
@@ -52,10 +55,12 @@ class Live:
     (The wire protocol itself is in handlers.LiveSocket's docstring.)
     """
 
-    def __init__(self, state: RecorderState, loop: tornado.ioloop.IOLoop) -> None:
+    def __init__(self, state: RecorderState, loop: tornado.ioloop.IOLoop,
+                 encoder: ImageEncoder | None = None) -> None:
         self.state = state
         self.loop = loop
-        self.producer = JpegProducer(state.hub, state.cfg.max_stream_fps, self._from_thread)
+        self.producer = JpegProducer(state.hub, state.cfg.max_stream_fps, self._from_thread,
+                                     encoder)
         self.interval = self.producer.interval
         self.viewers: set[Viewer] = set()
         self.waiting: set[Viewer] = set()
@@ -115,6 +120,20 @@ class Live:
             if viewer.wants and (viewer.status_sent != self.status_text
                                  or now - viewer.status_at >= STATUS_EVERY):
                 viewer.send_status(self.status_text)
+
+    def end_session(self, session: str) -> None:
+        """Close the viewers of a session that logged out: the page then finds itself logged
+        out and goes to the login page, and its socket can never be reused."""
+        for viewer in list(self.viewers):
+            if viewer.session == session:
+                viewer.close(LOGGED_OUT, "logged out")
+
+    def drop_revoked(self, revoked: Callable[[str], bool]) -> None:
+        """Close viewers whose session `revoked` says has ended (a logout on another pancake
+        sharing the state directory and the password file)."""
+        for viewer in list(self.viewers):
+            if viewer.session is not None and revoked(viewer.session):
+                viewer.close(LOGGED_OUT, "logged out")
 
     def close_all(self) -> None:
         for viewer in list(self.viewers):
