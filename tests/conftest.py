@@ -115,7 +115,9 @@ class Pancake:
         self.port = free_port()
         self.log_path = cwd / f"pancake-{uuid.uuid4().hex[:6]}.log"
         self._log = open(self.log_path, "wb")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Its state (login revocations) in the test's directory, never the real home's.
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(cwd / "state"),
+                    **(env or {})}
         self.started = time.time()
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "pancake.py"), "--port", str(self.port),

@@ -330,7 +330,8 @@ class Daemon:
         self._file = self.out.open("wb")
         self.proc = subprocess.Popen([PYTHON, str(ROOT / script), *args], cwd=cwd,
                                      stdout=self._file, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                          "XDG_STATE_HOME": str(cwd / "state")})
 
     def text(self) -> str:
         return self.out.read_text(errors="replace")

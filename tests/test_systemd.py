@@ -246,6 +246,12 @@ def test_daemon_command_lines_parse_and_may_write_where_they_write(name: str) ->
             assert writable(text, target), f"{name}: {arg} {target} is not writable"
     if name.startswith("pancake"):
         assert "--emit" in argv
+        # Its state directory (login revocations) is $XDG_STATE_HOME/pancake: /var/lib/pancake,
+        # and the sandbox must let it write there, or a --login pancake cannot start.
+        unit = parse_unit(text)
+        env_lines = dict(v.split("=", 1) for v in values(unit, "Environment"))
+        assert env_lines.get("XDG_STATE_HOME") == "/var/lib", name
+        assert writable(text, "/var/lib/pancake/revoked-sessions.json"), name
     # pancake and postproc of one camera meet on the same socket name.
     socket_name = argv[argv.index("--emit") + 1] if "--emit" in argv else argv[2]
     assert socket_name == ("ppp" if "@" not in name else env["SOCKET"])
