@@ -62,6 +62,7 @@ class RecorderConfig:
     keyfile: Path | None
     min_free: Amount
     trust_proxy: bool = False
+    self_check: bool = False
     # The user's detect(), loaded once by parse(): customize.py's side effects (a GPIO pin
     # opened, a model loaded) must happen once per process, not once per check.
     detect_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the oldest recordings (default 5%%; e.g. 2G, 500M, 10%%)")
     p.add_argument("--certfile", metavar="PEM", help="serve HTTPS/WSS with this certificate")
     p.add_argument("--keyfile", metavar="PEM", help="private key of --certfile")
+    p.add_argument("--self-check", action="store_true",
+                   help="report what the Pi camera path runs on (picamera2, av, numpy, the "
+                        "encoder, the cameras) and exit: 0 if recording will work, else 1")
     p.add_argument("--trust-proxy", action="store_true",
                    help="behind a reverse proxy: take the client's address and scheme from its "
                         "X-Forwarded-For / X-Real-Ip and X-Forwarded-Proto headers")
@@ -277,6 +281,7 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         keyfile=_readable_file("--keyfile", a.keyfile) if a.keyfile else None,
         min_free=min_free,
         trust_proxy=a.trust_proxy,
+        self_check=a.self_check,
         detect_fn=detect_fn,
     )
 

@@ -7,11 +7,13 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from raspberry_pancake.recorder import selfcheck
 from raspberry_pancake.recorder.config import ConfigError, parse
 from raspberry_pancake.recorder.emitter import Emitter
 from raspberry_pancake.recorder.pipeline import Pipeline
 from raspberry_pancake.recorder.sources.base import SourceError
 from raspberry_pancake.recorder.sources.choose import open_camera, resolve
+from raspberry_pancake.recorder.sources.picam import EXIT_CAMERA_STUCK, Picamera2Camera
 from raspberry_pancake.recorder.watchdog import EXIT_STAGE_DIED, Watchdog
 from raspberry_pancake.recorder.web import app as web
 from raspberry_pancake.shared.logs import setup_logging
@@ -24,6 +26,8 @@ log = logging.getLogger("pancake")
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse(argv)
+        if cfg.self_check:  # before any port is bound: it only reports and exits
+            return selfcheck.run()
         web.prepare(cfg)
         sockets = web.listen(cfg.port, cfg.bind)
     except ConfigError as exc:
@@ -36,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         spec = resolve(cfg.source)
+        if spec.kind == "picamera2":
+            selfcheck.log_report()  # the versions a Pi camera depends on, in every start's log
         camera = open_camera(spec, cfg)
         camera.open()
     except SourceError as exc:
@@ -66,5 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         emitter.close()
         signals.close()
         code = 0 if watchdog.fatal is None else EXIT_STAGE_DIED
+        if code == 0 and isinstance(camera, Picamera2Camera) and camera.stop_failed:
+            code = EXIT_CAMERA_STUCK  # picamera2 did not let go in time (its loop died)
         log.info("stopped, exit code %d", code)
     return code

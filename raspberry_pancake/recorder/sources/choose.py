@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import glob
-import importlib.util
 import logging
 import os
 
 from raspberry_pancake.recorder.config import RecorderConfig
 from raspberry_pancake.recorder.sources.base import Camera, SourceError, SourceSpec
-from raspberry_pancake.recorder.sources.picam import Picamera2Camera
+from raspberry_pancake.recorder.sources.picam import Picamera2Camera, csi_camera_index
 from raspberry_pancake.recorder.sources.pyav import AVCamera
 from raspberry_pancake.shared.credentials import Secret, url_has_password
 
@@ -29,8 +28,9 @@ def resolve(source: str | Secret) -> SourceSpec:
     else:
         spec = source
     if spec == "auto":
-        if importlib.util.find_spec("picamera2") is not None and _picamera2_attached():
-            chosen = SourceSpec("picamera2", "0")
+        index = csi_camera_index()  # USB cameras picamera2 lists go through V4L2
+        if index is not None:
+            chosen = SourceSpec("picamera2", index)
         else:
             devices = sorted(glob.glob("/dev/video*"), key=lambda d: (len(d), d))
             chosen = SourceSpec("device", devices[0]) if devices else SourceSpec("testsrc", "")
@@ -48,15 +48,6 @@ def resolve(source: str | Secret) -> SourceSpec:
     if "://" in spec:
         return SourceSpec("url", spec)
     return SourceSpec("file", os.path.abspath(spec))
-
-
-def _picamera2_attached() -> bool:
-    try:
-        from picamera2 import Picamera2
-
-        return bool(Picamera2.global_camera_info())
-    except (ImportError, RuntimeError, OSError):
-        return False
 
 
 def open_camera(spec: SourceSpec, cfg: RecorderConfig) -> Camera:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,6 +27,7 @@ from raspberry_pancake.recorder.sources.picam_streams import (
     ArrayStamp,
     StreamPlan,
     bitrate_for,
+    turned,
     video_frame,
     yuv420_planes,
 )
@@ -39,9 +44,31 @@ START_GRACE = 3.0
 WATCH_INTERVAL = 0.25
 # Joining the watchdog on stop: it may be inside a reopen attempt.
 JOIN_TIMEOUT = 5.0
+# Each of picamera2's stop(), stop_encoder() and close() gets this long. stop() waits, with no
+# timeout of its own, for picamera2's event loop to run it, and waits for ever if that loop's
+# thread has died (picamera2.py stop(): dispatch_functions(..., wait=True)).
+STOP_TIMEOUT = 5.0
+# The exit code when picamera2 did not let go of the camera in time: EX_UNAVAILABLE (sysexits.h).
+EXIT_CAMERA_STUCK = 69
 # A sensor timestamp within this much of time.monotonic() is on the same clock (libcamera on a
 # Pi stamps with CLOCK_MONOTONIC); farther off, it is some other base and we measure the offset.
 CLOCK_TOLERANCE = 1.0
+# The VideoCore H.264 encoder of a Pi 4 and earlier (H.264 level 4.0) records at most this,
+# either way up; larger, its VIDIOC_STREAMON fails (picamera2 issue #753).
+HARDWARE_ENCODER_MAX = Size(1920, 1080)
+# Frames waiting for the "picam-frames" thread (turn, scale, stamp, hand on): a deeper queue
+# would only make the live view later; the oldest is dropped.
+FRAME_QUEUE = 2
+# The stream format we ask for and can read; libcamera may substitute another (a USB camera's
+# YUYV or MJPEG) and picamera2 then reports that without an error.
+FORMAT = "YUV420"
+# picamera2 versions with a fault that touches us, and what it does.
+KNOWN_BAD = {
+    "0.3.32": "its MappedArray does not flush the CPU cache (fixed in 0.3.33), so the clock "
+              "burned into hardware-encoded recordings may be missing: apt upgrade python3-picamera2",
+}
+
+
 class SensorClock:
     """Sensor timestamps (µs) to time.monotonic() seconds.
 
@@ -74,8 +101,9 @@ class PacketStamper:
     """Turns picamera2's encoded frames into Packets: capture times, and the keyframe that
     starts each segment (the first at or after a split time, or after the camera came back).
 
-    picamera2's encoder cannot be asked for an IDR; with one every second (iperiod = fps), a
-    segment starts at most a second after its split time.
+    Where the encoder has force_key_frame() (picamera2 0.3.32 on), the camera asks for an IDR
+    at each split time and the segment starts there; before, a keyframe comes every second
+    (iperiod = fps) and a segment starts at most a second after its split time.
     """
 
     def __init__(self, split: float, clock: SensorClock, sink: PacketSink) -> None:
@@ -105,7 +133,9 @@ def _packet_output(base: Any, encoder: Any, stamper: PacketStamper) -> Any:
     """A picamera2 Output (the encoder checks the class) feeding `stamper`.
 
     picamera2 passes timestamps in µs from the encoder's first frame, whose sensor time it
-    keeps in `encoder.firsttimestamp` (V4L2 and libav encoders alike).
+    keeps in `encoder.firsttimestamp` (V4L2 and libav encoders alike). It calls outputframe
+    from the encoder's own thread (the V4L2 encoder's poll thread), with three arguments
+    before 0.3.23 and five since: both are taken.
     """
 
     class PacketOutput(base):  # type: ignore[misc, valid-type]
@@ -118,6 +148,43 @@ def _packet_output(base: Any, encoder: Any, stamper: PacketStamper) -> Any:
             stamper(bytes(frame), bool(keyframe), sensor_us)
 
     return PacketOutput()
+
+
+def picamera2_version() -> str | None:
+    """The installed picamera2's version (Debian's python3-picamera2 carries its metadata)."""
+    try:
+        return importlib.metadata.version("picamera2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def is_usb(info: dict[str, Any]) -> bool:
+    """A camera picamera2 lists that is a USB one (its libcamera id is a USB path)."""
+    return "/usb" in str(info.get("Id", ""))
+
+
+def csi_camera_index() -> str | None:
+    """For `--source auto`: the index (as picamera2:N takes it) of the first camera picamera2
+    lists that is not a USB one, or None. picamera2 lists USB cameras too, after the others;
+    those go through V4L2, which reads their YUYV and MJPEG."""
+    if importlib.util.find_spec("picamera2") is None:
+        return None
+    try:
+        picamera2 = importlib.import_module("picamera2")
+        cameras = picamera2.Picamera2.global_camera_info()
+    except (ImportError, RuntimeError, OSError) as exc:
+        log.info("picamera2 lists no camera: %s", exc)
+        return None
+    for index, info in enumerate(cameras):
+        if not is_usb(info):
+            return str(index)
+    return None
+
+
+def hardware_encoder_fits(size: Size) -> bool:
+    limit = HARDWARE_ENCODER_MAX
+    return ((size.width <= limit.width and size.height <= limit.height)
+            or (size.width <= limit.height and size.height <= limit.width))
 
 
 def _import_picamera2(label: str) -> SimpleNamespace:
@@ -135,8 +202,45 @@ def _import_picamera2(label: str) -> SimpleNamespace:
                            Transform=libcamera.Transform)
 
 
-# What picamera2 and libcamera raise when a camera is missing, busy or misconfigured.
-_CAMERA_ERRORS = (RuntimeError, IndexError, ValueError, OSError)
+# What picamera2 and libcamera raise when a camera is missing, busy or misconfigured. KeyError:
+# start_encoder reads camera_ctrl_info["FrameDurationLimits"], which a USB camera may lack, and
+# stop_encoder removes the encoder from a set that a failed start_encoder never added it to.
+_CAMERA_ERRORS = (RuntimeError, IndexError, ValueError, OSError, KeyError)
+
+
+@dataclass
+class _Outcome:
+    done: bool = False
+    error: BaseException | None = None
+
+
+def _within(timeout: float, step: Callable[[], object]) -> _Outcome:
+    """Run a picamera2 call that may never return in a thread of its own, for `timeout` s.
+    Not done: the thread is left blocked inside picamera2 (a daemon; it cannot be stopped)."""
+    outcome = _Outcome()
+
+    def run() -> None:
+        try:
+            step()
+        except _CAMERA_ERRORS as exc:
+            outcome.error = exc
+        outcome.done = True
+
+    thread = threading.Thread(target=run, name="picam-stop", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class _Captured:
+    """A frame copied out of picamera2's buffer, still to be turned, scaled and stamped."""
+
+    seq: int
+    image: av.VideoFrame
+    mono: float
+    wall: float
+    stamped: bool  # the clock is in it already (it came from the stream that records)
 
 
 class Picamera2Camera:
@@ -149,8 +253,11 @@ class Picamera2Camera:
     (it calls VideoFrame.from_ndarray(width=...), which Raspberry Pi's python3-av has and PyPI's
     av, which the venv puts first, lacks until picamera2 caught up).
 
-    Threads: picamera2's own (its event loop calls pre_callback; its encoder thread calls the
-    output), and "picam-watch", which reopens the camera when frames stop.
+    Threads: picamera2's own (its event loop calls pre_callback holding picamera2's lock, before
+    the encoder gets the frame: so the callback only stamps and copies; the V4L2 encoder's poll
+    thread calls the output); "picam-frames", which turns, scales and stamps the copies for the
+    viewers and detectors; "picam-watch", which reopens the camera when frames stop; and a
+    "picam-stop" per picamera2 stop/close call, which may hang in picamera2.
     """
 
     def __init__(self, index: int, cfg: RecorderConfig) -> None:
@@ -166,17 +273,22 @@ class Picamera2Camera:
         self._encoder: Any = None
         self._clock = SensorClock()
         self._stamper: PacketStamper | None = None
+        self._idr = SplitClock(cfg.record_split)  # when to ask the encoder for an IDR
         self._out: Outputs | None = None
         self._stamp = ArrayStamp(cfg.annotate_text_size)
         self._annotate = Annotator(cfg.annotate_text_size)
-        self._reformatter = VideoReformatter()  # one swscale context for every frame
+        self._reformatter = VideoReformatter()  # one swscale context, used by picam-frames only
         self._stall_after = max(STALL_SECONDS, STALL_FRAMES / cfg.fps)
         self._last_frame = 0.0  # time.monotonic() of the newest frame (or a start grace)
+        self._got_frame = threading.Event()  # a frame since the camera was last started
+        self._captured: queue.Queue[_Captured | None] = queue.Queue(FRAME_QUEUE)
+        self._frames_thread: threading.Thread | None = None
         self._watch: threading.Thread | None = None
         self._software = False  # picamera2 has no hardware encoder here: we encode (see above)
         self._seq = 0
         self.frames = 0
         self.outages = 0
+        self.stop_failed = False  # picamera2 did not let go in time: exit with EXIT_CAMERA_STUCK
 
     # --- opening -------------------------------------------------------------------------
 
@@ -186,37 +298,57 @@ class Picamera2Camera:
         except ValueError as exc:
             raise SourceError(f"source {self.name}: {exc}") from None
         self._mods = _import_picamera2(self.name)
-        try:
-            cameras = self._mods.Picamera2.global_camera_info()
-        except _CAMERA_ERRORS as exc:
-            raise SourceError(f"source {self.name}: cannot list cameras: {exc}") from None
-        if self.index >= len(cameras):
-            raise SourceError(f"source {self.name}: no such camera ({len(cameras)} attached)")
-        self.name = f"picamera2:{self.index} {cameras[self.index].get('Model', 'camera')}"
+        version = picamera2_version()
+        if version in KNOWN_BAD:
+            log.warning("picamera2 %s: %s", version, KNOWN_BAD[version])
+        info = self._listed()
+        self.name = f"picamera2:{self.index} {info.get('Model', 'camera')}"
         self._software = getattr(self._mods.H264Encoder, "__name__", "").startswith("Libav")
-        if self._software and self._plan.encode is not None:
-            log.info("%s: no hardware H.264 encoder (Pi 5): recording with libx264 on the CPU",
-                     self.name)
+        if self._plan.encode is not None:
+            size = self._plan.size(self._plan.encode)
+            if self._software:
+                log.info("%s: no hardware H.264 encoder (Pi 5): recording with libx264 on the CPU",
+                         self.name)
+            elif not hardware_encoder_fits(size):
+                raise SourceError(
+                    f"source {self.name}: the hardware H.264 encoder of this Pi records at most "
+                    f"{HARDWARE_ENCODER_MAX}, not {size}: lower --resolution or --record-resize")
         if self._plan.turn:
             log.warning("%s: --rotation %d is done in software on the live view and detect() "
                         "frames; recordings are not rotated (the sensor can only flip)",
                         self.name, self._plan.turn)
         self._picam = self._configure()
 
+    def _listed(self) -> dict[str, Any]:
+        """This camera's entry in picamera2's list. Looked at before every Picamera2(): that
+        opens a pipe before it looks the camera up and leaks it when the camera is missing."""
+        assert self._mods is not None
+        try:
+            cameras = self._mods.Picamera2.global_camera_info()
+        except _CAMERA_ERRORS as exc:
+            raise SourceError(f"source {self.name}: cannot list cameras: {exc}") from None
+        if self.index >= len(cameras):
+            raise SourceError(f"source {self.name}: no such camera ({len(cameras)} attached)")
+        return dict(cameras[self.index])
+
     def _configure(self) -> Any:
         """A new Picamera2 for this camera, configured; SourceError if that fails."""
         mods, plan = self._mods, self._plan
         assert mods is not None and plan is not None
+        usb = is_usb(self._listed())
         try:
             picam = mods.Picamera2(self.index)
         except _CAMERA_ERRORS as exc:
             raise SourceError(f"source {self.name}: cannot open: {exc}") from None
         try:
             lores = None if plan.lores is None else {
-                "size": (plan.lores.width, plan.lores.height), "format": "YUV420"}
+                "size": (plan.lores.width, plan.lores.height), "format": FORMAT}
             config = picam.create_video_configuration(
-                main={"size": (plan.main.width, plan.main.height), "format": "YUV420"},
+                main={"size": (plan.main.width, plan.main.height), "format": FORMAT},
                 lores=lores,
+                # picamera2's default raw={} adds a raw stream: its buffers (buffer_count
+                # full sensor frames) for nothing we read.
+                raw=None,
                 transform=mods.Transform(hflip=plan.hflip, vflip=plan.vflip),
                 # FrameRate is picamera2's name for fixed FrameDurationLimits, which a USB
                 # camera behind libcamera may not advertise (picamera2 would then refuse it).
@@ -224,20 +356,30 @@ class Picamera2Camera:
                           if "FrameDurationLimits" in picam.camera_controls else {}),
                 encode=plan.encode or "main")
             picam.configure(config)
-            self._check_sizes(picam.camera_configuration())
-        except _CAMERA_ERRORS as exc:
+            self._check_streams(picam.camera_configuration(), usb)
+        except (*_CAMERA_ERRORS, SourceError) as exc:
             self._close(picam, None)
+            if isinstance(exc, SourceError):
+                raise
             raise SourceError(f"source {self.name}: cannot configure: {exc}") from None
         return picam
 
-    def _check_sizes(self, actual: dict[str, Any]) -> None:
-        """libcamera may adjust sizes; frames are resized back, which costs a little CPU."""
+    def _check_streams(self, actual: dict[str, Any], usb: bool) -> None:
+        """libcamera may change what we asked for and picamera2 reports its answer silently: a
+        format we cannot read is refused; a size is resized back, which costs a little CPU."""
         plan = self._plan
         assert plan is not None
-        got = Size(*actual[plan.frames]["size"])
-        if got != plan.size(plan.frames):
-            log.warning("%s: camera gives %s frames instead of %s; resizing them", self.name, got,
-                        plan.size(plan.frames))
+        for stream in ("main", "lores") if plan.lores is not None else ("main",):
+            got = actual[stream]["format"]
+            if got != FORMAT:
+                hint = (": it is a USB camera; use --source /dev/videoN (V4L2) for it" if usb
+                        else "")
+                raise SourceError(f"source {self.name}: the camera gives {got} frames, not "
+                                  f"{FORMAT}{hint}")
+        got_size = Size(*actual[plan.frames]["size"])
+        if got_size != plan.size(plan.frames):
+            log.warning("%s: camera gives %s frames instead of %s; resizing them", self.name,
+                        got_size, plan.size(plan.frames))
 
     # --- running -------------------------------------------------------------------------
 
@@ -254,6 +396,9 @@ class Picamera2Camera:
             self.open()
         self._out = out
         self._stamper = PacketStamper(self._cfg.record_split, self._clock, out.packet)
+        self._frames_thread = threading.Thread(target=self._deliver, name="picam-frames",
+                                               daemon=True)
+        self._frames_thread.start()
         with self._swap:
             try:
                 if self._picam is None:
@@ -273,6 +418,7 @@ class Picamera2Camera:
         assert mods is not None and plan is not None and self._stamper is not None
         picam.pre_callback = self._on_request
         encoder = None
+        started = False  # start_encoder returned: picamera2 holds the encoder
         try:
             if plan.encode is not None and not self._software:
                 size = plan.size(plan.encode)
@@ -282,21 +428,27 @@ class Picamera2Camera:
                                            iperiod=max(1, round(fps)), framerate=fps)
                 output = _packet_output(mods.Output, encoder, self._stamper)
                 picam.start_encoder(encoder, output, name=plan.encode)
+                started = True
             self._last_frame = time.monotonic() + START_GRACE
+            self._got_frame.clear()
             picam.start()
         except _CAMERA_ERRORS as exc:
-            self._close(picam, encoder)
+            self._close(picam, encoder, started)
             raise SourceError(f"source {self.name}: cannot start: {exc}") from None
         self._picam, self._encoder = picam, encoder
 
     def _on_request(self, request: Any) -> None:
-        """picamera2's pre_callback, on its event loop: before the encoder reads the buffer."""
+        """picamera2's pre_callback, on its event loop. Nothing may escape: picamera2's event
+        loop thread dies of it (NullPreview.handle_request re-raises), and with it every later
+        frame and picamera2's stop()."""
         try:
-            self._frame_from(request)
-        except (ValueError, RuntimeError, KeyError, av.FFmpegError) as exc:
-            _limit.log(log, logging.ERROR, "frame", "%s: frame dropped: %s", self.name, exc)
+            self._capture(request)
+        except Exception as exc:  # noqa: BLE001 (see the docstring)
+            _limit.log(log, logging.ERROR, "frame", "%s: frame dropped: %s: %s", self.name,
+                       type(exc).__name__, exc)
 
-    def _frame_from(self, request: Any) -> None:
+    def _capture(self, request: Any) -> None:
+        """Stamp the clock into the buffer that records, copy what viewers need, hand on."""
         mods, plan = self._mods, self._plan
         assert mods is not None and plan is not None
         now = time.monotonic()
@@ -306,29 +458,71 @@ class Picamera2Camera:
         wall = wall_of(mono)
         record: av.VideoFrame | None = None
         if plan.encode is not None:
+            encoder = self._encoder
+            if self._idr.due(mono, wall) and encoder is not None:
+                force = getattr(encoder, "force_key_frame", None)  # picamera2 0.3.32 on
+                if force is not None:
+                    force()  # this very frame is encoded as an IDR
             size = Size(*request.config[plan.encode]["size"])
             with mods.MappedArray(request, plan.encode) as m:
                 self._stamp(m.array, size.width, size.height, wall)
                 if self._software and self._out is not None and self._out.encode is not None:
                     record = video_frame(yuv420_planes(m.array, size.width, size.height), 0)
-        size = Size(*request.config[plan.frames]["size"])
-        if record is not None and plan.frames == plan.encode and not plan.turn:
+        if record is not None and plan.frames == plan.encode:
             image = record  # one copy serves both: the encoder touches only pts and pict_type
         else:
+            size = Size(*request.config[plan.frames]["size"])
             with mods.MappedArray(request, plan.frames) as m:
-                image = video_frame(yuv420_planes(m.array, size.width, size.height), plan.turn)
-        want = self._cfg.frame_size
-        if (image.width, image.height) != (want.width, want.height):
-            image = self._reformatter.reformat(image, want.width, want.height, "yuv420p")
-        if plan.frames != plan.encode:
-            self._annotate(image, wall)  # after the turn, so the clock reads upright
+                image = video_frame(yuv420_planes(m.array, size.width, size.height), 0)
         self.frames += 1
         self._seq += 1
+        self._got_frame.set()
         out = self._out
-        if out is not None:
-            out.frame(Frame(self._seq, image, mono, wall))
-            if record is not None and out.encode is not None:
-                out.encode(Frame(self._seq, record, mono, wall))
+        if record is not None and out is not None and out.encode is not None:
+            out.encode(Frame(self._seq, record, mono, wall))
+        self._queue(_Captured(self._seq, image, mono, wall, plan.frames == plan.encode))
+
+    def _queue(self, item: _Captured) -> None:
+        """Hand a copy to picam-frames; if it is behind, the oldest waiting frame goes."""
+        while True:
+            try:
+                self._captured.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    self._captured.get_nowait()
+                except queue.Empty:
+                    continue
+                _limit.log(log, logging.WARNING, "behind", "%s: turning and scaling frames is "
+                           "behind the camera: a frame for viewers and detectors dropped",
+                           self.name)
+
+    def _deliver(self) -> None:
+        """picam-frames: turn, scale and stamp each copy, and hand it to viewers and detectors."""
+        plan = self._plan
+        assert plan is not None
+        want = self._cfg.frame_size
+        while True:
+            item = self._captured.get()
+            if item is None:
+                return
+            try:
+                image = turned(item.image, plan.turn) if plan.turn else item.image
+                if (image.width, image.height) != (want.width, want.height):
+                    image = self._reformatter.reformat(image, want.width, want.height, "yuv420p")
+                if not item.stamped:
+                    self._annotate(image, item.wall)  # after the turn, so the clock reads upright
+            except (ValueError, av.FFmpegError) as exc:
+                _limit.log(log, logging.ERROR, "deliver", "%s: frame dropped: %s", self.name, exc)
+                continue
+            out = self._out
+            if out is None:
+                continue
+            try:
+                out.frame(Frame(item.seq, image, item.mono, item.wall))
+            except Exception as exc:  # noqa: BLE001 (a fault downstream must not end the frames)
+                _limit.log(log, logging.ERROR, "sink", "%s: frame dropped: %s: %s", self.name,
+                           type(exc).__name__, exc)
 
     # --- failure and reopening -----------------------------------------------------------
 
@@ -339,27 +533,39 @@ class Picamera2Camera:
                 self.outages += 1
                 log.warning("%s failed (no frame for %.1f s); reopening with backoff", self.name,
                             silent)
-                self._reopen()
+                if not self._reopen():
+                    return
 
-    def _reopen(self) -> None:
+    def _reopen(self) -> bool:
+        """Reopen until the camera delivers a frame again (one that opens and stays silent is
+        still down) or stop() is called: True; False if picamera2 keeps the camera for good."""
         since = time.monotonic()
         with self._swap:
             picam, encoder, self._picam, self._encoder = self._picam, self._encoder, None, None
-        if picam is not None:
-            self._close(picam, encoder)  # delivers what the encoder still holds
+        if picam is not None and not self._close(picam, encoder):
+            return self._held()
         backoff = BACKOFF_START
+        first_frame = START_GRACE + self._stall_after
         while not self._stop.is_set():
             try:
                 picam = self._configure()
                 with self._swap:
                     if self._stop.is_set():
                         self._close(picam, None)
-                        return
+                        return True
                     assert self._stamper is not None
                     self._stamper.restart()
                     if self._out is not None:
                         self._out.reopened()
                     self._run(picam)
+                if not self._first_frame(first_frame):
+                    with self._swap:
+                        picam, encoder, self._picam, self._encoder = (
+                            self._picam, self._encoder, None, None)
+                    if picam is not None and not self._close(picam, encoder):
+                        return self._held()
+                    raise SourceError(f"source {self.name}: opened, but no frame in "
+                                      f"{first_frame:.1f} s")
             except SourceError as exc:
                 log.debug("%s", exc)
                 self._stop.wait(backoff)
@@ -367,29 +573,55 @@ class Picamera2Camera:
                 continue
             log.info("%s is back after %.1f s; recording resumes in a new segment", self.name,
                      time.monotonic() - since)
-            return
+            return True
+        return True
 
-    def _close(self, picam: Any, encoder: Any) -> None:
+    def _first_frame(self, timeout: float) -> bool:
+        """Wait for the reopened camera's first frame, or stop(): True if a frame came."""
+        deadline = time.monotonic() + timeout
+        while not self._got_frame.wait(WATCH_INTERVAL):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return False
+        return True
+
+    def _held(self) -> bool:
+        self.stop_failed = True
+        log.error("%s: picamera2 did not let go of the camera; not reopening it (pancake must be "
+                  "restarted)", self.name)
+        return False
+
+    def _close(self, picam: Any, encoder: Any, started: bool = True) -> bool:
         """Stop the camera, then the encoder (which flushes to the output), then close: the
-        order of picamera2's own stop_recording. Failures are logged: we are letting go anyway."""
+        order of picamera2's own stop_recording. Each call gets STOP_TIMEOUT: close() lets go
+        of the camera even when stop() hung on a dead event loop. Failures are logged: we are
+        letting go anyway. False if close() did not return in time."""
         steps: list[tuple[str, Callable[[], object]]] = [("stop", picam.stop)]
-        if encoder is not None:
-            steps.append(("stop encoder", lambda: picam.stop_encoder(encoder)))
+        if encoder is not None and started:
+            steps.append(("stop_encoder", lambda: picam.stop_encoder(encoder)))
+        elif encoder is not None and getattr(encoder, "running", False):
+            steps.append(("encoder stop", encoder.stop))  # its start() raised inside picamera2
         steps.append(("close", picam.close))
+        closed = True
         for what, step in steps:
-            try:
-                step()
-            except _CAMERA_ERRORS as exc:
-                log.warning("%s: %s failed: %s", self.name, what, exc)
+            outcome = _within(STOP_TIMEOUT, step)
+            if not outcome.done:
+                self.stop_failed = True
+                closed = what != "close"
+                log.error("%s: picamera2's %s() did not return in %.0f s (its event loop died?); "
+                          "going on without it", self.name, what, STOP_TIMEOUT)
+            elif outcome.error is not None:
+                log.warning("%s: %s failed: %s", self.name, what, outcome.error)
+        return closed
 
     def stop(self) -> None:
         self._stop.set()
         if self._watch is not None:
-            self._watch.join(timeout=JOIN_TIMEOUT)
+            self._watch.join(timeout=JOIN_TIMEOUT + 3 * STOP_TIMEOUT)
             if self._watch.is_alive():
                 log.warning("%s: watchdog still inside picamera2; leaving it", self.name)
         if not self._swap.acquire(timeout=JOIN_TIMEOUT):
             log.error("%s: camera busy in a reopen; not waiting for it", self.name)
+            self.stop_failed = True
             return
         try:
             picam, encoder, self._picam, self._encoder = self._picam, self._encoder, None, None
@@ -397,3 +629,14 @@ class Picamera2Camera:
             self._swap.release()
         if picam is not None:
             self._close(picam, encoder)
+        if self._frames_thread is not None:
+            try:  # after the last frame: picamera2 has stopped calling us
+                self._captured.put(None, timeout=JOIN_TIMEOUT)
+            except queue.Full:
+                pass  # picam-frames is stuck: the join below says so
+            self._frames_thread.join(timeout=JOIN_TIMEOUT)
+            if self._frames_thread.is_alive():
+                log.error("%s: picam-frames did not finish in time", self.name)
+        if self.stop_failed:
+            log.error("%s: picamera2 did not stop cleanly; exit code %d", self.name,
+                      EXIT_CAMERA_STUCK)

@@ -105,6 +105,15 @@ def video_frame(planes: tuple[Array, Array, Array], turn: int) -> av.VideoFrame:
     return frame
 
 
+def turned(frame: av.VideoFrame, turn: int) -> av.VideoFrame:
+    """A yuv420p frame turned clockwise by `turn` degrees (90 or 270), as a new frame."""
+    planes = []
+    for i, plane in enumerate(frame.planes[:3]):
+        w, h = (frame.width, frame.height) if i == 0 else (frame.width // 2, frame.height // 2)
+        planes.append(np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)[:h, :w])
+    return video_frame((planes[0], planes[1], planes[2]), turn)
+
+
 class ArrayStamp:
     """annotate's clock, written straight into a picamera2 YUV420 buffer, so that the
     hardware encoder records it (the buffer is encoded after pre_callback returns)."""

@@ -1,16 +1,16 @@
 """Stand-in for picamera2.encoders: Encoder, Quality, and H264Encoder as picamera2 picks it.
 
-picamera2 binds H264Encoder to the V4L2 (VideoCore) encoder when /dev/video11 is the bcm2835
-codec, else to LibavH264Encoder; here $FAKE_PICAMERA2_PLATFORM=pisp plays a Pi 5.
+picamera2/encoders/__init__.py lines 13-18: H264Encoder is the V4L2 (VideoCore) encoder when
+the platform is VC4 (a Pi 4 or earlier), else LibavH264Encoder; $FAKE_PICAMERA2_PLATFORM=pisp
+plays a Pi 5 (see ..platform).
 """
 
-import os
-
+from ..platform import Platform, get_platform
 from .encoder import Encoder, Quality
-from .h264_encoder import H264Encoder as _HardwareH264Encoder
+from .h264_encoder import H264Encoder as _V4L2H264Encoder
 from .libav_h264_encoder import LibavH264Encoder
 
-H264Encoder: type[_HardwareH264Encoder] = (
-    LibavH264Encoder if os.environ.get("FAKE_PICAMERA2_PLATFORM") == "pisp" else _HardwareH264Encoder)
+H264Encoder: type[_V4L2H264Encoder] = (
+    _V4L2H264Encoder if get_platform() == Platform.VC4 else LibavH264Encoder)
 
 __all__ = ["Encoder", "H264Encoder", "LibavH264Encoder", "Quality"]

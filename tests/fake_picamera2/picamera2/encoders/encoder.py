@@ -6,7 +6,12 @@ import threading
 from enum import Enum
 from typing import Any
 
+from .. import _standin
 from ..outputs import Output
+
+# Outputs get (frame, keyframe, timestamp, packet, audio) since 0.3.23; before, three arguments
+# (v0.3.22 encoders/encoder.py line 257: `out.outputframe(frame, keyframe, timestamp)`).
+_FIVE_ARGUMENTS = _standin.VERSION >= (0, 3, 23)
 
 
 class Quality(Enum):
@@ -18,9 +23,10 @@ class Quality(Enum):
 
 
 class Encoder:
-    """As picamera2's: sized and named by Picamera2.start_encoder, fed one request per frame,
-    hands each encoded frame to every output with a timestamp in microseconds counted from
-    the first frame it encoded (its `firsttimestamp`, the sensor time of that frame)."""
+    """As picamera2's (encoders/encoder.py): sized and named by Picamera2.start_encoder, fed one
+    request per frame from the event loop, hands each encoded frame to every output with a
+    timestamp in µs counted from the first frame it encoded (its `firsttimestamp`, the sensor
+    time of that frame, _timestamp lines 364-372)."""
 
     def __init__(self) -> None:
         self.width = 0
@@ -53,13 +59,16 @@ class Encoder:
 
     def encode(self, stream: Any, request: Any) -> None:
         with self._lock:
-            if self._running:
-                self._encode(stream, request)
+            if not self._running:
+                return
+            self._encode(stream, request)
 
     def _encode(self, stream: Any, request: Any) -> None:
         raise NotImplementedError
 
     def start(self, quality: Quality | None = None) -> None:
+        # As encoder.py lines 299-309: _running is set before _start(), so an encoder whose
+        # _start() raised still counts as running (stop() then goes through _stop()).
         with self._lock:
             if self._running:
                 raise RuntimeError("Encoder already running")
@@ -92,10 +101,12 @@ class Encoder:
                     packet: Any = None, audio: bool = False) -> None:
         with self._output_lock:
             for out in self._output:
-                out.outputframe(frame, keyframe, timestamp, packet, audio)
+                if _FIVE_ARGUMENTS:
+                    out.outputframe(frame, keyframe, timestamp, packet, audio)
+                else:
+                    out.outputframe(frame, keyframe, timestamp)
 
     def _timestamp(self, request: Any) -> int:
-        # As picamera2: the sensor timestamp (ns) in µs, relative to the first frame encoded.
         ts = int(request.get_metadata()["SensorTimestamp"] // 1000)
         if self.firsttimestamp is None:
             self.firsttimestamp = ts

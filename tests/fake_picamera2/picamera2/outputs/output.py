@@ -6,12 +6,14 @@ from typing import Any
 
 
 class Output:
-    """Receives encoded frames: `outputframe(frame, keyframe, timestamp, packet, audio)`."""
+    """Receives encoded frames: `outputframe(frame, keyframe, timestamp, packet, audio)` since
+    0.3.23, `outputframe(frame, keyframe, timestamp)` before (outputs/output.py line 25/26)."""
 
     def __init__(self, pts: Any = None) -> None:
         self.recording = False
         self.ptsoutput = pts
         self.needs_pacing = False
+        self.needs_add_stream = False
 
     def start(self) -> None:
         self.recording = True
