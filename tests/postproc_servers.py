@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -165,6 +166,23 @@ class PostprocProcess:
             self.proc.kill()
             self.proc.wait(5)
         self._out.close()
+
+
+def start_postproc(tmp_path: Path) -> tuple[PostprocProcess, str, Path, Path]:
+    """The real postproc on a fresh socket name, converting tmp_path/h264 into tmp_path/mp4,
+    once its socket is bound: (process, socket name, h264 dir, mp4 dir)."""
+    h264, mp4 = tmp_path / "h264", tmp_path / "mp4"
+    h264.mkdir()
+    mp4.mkdir()
+    name = f"pp-test-{uuid.uuid4().hex[:12]}"
+    proc = PostprocProcess([name, "--convert", str(mp4), "12", "--h264-dir", str(h264)],
+                           tmp_path / "postproc.log")
+    try:
+        wait_socket(name)
+    except BaseException:
+        proc.close()
+        raise
+    return proc, name, h264, mp4
 
 
 def send_event(name: str, event: dict[str, Any] | bytes) -> None:

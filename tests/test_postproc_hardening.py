@@ -36,6 +36,7 @@ from tests.postproc_servers import (
     make_recording,
     mp4_packets,
     send_event,
+    start_postproc,
     wait_for,
     wait_socket,
     write_sidecar,
@@ -363,22 +364,11 @@ def test_describe_names_the_exception_and_where() -> None:
     assert describe(KeyError()) == "KeyError"
 
 
-def _daemon(tmp_path: Path) -> tuple[PostprocProcess, str, Path, Path]:
-    h264, mp4 = tmp_path / "h264", tmp_path / "mp4"
-    h264.mkdir()
-    mp4.mkdir()
-    name = f"pp-test-{uuid.uuid4().hex[:12]}"
-    proc = PostprocProcess([name, "--convert", str(mp4), "12", "--h264-dir", str(h264)],
-                           tmp_path / "postproc.log")
-    wait_socket(name)
-    return proc, name, h264, mp4
-
-
 def test_damaged_sidecar_times_still_convert(tmp_path: Path) -> None:
     """A sidecar damaged into `inf` or an absurd time once killed the converter (an
     OverflowError in the remux's clock): the frames before it keep their times, the rest are
     timed by fps, and nothing stops."""
-    proc, name, h264, mp4 = _daemon(tmp_path)
+    proc, name, h264, mp4 = start_postproc(tmp_path)
     bad_times = [float("inf"), 1e400, 1e306, 1e12]
     try:
         for i, bad in enumerate(bad_times):
@@ -395,7 +385,7 @@ def test_damaged_sidecar_times_still_convert(tmp_path: Path) -> None:
 
 
 def test_a_stage_that_keeps_dying_makes_postproc_exit_non_zero(tmp_path: Path) -> None:
-    proc, name, h264, mp4 = _daemon(tmp_path)
+    proc, name, h264, mp4 = start_postproc(tmp_path)
     try:
         # The mp4 directory replaced by a file (a disk unmounted, a mistaken `mv`): no file
         # can be converted, and a running postproc that only logs it helps nobody.

@@ -6,14 +6,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import av
 import pytest
 
 from tests.conftest import Listener, Pancake, run_pancake
-from tests.postproc_servers import PostprocProcess, make_recording, send_event, wait_for, wait_socket
+from tests.postproc_servers import make_recording, send_event, start_postproc, wait_for
 
 # Each run is a fresh process: the deadlock needs a signal to land inside another's handler,
 # which a single burst does not always achieve.
@@ -69,14 +68,8 @@ def test_pancake_survives_a_signal_burst(run: int, tmp_path: Path, listener: Lis
 
 @pytest.mark.parametrize("run", range(RUNS))
 def test_postproc_survives_a_signal_burst(run: int, tmp_path: Path) -> None:
-    h264, mp4 = tmp_path / "h264", tmp_path / "mp4"
-    h264.mkdir()
-    mp4.mkdir()
-    name = f"pp-test-{uuid.uuid4().hex[:12]}"
-    proc = PostprocProcess([name, "--convert", str(mp4), "12", "--h264-dir", str(h264)],
-                           tmp_path / "postproc.log")
+    proc, name, h264, mp4 = start_postproc(tmp_path)
     try:
-        wait_socket(name)
         clip = make_recording(h264 / "20240623-1800.h264", frames=48)
         send_event(name, {"h264": str(clip)})
         burst(proc.proc)
