@@ -272,13 +272,6 @@ def test_an_unusable_state_directory_is_one_line_and_exit_2(tmp_path: Path,
     assert len(lines) == 1 and "XDG_STATE_HOME" in lines[0] and "Traceback" not in proc.stderr
 
 
-def test_state_dir_follows_xdg_state_home_then_home() -> None:
-    assert auth.state_dir({"XDG_STATE_HOME": "/s", "HOME": "/h"}) == Path("/s/pancake")
-    assert auth.state_dir({"HOME": "/h"}) == Path("/h/.local/state/pancake")
-    # The XDG spec: a relative value is ignored.
-    assert auth.state_dir({"XDG_STATE_HOME": "rel", "HOME": "/h"}) == Path("/h/.local/state/pancake")
-
-
 def test_revocations_are_shared_by_pancakes_on_one_state_directory(tmp_path: Path) -> None:
     """Two cameras, two processes, one password: a logout on one is refused by the other."""
     a, b = auth.Revocations(tmp_path), auth.Revocations(tmp_path)

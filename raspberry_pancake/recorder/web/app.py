@@ -31,6 +31,7 @@ from raspberry_pancake.recorder.web.handlers import (
 from raspberry_pancake.recorder.web.jpeg import ImageEncoder
 from raspberry_pancake.recorder.web.live import Live
 from raspberry_pancake.shared.logs import RateLimiter
+from raspberry_pancake.shared.statedir import state_dir
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def prepare(cfg: RecorderConfig) -> None:
 
 def _revocations(cfg: RecorderConfig) -> auth.Revocations:
     """Where logouts are kept: the state directory (DESIGN.md "State"); --state-dir goes here."""
-    return auth.Revocations(auth.state_dir())
+    return auth.Revocations(state_dir())
 
 
 def _is_loopback(address: str) -> bool:

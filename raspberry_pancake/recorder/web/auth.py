@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,16 +101,6 @@ def cookie_secret(hash_path: Path) -> bytes:
         raise ConfigError(f"--login: cannot write the cookie secret {str(path)!r}: "
                           f"{exc.strerror}") from None
     return secret
-
-
-def state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """The programs' state directory (DESIGN.md "State"): $XDG_STATE_HOME/pancake, else
-    ~/.local/state/pancake. (--state-dir, when it comes, takes precedence over both.)"""
-    env = os.environ if env is None else env
-    base = env.get("XDG_STATE_HOME", "")
-    if not base or not os.path.isabs(base):  # the XDG spec: a relative value is ignored
-        base = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "pancake"
 
 
 class Revocations:
