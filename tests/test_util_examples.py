@@ -15,6 +15,12 @@ SCRIPTS = ["limit_files_by_number.py", "limit_files_by_size.py", "limit_days.py"
            "limit_free_space.py"]
 
 
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scripts look for pancake's catalog in the state directory: never the user's own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+
+
 def examples(script: str) -> list[list[str]]:
     done = subprocess.run([sys.executable, str(ROOT / "util" / script), "--help"],
                           capture_output=True, text=True, timeout=60)

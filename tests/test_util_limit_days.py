@@ -14,6 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "util" / "limit_days.py"
 OLD = time.time() - 3600
 
+
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scripts look for pancake's catalog in the state directory: never the user's own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+
 DAYS = ["2019/12/30", "2019/12/31", "2020/01/30", "2020/01/31", "2020/02/01", "2020/02/02",
         "2020/02/03"]
 

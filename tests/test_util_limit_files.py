@@ -15,6 +15,12 @@ ROOT = Path(__file__).resolve().parent.parent
 OLD = time.time() - 3600
 
 
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scripts look for pancake's catalog in the state directory: never the user's own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+
+
 def run(script: str, *args: str | Path | int,
         cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "util" / script), *map(str, args)],

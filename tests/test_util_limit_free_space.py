@@ -19,6 +19,12 @@ MiB = 1024 * 1024
 OLD = time.time() - 3600
 
 
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scripts look for pancake's catalog in the state directory: never the user's own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+
+
 def run(*args: str | Path | int) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)],
                           capture_output=True, text=True, timeout=60)

@@ -14,6 +14,10 @@ up days. Months and years left empty are removed too. A day holding a file still
 with it; everything else of that day goes. Symlinks are never followed. With
 --only-recordings, only recordings and their sidecars are deleted from old days, other files
 stay (and so does their day directory).
+
+With pancake's catalog (pancake.db in the state directory, or --catalog; where the tree is on
+the machine that records), a recording marked kept stays with its sidecars, and so does its
+day; whatever else goes is marked deleted there.
 """
 
 from __future__ import annotations
@@ -62,19 +66,31 @@ def find_days(top: Path) -> list[Day]:
     return days
 
 
+def _by_dir(paths: list[Path]) -> dict[Path, list[str]]:
+    out: dict[Path, list[str]] = {}
+    for p in paths:
+        out.setdefault(p.parent, []).append(p.name)
+    return out
+
+
 def _remove_day(remover: Remover, day: Path, only_recordings: bool) -> bool:
     """Delete one day; True if its directory is gone (or would be)."""
     files = [(p, st) for p, st in iter_tree(day) if not stat.S_ISDIR(st.st_mode)]
     # A symlink is not being written, and rmtree removes the link, never what it points to.
     busy = [p for p, st in files
             if stat.S_ISREG(st.st_mode) and remover.busy.reason_stat(p, st) is not None]
-    if not only_recordings and not busy:
+    regular = [p for p, st in files if stat.S_ISREG(st.st_mode)]
+    kept = any(k.kept for d, names in _by_dir(regular).items()
+               for k in remover.catalog.known(d, names).values())
+    if not only_recordings and not busy and not kept:
         size = sum(st.st_size for _, st in files)
         if remover.dry_run:
             remover.out(f"would delete {day}/ ({len(files)} files, {human_bytes(size)})")
         else:
             errors: list[str] = []
             shutil.rmtree(day, onerror=lambda _f, p, e: errors.append(f"{p}: {e[1]}"))
+            for d, names in _by_dir([p for p in regular if not p.exists()]).items():
+                remover.catalog.mark(d, names)
             for line in errors:
                 remover.fail(f"cannot delete {line}")
             if errors:
@@ -86,8 +102,9 @@ def _remove_day(remover: Remover, day: Path, only_recordings: bool) -> bool:
         return True
     # Something must stay: go recording by recording, so nothing is split from its sidecars.
     with RecordingDir(day) as rdir:
-        gone = [remover.remove(rdir, item) for item in rdir.items(only_recordings)]
-    if remover.dry_run or not all(gone):
+        plan = remover.plan(day, rdir.items(only_recordings))
+        gone = [remover.remove(rdir, item) for item in plan.rest]
+    if remover.dry_run or plan.kept or not all(gone):
         return False
     try:
         day.rmdir()

@@ -13,6 +13,9 @@ A recording counts once with its sidecars (X.h264 with X.pts and X.jpg) and goes
 Age is the time in the name (YYYYMMDD-hhmm[ss]), else the modification time. A file still
 being written (open by any process, or modified in the last minute) is never deleted, and
 symlinks and subdirectories are left alone.
+
+With pancake's catalog (pancake.db in the state directory, or --catalog), a recording marked
+kept is never deleted and does not count among the N; what goes is marked deleted there.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from raspberry_pancake.shared.retention_cli import Remover, parse_count, run_scr
 
 
 def limit_by_number(remover: Remover, path: Path, keep: int, only_recordings: bool) -> None:
-    """Delete all but the `keep` newest items of `path`."""
+    """Delete all but the `keep` newest items of `path`; those kept in the catalog stay and
+    do not count (a number is about the recordings that rotate, so age alone decides)."""
     with RecordingDir(path) as rdir:
+        plan = remover.plan(path, rdir.items(only_recordings))
         kept = 0
 
         def fits(_item: object) -> bool:
@@ -36,7 +41,7 @@ def limit_by_number(remover: Remover, path: Path, keep: int, only_recordings: bo
             kept += 1
             return kept <= keep
 
-        for item in take_oldest(rdir.items(only_recordings), fits):
+        for item in take_oldest(plan.rest, fits):
             remover.remove(rdir, item)
 
 

@@ -12,6 +12,11 @@ that one and everything older go. A recording counts with its sidecars (X.h264 w
 X.jpg) and goes with them. Age is the time in the name (YYYYMMDD-hhmm[ss]), else the
 modification time. A file still being written (open by any process, or modified in the last
 minute) is never deleted, and symlinks and subdirectories are left alone.
+
+With pancake's catalog (pancake.db in the state directory, or --catalog), recordings go in its
+order: converted and uploaded to every destination first, then converted, then the rest, the
+oldest first within each. One marked kept is never deleted (its size still counts), and what
+goes is marked deleted there.
 """
 
 from __future__ import annotations
@@ -30,16 +35,19 @@ def parse_total(text: str) -> int:
 
 
 def limit_by_size(remover: Remover, path: Path, limit: int, only_recordings: bool) -> None:
-    """Delete the oldest items of `path` until the rest add up to at most `limit` bytes."""
+    """Delete items of `path` until the rest add up to at most `limit` bytes: the oldest
+    first, or in the catalog's order (uploaded everywhere, then converted, then the rest)."""
     with RecordingDir(path) as rdir:
-        total = 0
+        plan = remover.plan(path, rdir.items(only_recordings))
+        # Kept recordings take their space: the limit is the directory's, so they count.
+        total = sum(item.size for item in plan.kept)
 
         def fits(item: Item) -> bool:
             nonlocal total
             total += item.size
             return total <= limit
 
-        for item in take_oldest(rdir.items(only_recordings), fits):
+        for item in take_oldest(plan.rest, fits, plan.key):
             remover.remove(rdir, item)
 
 

@@ -16,6 +16,10 @@ together with its sidecars (X.h264 with X.pts and X.jpg). Age is the time in the
 (YYYYMMDD-hhmm[ss]), else the modification time. A file still being written (open by any
 process, or modified in the last minute) is never deleted, and symlinks and subdirectories are
 left alone. Exit code 1 when the target could not be reached.
+
+With pancake's catalog (pancake.db in the state directory, or --catalog), recordings go in its
+order: converted and uploaded to every destination first, then converted, then the rest, the
+oldest first within each. One marked kept is never deleted, and what goes is marked deleted.
 """
 
 from __future__ import annotations
@@ -35,14 +39,16 @@ def parse_free(text: str) -> Amount:
 
 
 def limit_free_space(remover: Remover, path: Path, want: Amount, only_recordings: bool) -> None:
-    """Delete the oldest items of `path` until its filesystem has `want` free."""
+    """Delete items of `path` until its filesystem has `want` free: the oldest first, or in
+    the catalog's order (uploaded everywhere, then converted, then the rest)."""
     with RecordingDir(path) as rdir:
         usage = shutil.disk_usage(path)
         need = want.of(usage.total)
         free = usage.free
         if free >= need:
             return
-        for item in rdir.items(only_recordings):
+        plan = remover.plan(path, rdir.items(only_recordings))
+        for item in sorted(plan.rest, key=plan.key):
             if not remover.remove(rdir, item):
                 continue
             # A dry run can only estimate; a real one asks the filesystem again.

@@ -110,6 +110,19 @@ class CatalogTooNew(CatalogError):
 # ---------------------------------------------------------------- rows
 
 
+# The deletion tiers, in the order retention deletes: converted AND uploaded to every
+# destination, then converted, then the rest (one rule, used by every query below).
+UPLOADED, CONVERTED, REST = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """A catalogued video (recording or mp4) as retention sees it."""
+    path: str
+    kept: bool
+    tier: int
+
+
 @dataclass(frozen=True, slots=True)
 class Recording:
     """One .h264 file pancake wrote (or the rebuild found)."""
@@ -208,6 +221,19 @@ def _conversion(row: sqlite3.Row) -> Conversion:
 def _marks(n: int) -> str:
     """n SQL placeholders, "?,?,…": the only text ever joined into a statement."""
     return ",".join("?" * n)
+
+
+def _tier_sql(destinations: Sequence[str]) -> tuple[str, str, tuple[Any, ...]]:
+    """The join and the CASE that give a recording `r` (joined to its conversion `c`) its
+    deletion tier, and their parameters in statement order: the CASE's (it sits in the
+    SELECT list) before the join's."""
+    join = ("LEFT JOIN (SELECT recording, COUNT(*) AS n FROM uploads WHERE state = 'done' "  # noqa: S608
+            f"AND destination IN ({_marks(len(destinations))}) GROUP BY recording) u "
+            "ON u.recording = r.id")
+    # With no destination, "uploaded everywhere" is trivially true (0 of 0).
+    case = (f"CASE WHEN c.recording IS NULL THEN {REST} "
+            f"WHEN coalesce(u.n, 0) = ? THEN {UPLOADED} ELSE {CONVERTED} END")
+    return join, case, (len(destinations), *destinations)
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
@@ -538,19 +564,45 @@ class Catalog:
         dest_list = sorted(set(destinations))
         if not dir_list:
             return []
-        # Only "?" placeholders are ever joined into this statement, never a value. With no
-        # destination configured, "uploaded everywhere" is trivially true (0 of 0).
+        join, case, params = _tier_sql(dest_list)
+        # Only "?" placeholders are ever joined into this statement, never a value.
         rows = self._read(
-            "SELECT r.*, CASE WHEN c.recording IS NULL THEN 2 "  # noqa: S608
-            "WHEN coalesce(u.n, 0) = ? THEN 0 ELSE 1 END AS tier FROM recordings r "
-            "LEFT JOIN conversions c ON c.recording = r.id "
-            "LEFT JOIN (SELECT recording, COUNT(*) AS n FROM uploads WHERE state = 'done' "
-            f"AND destination IN ({_marks(len(dest_list))}) GROUP BY recording) u "
-            "ON u.recording = r.id "
+            f"SELECT r.*, {case} AS tier FROM recordings r "  # noqa: S608
+            f"LEFT JOIN conversions c ON c.recording = r.id {join} "
             f"WHERE r.closed = 1 AND r.deleted = 0 AND r.kept = 0 AND r.dir IN "
             f"({_marks(len(dir_list))}) ORDER BY tier, r.start, r.id LIMIT ?",
-            (len(dest_list), *dest_list, *dir_list, -1 if limit is None else limit))
+            (*params, *dir_list, -1 if limit is None else limit))
         return [_recording(r) for r in rows]
+
+    def destinations(self) -> list[str]:
+        """Every destination the catalog has recorded an upload to."""
+        return sorted(str(r[0]) for r in self._read("SELECT DISTINCT destination FROM uploads"))
+
+    def files_in(self, directories: Sequence[str],
+                 destinations: Sequence[str] | None = None) -> list[FileState]:
+        """The catalogued videos directly in any of `directories` (absolute path texts):
+        recordings there and mp4s made there, each with kept and its deletion tier for
+        `destinations` (default: every destination seen)."""
+        if not directories:
+            return []
+        dests = self.destinations() if destinations is None else sorted(set(destinations))
+        join, case, params = _tier_sql(dests)
+        rows = self._read(
+            f"SELECT r.path AS path, r.kept, {case} AS tier FROM recordings r "  # noqa: S608
+            f"LEFT JOIN conversions c ON c.recording = r.id {join} "
+            f"WHERE r.dir IN ({_marks(len(directories))})", (*params, *directories))
+        prefixes = [d.rstrip(os.sep) + os.sep for d in directories]
+        rows += self._read(
+            f"SELECT c.mp4 AS path, r.kept, {case} AS tier FROM conversions c "  # noqa: S608
+            f"JOIN recordings r ON r.id = c.recording {join} WHERE "
+            + " OR ".join(["substr(c.mp4, 1, ?) = ?"] * len(prefixes)),
+            (*params, *(x for p in prefixes for x in (len(p), p))))
+        out = []
+        for row in rows:
+            path = str(row["path"])
+            if os.path.dirname(path) in directories:  # directly in, not in a subfolder
+                out.append(FileState(path, bool(row["kept"]), int(row["tier"])))
+        return out
 
     # ---- events (pancake)
 

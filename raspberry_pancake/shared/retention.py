@@ -324,6 +324,12 @@ class RecordingDir:
     def delete(self, item: Item) -> int:
         """Remove the item's files, video first; returns the bytes given back. A file already
         gone counts as deleted. Raises OSError on the first file that cannot go."""
+        return self.delete_files(item, lambda _name: None)
+
+    def delete_files(self, item: Item, gone: Callable[[str], None]) -> int:
+        """delete(), calling `gone(name)` for each file removed or found already gone (not for
+        one whose name now belongs to another file), as it goes: a failure halfway still
+        reports what went. Returns the bytes given back; raises OSError as delete()."""
         main = _main_file(item.files)
         freed = 0
         for f in (main, *(f for f in item.files if f is not main)):
@@ -334,8 +340,10 @@ class RecordingDir:
                     continue
                 os.unlink(f.name, dir_fd=self._fd)
             except FileNotFoundError:
+                gone(f.name)
                 continue
             freed += f.disk
+            gone(f.name)
         return freed
 
 
@@ -357,10 +365,12 @@ def iter_tree(top: Path) -> Iterator[tuple[Path, os.stat_result]]:
             yield from iter_tree(Path(entry.path))
 
 
-def take_oldest(items: Iterable[Item], keep: Callable[[Item], bool]) -> list[Item]:
+def take_oldest(items: Iterable[Item], keep: Callable[[Item], bool],
+                key: Callable[[Item], tuple[object, ...]] | None = None) -> list[Item]:
     """Walk newest to oldest; everything from the first item `keep` refuses onward goes
-    (returned oldest first). `keep` sees each item once, newest first."""
-    ordered = sorted(items, key=lambda i: i.age_key, reverse=True)
+    (returned oldest first). `keep` sees each item once, newest first. `key` is the deletion
+    order when not plain age (the catalog's: safely copied elsewhere first), first to go first."""
+    ordered = sorted(items, key=key or (lambda i: i.age_key), reverse=True)
     for index, item in enumerate(ordered):
         if not keep(item):
             return list(reversed(ordered[index:]))
