@@ -29,6 +29,9 @@ from urllib.parse import parse_qs
 
 import av
 
+from raspberry_pancake.postproc.upload.worker import Mp4
+from raspberry_pancake.shared.catalog import Catalog
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 SIDECAR_HEADER = "# timecode format v2"
@@ -80,12 +83,20 @@ def write_sidecar(path: Path, times_ms: list[float]) -> Path:
     return path
 
 
+# A file the catalog does not know is converted by catch-up once unchanged this long (ledger).
+SETTLED_AGE = 120.0
+
+
 def make_recording(path: Path, frames: int = 24, times_ms: list[float] | None = None,
-                   **kw: int) -> Path:
-    """Write path (.h264) and, when times_ms is given, its .pts sidecar beside it."""
+                   settled: bool = False, **kw: int) -> Path:
+    """Write path (.h264) and, when times_ms is given, its .pts sidecar beside it. `settled`:
+    dated two minutes back, as a file an older pancake finished while postproc was down."""
     path.write_bytes(h264_bytes(frames, **kw))
     if times_ms is not None:
         write_sidecar(path.with_suffix(".pts"), times_ms)
+    if settled:
+        then = time.time() - SETTLED_AGE
+        os.utime(path, (then, then))
     return path
 
 
@@ -139,10 +150,12 @@ class PostprocProcess:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self._out = log.with_suffix(".out").open("wb")
+        # Its catalog in the test's directory (state/pancake/pancake.db beside the log, shared
+        # by the runs of one test), never the real home's; a test may pass --catalog.
         self.proc = subprocess.Popen(
             [PYTHON, str(ROOT / "postproc.py"), *args, "--log", str(log)],
             stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, "XDG_STATE_HOME": str(log.parent / "state"), **(env or {})},
         )
 
     def log_text(self) -> str:
@@ -166,6 +179,25 @@ class PostprocProcess:
             self.proc.kill()
             self.proc.wait(5)
         self._out.close()
+
+
+def default_catalog(tmp_path: Path) -> Path:
+    """Where PostprocProcess's postproc keeps its catalog when the test passes no --catalog."""
+    return tmp_path / "state" / "pancake" / "pancake.db"
+
+
+def open_catalog(path: Path) -> Catalog:
+    """The test's own handle on a catalog file (made if missing)."""
+    return Catalog.open(path, owner=True)
+
+
+def catalogued(catalog: Catalog, mp4: Path, camera: str = "cam") -> Mp4:
+    """An mp4 as postproc would have made and recorded it: a closed recording of the same stem
+    (beside the mp4, not on disk) and its conversion."""
+    rid = catalog.recording_opened(camera, "continuous", mp4.with_suffix(".h264"), time.time())
+    catalog.recording_closed(rid, time.time(), 12)
+    catalog.converted(rid, mp4, 12, 1.0)
+    return Mp4(rid, mp4)
 
 
 def start_postproc(tmp_path: Path) -> tuple[PostprocProcess, str, Path, Path]:

@@ -16,7 +16,6 @@ import pytest
 import raspberry_pancake.postproc.convert as convert_module
 from raspberry_pancake.postproc.config import parse
 from raspberry_pancake.postproc.convert import (
-    RESCAN_SETTLED,
     Converter,
     ConvertSettings,
     Job,
@@ -24,6 +23,7 @@ from raspberry_pancake.postproc.convert import (
     pending,
     remove_stale_temporaries,
 )
+from raspberry_pancake.postproc.ledger import UNKNOWN_SETTLED
 from raspberry_pancake.shared.remux import EmptyRecording, read_sidecar, remux
 from tests.postproc_servers import (
     decoded_frames,
@@ -31,6 +31,7 @@ from tests.postproc_servers import (
     h264_bytes,
     make_recording,
     mp4_packets,
+    open_catalog,
     top_level_boxes,
     wait_for,
     write_sidecar,
@@ -145,17 +146,32 @@ def test_catch_up_list_and_stale_temporaries(tmp_path: Path) -> None:
     out = tmp_path / "mp4"
     h.mkdir()
     out.mkdir()
-    for name in ("20240101-0000.h264", "20240101-0015.h264", "20240101-001507.h264"):
+    catalog = open_catalog(tmp_path / "catalog.db")
+    old = time.time() - 120
+
+    def recording(name: str, closed: bool = True) -> int:
         (h / name).write_bytes(b"x")
-    (out / "20240101-0000.mp4").write_bytes(b"done")
+        rid = catalog.recording_opened("cam", "continuous", h / name, old)
+        if closed:
+            catalog.recording_closed(rid, old + 1, 12)
+        return rid
+
+    done = recording("20240101-0000.h264")
+    catalog.converted(done, out / "20240101-0000.mp4", 12, 1.0)  # its mp4 since deleted
+    recording("20240101-0015.h264")
+    recording("20240101-001507.h264", closed=False)  # pancake still writes it
+    for name in ("20240101-0030.h264", "20240101-0045.h264"):  # never catalogued
+        (h / name).write_bytes(b"x")
+    os.utime(h / "20240101-0030.h264", (old, old))
     (h / "notes.txt").write_text("not a recording")
     (h / "link.h264").symlink_to(tmp_path / "elsewhere.h264")
     (out / ".20240101-0015.tmp.mp4").write_bytes(b"half")
-    jobs = pending([h], out)
-    assert [j.h264.name for j in jobs] == ["20240101-0015.h264", "20240101-001507.h264"]
+    jobs = pending(catalog, [h])
+    assert [j.h264.name for j in jobs] == ["20240101-0015.h264", "20240101-0030.h264"]
     assert all(j.catch_up for j in jobs)
+    assert len(pending(catalog, [h], settled=0)) == 3, "the unknown file just written too"
     remove_stale_temporaries(out)
-    assert sorted(p.name for p in out.iterdir()) == ["20240101-0000.mp4"]
+    assert list(out.iterdir()) == []
 
 
 def test_converter_thread_takes_live_events_before_catch_up(tmp_path: Path) -> None:
@@ -165,7 +181,8 @@ def test_converter_thread_takes_live_events_before_catch_up(tmp_path: Path) -> N
     live = make_recording(tmp_path / "live.h264", frames=6)
     done: list[str] = []
     stop = threading.Event()
-    conv = Converter(ConvertSettings(out, fps=12.0), stop, lambda job, mp4: done.append(mp4.name))
+    conv = Converter(ConvertSettings(out, fps=12.0), open_catalog(tmp_path / "catalog.db"), stop,
+                     lambda job, rid, mp4: done.append(mp4.name))
     conv.catch_up([Job(p, catch_up=True) for p in backlog])
     conv.submit(Job(live, clip=True))
     conv.start()
@@ -179,7 +196,8 @@ def test_converter_thread_takes_live_events_before_catch_up(tmp_path: Path) -> N
 def test_full_inbox_drops_and_says_which_file(tmp_path: Path,
                                               caplog: pytest.LogCaptureFixture) -> None:
     stop = threading.Event()
-    conv = Converter(ConvertSettings(tmp_path, fps=12.0), stop, lambda j, m: None, inbox_size=2)
+    conv = Converter(ConvertSettings(tmp_path, fps=12.0), open_catalog(tmp_path / "catalog.db"),
+                     stop, lambda j, r, m: None, inbox_size=2)
     assert conv.submit(Job(tmp_path / "a.h264"))
     assert conv.submit(Job(tmp_path / "b.h264"))
     assert not conv.submit(Job(tmp_path / "c.h264"))
@@ -229,8 +247,10 @@ def test_dropped_events_are_converted_by_a_rescan_while_running(tmp_path: Path) 
     recs = [make_recording(tmp_path / f"2020062{i}-1715.h264", frames=6) for i in range(5)]
     done: list[str] = []
     stop = threading.Event()
-    conv = Converter(ConvertSettings(out, fps=12.0), stop, lambda job, mp4: done.append(mp4.name),
-                     inbox_size=1, rescan=lambda: pending([tmp_path], out))
+    catalog = open_catalog(tmp_path / "catalog.db")
+    conv = Converter(ConvertSettings(out, fps=12.0), catalog, stop,
+                     lambda job, rid, mp4: done.append(mp4.name),
+                     inbox_size=1, rescan=lambda: pending(catalog, [tmp_path], settled=0))
     accepted = [conv.submit(Job(p)) for p in recs]
     assert accepted == [True, False, False, False, False]  # four dropped from the full inbox
     conv.start()
@@ -246,8 +266,9 @@ def test_rescan_leaves_files_still_being_written(tmp_path: Path) -> None:
     old = make_recording(tmp_path / "20200623-1700.h264", frames=6)
     os.utime(old, (time.time() - 120, time.time() - 120))
     make_recording(tmp_path / "20200623-1715.h264", frames=6)  # just written
-    assert [j.h264.name for j in pending([tmp_path], out, settled=60)] == [old.name]
-    assert len(pending([tmp_path], out)) == 2
+    catalog = open_catalog(tmp_path / "catalog.db")
+    assert [j.h264.name for j in pending(catalog, [tmp_path], settled=60)] == [old.name]
+    assert len(pending(catalog, [tmp_path], settled=0)) == 2
 
 
 # Another process (as the retention scripts are) makes settled recordings and deletes them
@@ -276,16 +297,17 @@ def retention_racing(directory: Path) -> Iterator[None]:
         churn.wait(5)
 
 
-@pytest.mark.parametrize("settled", [0.0, RESCAN_SETTLED], ids=["start", "rescan"])
+@pytest.mark.parametrize("settled", [0.0, UNKNOWN_SETTLED], ids=["start", "rescan"])
 def test_pending_while_retention_deletes_files(tmp_path: Path, settled: float) -> None:
     h, out = tmp_path / "h264", tmp_path / "mp4"
     h.mkdir()
     out.mkdir()
     seen = 0
+    catalog = open_catalog(tmp_path / "catalog.db")
     with retention_racing(h):
         end = time.monotonic() + 3.0
         while time.monotonic() < end:
-            seen += len(pending([h], out, settled=settled))
+            seen += len(pending(catalog, [h], settled=settled))
     assert seen, "the listings held files"
 
 
@@ -296,14 +318,16 @@ def test_converter_survives_retention_racing_its_rescans(tmp_path: Path,
     h.mkdir()
     out.mkdir()
     rescans: list[int] = []
+    catalog = open_catalog(tmp_path / "catalog.db")
 
     def rescan() -> list[Job]:
-        jobs = pending([h], out, settled=RESCAN_SETTLED)
+        jobs = pending(catalog, [h], settled=UNKNOWN_SETTLED)
         rescans.append(len(jobs))
         return jobs
 
     stop = threading.Event()
-    conv = Converter(ConvertSettings(out, fps=12.0), stop, lambda job, mp4: None, rescan=rescan)
+    conv = Converter(ConvertSettings(out, fps=12.0), catalog, stop, lambda job, rid, mp4: None,
+                     rescan=rescan)
     with retention_racing(h):
         conv.start()
         try:

@@ -32,9 +32,11 @@ from tests.postproc_servers import (
     FakeBotApi,
     PostprocProcess,
     bot_api,
+    catalogued,
     h264_bytes,
     make_recording,
     mp4_packets,
+    open_catalog,
     send_event,
     start_postproc,
     wait_for,
@@ -292,13 +294,14 @@ def test_supervisor_restarts_a_dead_converter_with_its_queue_kept(
                      for i in (1, 2))
     done: list[str] = []
 
-    def on_done(job: Job, mp4: Path) -> None:
+    def on_done(job: Job, recording: int, mp4: Path) -> None:
         done.append(mp4.name)
         if len(done) == 1:
             raise KeyError("a bug after the first conversion")
 
     stop = threading.Event()
-    conv = Converter(ConvertSettings(out, fps=12.0), stop, on_done)
+    conv = Converter(ConvertSettings(out, fps=12.0), open_catalog(tmp_path / "catalog.db"),
+                     stop, on_done)
     supervisor = Supervisor(stop)
     supervisor.watch(conv.thread)
     conv.submit(Job(first))
@@ -442,10 +445,12 @@ def test_upload_worker_retries_an_exception_its_destination_does_not_declare(
     remote.mkdir()
     dest = CopyDestination(remote)
     stop = threading.Event()
-    worker = UploadWorker(dest, queue_size=4, stop=stop, backoff_first=0.05, max_attempts=3)
+    catalog = open_catalog(tmp_path / "catalog.db")
+    worker = UploadWorker(dest, queue_size=4, stop=stop, catalog=catalog, mp4_dir=tmp_path,
+                          backoff_first=0.05, max_attempts=3)
     worker.start()
     try:
-        worker.offer(mp4)
+        worker.offer(catalogued(catalog, mp4))
         wait_for(lambda: worker.uploaded == 1 or worker.join(0), 20)
         assert not worker.join(0), "the worker thread goes on"
         assert (remote / mp4.name).read_bytes() == mp4.read_bytes()

@@ -55,7 +55,7 @@ def test_catch_up_converts_and_uploads_what_was_recorded_while_down(
     names = ["20240623-1700", "20240623-1715", "20240623-171502"]
     for i, name in enumerate(names):
         times = [k * 100.0 for k in range(12)] if i == 0 else None
-        make_recording(h264 / f"{name}.h264", frames=12, times_ms=times)
+        make_recording(h264 / f"{name}.h264", frames=12, times_ms=times, settled=True)
     (mp4 / f".{names[1]}.tmp.mp4").write_bytes(b"left by a power cut")
     secret = tmp_path / "ftp-password"
     secret.write_text(FTP_PASSWORD + "\n")
@@ -70,7 +70,7 @@ def test_catch_up_converts_and_uploads_what_was_recorded_while_down(
                  and not list(day.glob("*.part")), 30)
     finally:
         assert proc.terminate() == 0
-    # Files only: the upload journal lives in a subdirectory.
+    # Only the mp4s: no journal directory any more (the catalog is the record).
     assert sorted(p.name for p in mp4.iterdir() if p.is_file()) == [f"{n}.mp4" for n in names]
     assert sorted(p.name for p in day.iterdir()) == [f"{n}.mp4" for n in names]
     for n in names:
@@ -133,7 +133,7 @@ def test_sigterm_mid_transfer_exits_0_promptly_leaving_only_part(tmp_path: Path)
     slow.server.handler.dtp_handler = type("Slow", (ThrottledDTPHandler,),
                                            {"read_limit": 32 * 1024})
     h264, mp4 = _dirs(tmp_path)
-    make_recording(h264 / "20240623-1800.h264", frames=96)
+    make_recording(h264 / "20240623-1800.h264", frames=96, settled=True)
     name = f"pp-test-{uuid.uuid4().hex[:12]}"
     proc = PostprocProcess([name, "--convert", str(mp4), "12", "--h264-dir", str(h264),
                             "--upload-after-convert", "1",

@@ -10,15 +10,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from raspberry_pancake.postproc.upload.destination import UploadError, date_dirs
+from raspberry_pancake.postproc.upload.destination import Destination, UploadError, date_dirs
 from raspberry_pancake.postproc.upload.ftp import FtpDestination
 from raspberry_pancake.postproc.upload.sftp import SftpDestination
 from raspberry_pancake.postproc.upload.targets import FtpTarget, ScpTarget
 from raspberry_pancake.postproc.upload.trigger import UploadTrigger
-from raspberry_pancake.postproc.upload.worker import UploadWorker
+from raspberry_pancake.postproc.upload.worker import Mp4, UploadWorker
 from raspberry_pancake.shared.credentials import Secret
 from tests.postproc_servers import (
     FtpServer,
@@ -26,8 +27,10 @@ from tests.postproc_servers import (
     SshServer,
     StallingServer,
     TlsFiles,
+    catalogued,
     make_recording,
     make_tls,
+    open_catalog,
     sshd_available,
     wait_for,
 )
@@ -78,6 +81,17 @@ def _mp4(tmp_path: Path, name: str = "20240623-1715.mp4", size: int = 300_000) -
     path = tmp_path / name
     path.write_bytes(os.urandom(size))
     return path
+
+
+def _item(mp4: Path) -> Mp4:
+    """The mp4 catalogued as converted, as a worker takes it (catalog beside the file)."""
+    return catalogued(open_catalog(mp4.parent / "catalog.db"), mp4)
+
+
+def _worker(dest: Destination, tmp_path: Path, queue_size: int, stop: threading.Event,
+            **kw: Any) -> UploadWorker:
+    return UploadWorker(dest, queue_size, stop, open_catalog(tmp_path / "catalog.db"), tmp_path,
+                        **kw)
 
 
 def _sftp(server: SshServer, known_hosts: Path | None = None) -> SftpDestination:
@@ -170,11 +184,11 @@ def test_worker_retries_with_backoff_until_the_server_is_back(tmp_path: Path) ->
     server = SshServer(tmp_path / "sshd", start=False)  # down when the first attempt is made
     stop = threading.Event()
     dest = _sftp(server)
-    worker = UploadWorker(dest, queue_size=4, stop=stop, backoff_first=0.2)
+    worker = _worker(dest, tmp_path, queue_size=4, stop=stop, backoff_first=0.2)
     worker.start()
     mp4 = _mp4(tmp_path)
     try:
-        assert worker.offer(mp4)
+        assert worker.offer(_item(mp4))
         time.sleep(0.5)
         assert worker.uploaded == 0
         server.start()  # the sshd (keys, config, port) comes up
@@ -253,19 +267,19 @@ def test_ftp_stop_mid_transfer_leaves_only_part(tmp_path: Path, protocol: str,
 def test_dead_destination_does_not_hold_back_a_live_one(tmp_path: Path, ftpd: FtpServer) -> None:
     stall = StallingServer()
     stop = threading.Event()
-    live = UploadWorker(FtpDestination(FtpTarget("127.0.0.1", ftpd.port, ftpd.user,
-                                                 Secret(ftpd.password, "t"), "live"), 5, 5),
-                        queue_size=8, stop=stop)
-    dead = UploadWorker(FtpDestination(FtpTarget("127.0.0.1", stall.port, "u",
-                                                 Secret("p", "t"), "dead"), 30, 30),
-                        queue_size=2, stop=stop)
+    live = _worker(FtpDestination(FtpTarget("127.0.0.1", ftpd.port, ftpd.user,
+                                            Secret(ftpd.password, "t"), "live"), 5, 5),
+                   tmp_path, queue_size=8, stop=stop)
+    dead = _worker(FtpDestination(FtpTarget("127.0.0.1", stall.port, "u",
+                                            Secret("p", "t"), "dead"), 30, 30),
+                   tmp_path, queue_size=2, stop=stop)
     trigger = UploadTrigger([dead, live], after=2, minutes=(), stop=stop)
     for w in (live, dead):
         w.start()
     files = [_mp4(tmp_path, f"20240623-17{i:02d}.mp4", 1000) for i in range(6)]
     try:
         for f in files:
-            trigger.converted(f)
+            trigger.converted(_item(f))
         wait_for(lambda: live.uploaded == 6, 20)
         # The dead one holds one file in its hung attempt, two queued, the rest dropped.
         assert dead.uploaded == 0 and dead.dropped >= 3
@@ -283,15 +297,16 @@ def test_trigger_after_n_conversions(tmp_path: Path) -> None:
     offered: list[str] = []
 
     class Recorder(UploadWorker):
-        def offer(self, mp4: Path) -> bool:
+        def offer(self, mp4: Mp4) -> bool:
             offered.append(mp4.name)
             return True
 
     stop = threading.Event()
-    rec = Recorder(FtpDestination(FtpTarget("127.0.0.1", 1, "u", Secret("p", "t"), "d")), 8, stop)
+    rec = Recorder(FtpDestination(FtpTarget("127.0.0.1", 1, "u", Secret("p", "t"), "d")), 8, stop,
+                   open_catalog(tmp_path / "catalog.db"), tmp_path)
     trigger = UploadTrigger([rec], after=3, minutes=(), stop=stop)
     for i in range(7):
-        trigger.converted(tmp_path / f"{i}.mp4")
+        trigger.converted(Mp4(i, tmp_path / f"{i}.mp4"))
     assert offered == ["0.mp4", "1.mp4", "2.mp4", "3.mp4", "4.mp4", "5.mp4"]
     trigger.fire("minute 20")
     assert offered[-1] == "6.mp4"
@@ -303,7 +318,7 @@ def test_trigger_at_minutes_skips_minutes_that_were_missed(tmp_path: Path) -> No
     fired: list[str] = []
 
     class Recorder(UploadWorker):
-        def offer(self, mp4: Path) -> bool:
+        def offer(self, mp4: Mp4) -> bool:
             fired.append(mp4.name)
             return True
 
@@ -316,8 +331,8 @@ def test_trigger_at_minutes_skips_minutes_that_were_missed(tmp_path: Path) -> No
         dt.datetime(2024, 6, 23, 10, 21, 59, 950000), dt.datetime(2024, 6, 23, 10, 45, 0, 10),
     ])
     stop = threading.Event()
-    pending = [tmp_path / "20240623-1015.mp4", tmp_path / "20240623-1030.mp4",
-               tmp_path / "20240623-1044.mp4"]
+    pending = [Mp4(i, tmp_path / n) for i, n in enumerate(
+        ["20240623-1015.mp4", "20240623-1030.mp4", "20240623-1044.mp4"])]
     seen: list[dt.datetime] = []
 
     def clock() -> dt.datetime:
@@ -333,7 +348,8 @@ def test_trigger_at_minutes_skips_minutes_that_were_missed(tmp_path: Path) -> No
             trigger.converted(pending[2])
         return now
 
-    rec = Recorder(FtpDestination(FtpTarget("127.0.0.1", 1, "u", Secret("p", "t"), "d")), 8, stop)
+    rec = Recorder(FtpDestination(FtpTarget("127.0.0.1", 1, "u", Secret("p", "t"), "d")), 8, stop,
+                   open_catalog(tmp_path / "catalog.db"), tmp_path)
     trigger = UploadTrigger([rec], after=None, minutes=(20, 40), stop=stop, now=clock)
     trigger.converted(pending[0])
     trigger.start()
@@ -421,14 +437,14 @@ def test_ftps_untrusted_or_misnamed_certificate_is_refused(tmp_path: Path, ftpsd
 def test_worker_gives_up_on_an_untrusted_server_and_keeps_serving(
         tmp_path: Path, ftpsd: FtpServer, caplog: pytest.LogCaptureFixture) -> None:
     stop = threading.Event()
-    worker = UploadWorker(_ftps(ftpsd, None), queue_size=4, stop=stop, backoff_first=0.05,
-                          max_attempts=2)
+    worker = _worker(_ftps(ftpsd, None), tmp_path, queue_size=4, stop=stop, backoff_first=0.05,
+                     max_attempts=2)
     worker.start()
     try:
         with caplog.at_level(logging.WARNING):
-            assert worker.offer(_mp4(tmp_path, "20240623-1700.mp4", 1000))
+            assert worker.offer(_item(_mp4(tmp_path, "20240623-1700.mp4", 1000)))
             wait_for(lambda: worker.given_up == 1, 20)
-            assert worker.offer(_mp4(tmp_path, "20240623-1715.mp4", 1000))
+            assert worker.offer(_item(_mp4(tmp_path, "20240623-1715.mp4", 1000)))
             wait_for(lambda: worker.given_up == 2, 20)
         assert worker._thread.is_alive(), "a refused certificate is a failed attempt"
     finally:
@@ -474,7 +490,7 @@ def test_postproc_uploads_over_ftps(tmp_path: Path, ftpsd: FtpServer, tls: TlsFi
     h264, mp4 = tmp_path / "h264", tmp_path / "mp4"
     h264.mkdir()
     mp4.mkdir()
-    make_recording(h264 / "20240623-1700.h264", frames=12)
+    make_recording(h264 / "20240623-1700.h264", frames=12, settled=True)
     name = f"pp-ftps-{uuid.uuid4().hex[:12]}"
     proc = PostprocProcess([name, "--convert", str(mp4), "12", "--h264-dir", str(h264),
                             "--upload-after-convert", "1",
@@ -503,11 +519,11 @@ def test_ftp_unparsable_size_reply_is_a_failed_attempt(tmp_path: Path) -> None:
     stop = threading.Event()
     target = FtpTarget("127.0.0.1", server.port, server.user, Secret(server.password, "t"),
                        "bak")
-    worker = UploadWorker(FtpDestination(target, 5, 5), queue_size=4, stop=stop,
-                          backoff_first=0.05, max_attempts=2)
+    worker = _worker(FtpDestination(target, 5, 5), tmp_path, queue_size=4, stop=stop,
+                     backoff_first=0.05, max_attempts=2)
     worker.start()
     try:
-        assert worker.offer(_mp4(tmp_path, "20240623-1700.mp4", 1000))
+        assert worker.offer(_item(_mp4(tmp_path, "20240623-1700.mp4", 1000)))
         wait_for(lambda: worker.given_up == 1 or not worker._thread.is_alive(), 20)
         assert worker._thread.is_alive() and worker.given_up == 1
     finally:

@@ -16,6 +16,7 @@ from raspberry_pancake.postproc.upload.worker import BACKOFF_FIRST, MAX_ATTEMPTS
 from raspberry_pancake.shared.cli import ConfigError, OneLineParser
 from raspberry_pancake.shared.credentials import Secret, SecretError, resolve
 from raspberry_pancake.shared.events import MAX_SOCKET_NAME
+from raspberry_pancake.shared.statedir import catalog_path, state_dir
 
 PUBLIC_BOT_API = "https://api.telegram.org/bot"
 MP4BOX = "MP4Box"
@@ -51,6 +52,10 @@ class PostprocConfig:
     allow_uids: frozenset[int]
     known_hosts: Path
     ssh_key: Path | None
+    catalog: Path
+    # The state directory to make (0700) before opening the catalog there; None when --catalog
+    # names the file, whose directory must then exist.
+    state_dir: Path | None
     # Not on the command line: the defaults suit every destination, and a catch-up at each
     # trigger and each start retries a file given up. Tests make them small.
     upload_attempts: int = MAX_ATTEMPTS
@@ -132,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--converter", choices=["pyav", "mp4box"], default="pyav",
                    help="pyav: remux in process (default); mp4box: run MP4Box as the original")
     p.add_argument("--h264-dir", action="append", default=[], metavar="DIR",
-                   help="accept only .h264 files in DIR (repeatable); on start, convert every "
-                        ".h264 there that has no .mp4 yet")
+                   help="accept only .h264 files in DIR (repeatable); on start and every 10 "
+                        "minutes, convert what the catalog says is finished and not "
+                        "converted there")
     p.add_argument("--telegram-api-url", default=PUBLIC_BOT_API, metavar="URL",
                    help=f"Bot API base URL, ending in /bot (default {PUBLIC_BOT_API})")
     p.add_argument("--allow-uid", type=_uid, action="append", default=[], metavar="UID",
@@ -142,7 +148,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SSH host keys for --upload-scp (default ~/.ssh/known_hosts)")
     p.add_argument("--ssh-key", metavar="FILE",
                    help="SSH private key for --upload-scp (default: agent and ~/.ssh keys)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--catalog", metavar="PATH",
+                       help="the catalog file pancake and postproc share (default "
+                            "pancake.db in the state directory)")
+    where.add_argument("--state-dir", metavar="DIR",
+                       help="the state directory (default $XDG_STATE_HOME/pancake, "
+                            "~/.local/state/pancake)")
     return p
+
+
+def _catalog(catalog: str | None, directory: str | None) -> tuple[Path, Path | None]:
+    """The catalog's path, and the state directory to make when the file lives there."""
+    if catalog is not None:
+        path = Path(catalog).expanduser().absolute()
+        if path.is_dir():
+            raise ConfigError(f"--catalog: {catalog!r} is a directory")
+        if not path.parent.is_dir():
+            raise ConfigError(f"--catalog: directory {str(path.parent)!r} does not exist")
+        return path, None
+    home = state_dir(Path(directory).expanduser().absolute() if directory else None)
+    if home.exists() and not home.is_dir():
+        raise ConfigError(f"--state-dir: {str(home)!r} is not a directory")
+    return catalog_path(None, home), home
 
 
 def _port(flag: str, text: str) -> int:
@@ -276,6 +304,7 @@ def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
         ssh_key = Path(a.ssh_key).expanduser().absolute()
         if not ssh_key.is_file() or not os.access(ssh_key, os.R_OK):
             raise ConfigError(f"--ssh-key: {a.ssh_key!r} is not a readable file")
+    catalog, home = _catalog(a.catalog, a.state_dir)
     return PostprocConfig(
         socket_name=a.socket_name,
         mp4_dir=mp4_dir,
@@ -295,4 +324,6 @@ def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
         allow_uids=frozenset(a.allow_uid or [os.getuid()]),
         known_hosts=known_hosts,
         ssh_key=ssh_key,
+        catalog=catalog,
+        state_dir=home,
     )

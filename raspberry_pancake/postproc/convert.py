@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from raspberry_pancake.postproc import ledger
 from raspberry_pancake.postproc.supervise import StageThread
+from raspberry_pancake.shared.catalog import Catalog, CatalogError
 from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.remux import ConversionError, EmptyRecording, remux, sidecar_for
 
@@ -31,19 +33,18 @@ POLL = 0.2
 # While running, the h264 dirs are scanned again this often (and as soon as the converter is
 # idle after it had to drop an event), so a lost message waits minutes, not for a restart.
 RESCAN_INTERVAL = 600.0
-# A rescan leaves files changed this recently: pancake is still writing them, and their
-# "finished" message is on its way.
-RESCAN_SETTLED = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One file to convert. `clip`: a detection clip, whose mp4 is also sent as an alert."""
+    """One file to convert. `clip`: a detection clip, whose mp4 is also sent as an alert.
+    `camera`: the message's (a file pancake never catalogued is recorded under it)."""
 
     h264: Path
     pts: Path | None = None
     clip: bool = False
     catch_up: bool = False
+    camera: str = ledger.DEFAULT_CAMERA
 
 
 def mp4_name(h264: Path) -> str:
@@ -83,10 +84,11 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def convert(settings: ConvertSettings, job: Job) -> Path:
-    """Convert one file into settings.mp4_dir under a temporary name, then rename it in place."""
-    final = settings.mp4_dir / mp4_name(job.h264)
-    tmp = settings.mp4_dir / f"{TMP_PREFIX}{job.h264.stem}{TMP_SUFFIX}"
+def convert(settings: ConvertSettings, job: Job, final: Path | None = None) -> Path:
+    """Convert one file into settings.mp4_dir under a temporary name, then rename it to
+    `final` (default: the recording's name; the converter passes the name the catalog left)."""
+    final = settings.mp4_dir / mp4_name(job.h264) if final is None else final
+    tmp = settings.mp4_dir / f"{TMP_PREFIX}{final.stem}{TMP_SUFFIX}"
     try:
         if settings.mp4box:
             run_mp4box(settings.mp4box, job.h264, tmp, settings.fps)
@@ -116,36 +118,14 @@ def remove_stale_temporaries(mp4_dir: Path) -> None:
             log.warning("cannot remove unfinished %s: %s", path, exc.strerror or exc)
 
 
-def pending(h264_dirs: Iterable[Path], mp4_dir: Path, settled: float = 0.0) -> list[Job]:
-    """Catch-up: every regular .h264 in the directories with no mp4 yet, oldest name first;
-    with `settled`, only files unchanged for that many seconds."""
-    now = time.time()
-    jobs: list[Job] = []
-    for directory in h264_dirs:
-        try:
-            entries = list(os.scandir(directory))
-        except OSError as exc:
-            log.error("catch-up: cannot list %s: %s", directory, exc.strerror or exc)
-            continue
-        for entry in entries:
-            if not entry.name.endswith(".h264"):
-                continue
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                if settled and now - entry.stat(follow_symlinks=False).st_mtime < settled:
-                    continue
-            except OSError:
-                # Deleted since the listing (retention runs while we scan): nothing to convert.
-                continue
-            path = Path(entry.path)
-            if not (mp4_dir / mp4_name(path)).exists():
-                jobs.append(Job(path, catch_up=True))
-    jobs.sort(key=lambda j: (j.h264.name, str(j.h264)))
-    return jobs
+def pending(catalog: Catalog, h264_dirs: Iterable[Path],
+            settled: float = ledger.UNKNOWN_SETTLED) -> list[Job]:
+    """Catch-up jobs: see ledger.pending."""
+    return [Job(p, catch_up=True) for p in ledger.pending(catalog, list(h264_dirs), settled)]
 
 
-Done = Callable[[Job, Path], None]
+# (the job, its recording's catalog id, the mp4 made)
+Done = Callable[[Job, int, Path], None]
 
 
 class OutputGone(Exception):
@@ -157,16 +137,20 @@ class OutputGone(Exception):
 class Converter:
     """One thread converts one file at a time: live events first, catch-up files when idle.
 
-    Live events wait in a bounded inbox; when it is full the event is dropped with a log line
-    (the .h264 stays on disk). With `rescan`, the directories are scanned again once idle after
-    a drop, and every RESCAN_INTERVAL, so the dropped file (or one whose message never came)
-    is converted while running; otherwise at the next start.
+    What to do with each file is the catalog's word (ledger.plan): a recording it says was
+    converted is never converted again, whether or not its mp4 is left; the mp4's name is never
+    one another recording's mp4 has (or had). Live events wait in a bounded inbox; when it is
+    full the event is dropped with a log line (the .h264 stays on disk). With `rescan`, the
+    catalog and directories are looked at again once idle after a drop, and every
+    RESCAN_INTERVAL, so the dropped file (or one whose message never came) is converted while
+    running; otherwise at the next start.
     """
 
-    def __init__(self, settings: ConvertSettings, stop: threading.Event, on_done: Done,
-                 inbox_size: int = INBOX_SIZE,
+    def __init__(self, settings: ConvertSettings, catalog: Catalog, stop: threading.Event,
+                 on_done: Done, inbox_size: int = INBOX_SIZE,
                  rescan: Callable[[], list[Job]] | None = None) -> None:
         self.settings = settings
+        self.catalog = catalog
         self._stop = stop
         self._on_done = on_done
         self._inbox: queue.Queue[Job] = queue.Queue(maxsize=inbox_size)
@@ -221,10 +205,9 @@ class Converter:
         with self._backlog_lock:
             while self._backlog:
                 job = self._backlog.popleft()
-                # A live event may have converted it meanwhile, retention deleted it, or it
-                # stopped the converter before.
-                if job.h264 not in self._skip and job.h264.exists() \
-                        and not (self.settings.mp4_dir / mp4_name(job.h264)).exists():
+                # Retention may have deleted it meanwhile, or it stopped the converter
+                # before; a live event converting it meanwhile is the catalog's to tell.
+                if job.h264 not in self._skip and job.h264.exists():
                     return job
         if self._rescan is not None and (self._dropped.is_set()
                                          or time.monotonic() >= self._next_rescan):
@@ -232,7 +215,7 @@ class Converter:
             self._next_rescan = time.monotonic() + RESCAN_INTERVAL
             jobs = self._rescan()
             if jobs:
-                log.info("rescan: %d .h264 file(s) with no mp4 yet", len(jobs))
+                log.info("rescan: %d recording(s) to convert", len(jobs))
                 with self._backlog_lock:
                     self._backlog.extend(jobs)
                 return None
@@ -266,10 +249,28 @@ class Converter:
             log.info("stopping: %d file(s) left unconverted for the next start", left)
 
     def _convert_one(self, job: Job) -> None:
+        try:
+            p = ledger.plan(self.catalog, job.h264, self.settings.mp4_dir, job.camera,
+                            job.clip, job.catch_up)
+        except ledger.Skip as exc:
+            level = logging.DEBUG if job.catch_up else logging.INFO
+            log.log(level, "%s: not converted: %s", job.h264, exc)
+            return
+        except CatalogError as exc:
+            # Not converted now; the catalog still says so, so the next rescan retries it.
+            self._limiter.log(log, logging.ERROR, "catalog", "%s: not converted now: %s",
+                              job.h264, exc)
+            return
+        if p.adopt:
+            self._record(job, p, p.mp4)
+            return
+        if p.mp4.name != mp4_name(job.h264):
+            log.warning("%s: %s belongs to another recording: converting into %s instead "
+                        "(nothing is replaced)", job.h264, mp4_name(job.h264), p.mp4.name)
         # Left set only when convert() raises something unforeseen (see _run).
         self._in_hand = job
         try:
-            mp4 = convert(self.settings, job)
+            mp4 = convert(self.settings, job, p.mp4)
         except EmptyRecording as exc:
             self._in_hand = None
             log.warning("%s: skipped: %s", job.h264, exc)
@@ -285,4 +286,18 @@ class Converter:
         self._in_hand = None
         self.converted += 1
         log.info("converted %s -> %s%s", job.h264, mp4, " (catch-up)" if job.catch_up else "")
-        self._on_done(job, mp4)
+        self._record(job, p, mp4)
+
+    def _record(self, job: Job, p: ledger.Plan, mp4: Path) -> None:
+        try:
+            ledger.record(self.catalog, p, mp4)
+        except CatalogError as exc:
+            # The mp4 stays; the next rescan finds it under this name with its frames and
+            # records it then (ledger.plan adopts it), so it is neither lost nor made twice.
+            self._limiter.log(log, logging.ERROR, "catalog", "%s: converted, not recorded "
+                              "yet: %s", mp4, exc)
+            return
+        if p.adopt:
+            log.info("%s: %s was already there with its frames: recorded as its conversion",
+                     job.h264, mp4.name)
+        self._on_done(job, p.recording.id, mp4)

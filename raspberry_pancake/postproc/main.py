@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from raspberry_pancake.postproc import ledger
 from raspberry_pancake.postproc.config import PostprocConfig, parse
 from raspberry_pancake.postproc.convert import (
-    RESCAN_SETTLED,
     Converter,
     ConvertSettings,
     Job,
@@ -24,10 +24,10 @@ from raspberry_pancake.postproc.receiver import Accepted, PathPolicy, Receiver, 
 from raspberry_pancake.postproc.supervise import CHECK_INTERVAL, Supervisor
 from raspberry_pancake.postproc.upload.destination import Destination
 from raspberry_pancake.postproc.upload.ftp import FtpDestination
-from raspberry_pancake.postproc.upload.journal import UploadJournal
 from raspberry_pancake.postproc.upload.sftp import SftpDestination
 from raspberry_pancake.postproc.upload.trigger import UploadTrigger
-from raspberry_pancake.postproc.upload.worker import UploadWorker
+from raspberry_pancake.postproc.upload.worker import Mp4, UploadWorker
+from raspberry_pancake.shared.catalog import Catalog, CatalogError, read_journals
 from raspberry_pancake.shared.cli import ConfigError
 from raspberry_pancake.shared.credentials import install_redaction
 from raspberry_pancake.shared.logs import setup_logging
@@ -50,10 +50,11 @@ class _Stage(Protocol):
 class Postproc:
     """The running post-processor: its stages, their threads, and the order they stop in."""
 
-    def __init__(self, cfg: PostprocConfig, sock: socket.socket) -> None:
+    def __init__(self, cfg: PostprocConfig, sock: socket.socket, catalog: Catalog,
+                 stop: threading.Event | None = None) -> None:
         self.cfg = cfg
-        self.stop_event = threading.Event()
-        stop = self.stop_event
+        self.catalog = catalog
+        self.stop_event = stop = threading.Event() if stop is None else stop
         self.notifiers: list[Notifier] = []
         if cfg.notify_telegram:
             # Imported only when needed: python-telegram-bot and httpx cost about 30 MB of RSS.
@@ -64,17 +65,25 @@ class Postproc:
         dests: list[Destination] = [SftpDestination(d, cfg.known_hosts, cfg.ssh_key)
                                     for d in cfg.upload_scp]
         dests += [FtpDestination(d) for d in cfg.upload_ftp]
-        self.workers = [UploadWorker(d, cfg.upload_queue_size, stop,
+        # The journals of versions before the catalog: imported once (start()), and their
+        # names still honoured in case that import ran before pancake had filled the catalog.
+        # No longer written: the catalog is the record.
+        try:
+            legacy = read_journals(cfg.mp4_dir) if dests else {}
+        except OSError as exc:
+            log.error("cannot read the old upload journals of %s: %s", cfg.mp4_dir,
+                      exc.strerror or exc)
+            legacy = {}
+        self.workers = [UploadWorker(d, cfg.upload_queue_size, stop, catalog, cfg.mp4_dir,
                                      backoff_first=cfg.upload_backoff_first,
                                      max_attempts=cfg.upload_attempts,
-                                     journal=UploadJournal(cfg.mp4_dir, d.label))
+                                     legacy=legacy.get(d.label, ()))
                         for d in dests]
         self.trigger = UploadTrigger(self.workers, cfg.upload_after_convert, cfg.upload_minutes,
                                      stop)
-        rescan = ((lambda: pending(cfg.h264_dirs, cfg.mp4_dir, settled=RESCAN_SETTLED))
-                  if cfg.h264_dirs else None)
-        self.converter = Converter(ConvertSettings(cfg.mp4_dir, cfg.fps, cfg.mp4box), stop,
-                                   self._converted, rescan=rescan)
+        rescan = (lambda: pending(catalog, cfg.h264_dirs)) if cfg.h264_dirs else None
+        self.converter = Converter(ConvertSettings(cfg.mp4_dir, cfg.fps, cfg.mp4box), catalog,
+                                   stop, self._converted, rescan=rescan)
         self.receiver = Receiver(sock, cfg.allow_uids, PathPolicy(cfg.h264_dirs),
                                  self._received, stop)
         self.supervisor = Supervisor(stop)
@@ -90,34 +99,39 @@ class Postproc:
             for n in self.notifiers:
                 n.text(text)
         if acc.h264 is not None:
-            self.converter.submit(Job(acc.h264, acc.pts, clip="detection" in event))
+            self.converter.submit(Job(acc.h264, acc.pts, clip="detection" in event,
+                                      camera=str(event.get("camera", ledger.DEFAULT_CAMERA))))
         elif "detection" in event:
             for n in self.notifiers:
                 n.edge(event["detection"], event.get("time"), acc.jpeg)
 
-    def _converted(self, job: Job, mp4: Path) -> None:
+    def _converted(self, job: Job, recording: int, mp4: Path) -> None:
         """Runs on the converter thread."""
-        self.trigger.converted(mp4)
+        self.trigger.converted(Mp4(recording, mp4))
         if job.clip:
             for n in self.notifiers:
                 n.clip(mp4)
 
     def start(self) -> None:
         remove_stale_temporaries(self.cfg.mp4_dir)
+        if self.workers:
+            ledger.import_old_journals(self.catalog, self.cfg.mp4_dir)
         for n in self.notifiers:
             n.start()
         for w in self.workers:
-            if w.journal is not None:
-                w.journal.load()
             w.start()
             # mp4s converted before this start but never uploaded there (dropped from a full
             # queue, given up, or converted just before a stop) go first, oldest first.
             w.catch_up()
         self.trigger.start()
         if self.cfg.h264_dirs:
-            jobs = pending(self.cfg.h264_dirs, self.cfg.mp4_dir)
+            try:
+                jobs = pending(self.catalog, self.cfg.h264_dirs)
+            except CatalogError as exc:
+                log.error("catch-up: %s (the next rescan tries again)", exc)
+                jobs = []
             if jobs:
-                log.info("catch-up: %d .h264 file(s) with no mp4 yet", len(jobs))
+                log.info("catch-up: %d recording(s) finished and not converted", len(jobs))
             self.converter.catch_up(jobs)
         self.converter.start()
         self.receiver.start()
@@ -147,6 +161,7 @@ class Postproc:
 def _describe(cfg: PostprocConfig) -> None:
     log.info("postproc on @%s: mp4 into %s (%s, %g fps without a sidecar)", cfg.socket_name,
              cfg.mp4_dir, cfg.converter, cfg.fps)
+    log.info("catalog %s", cfg.catalog)
     if cfg.h264_dirs:
         log.info("accepting .h264 in %s", ", ".join(str(d) for d in cfg.h264_dirs))
     else:
@@ -180,10 +195,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"postproc.py: error: {exc}", file=sys.stderr)
         log.error("%s", exc)
         return 1
-    app = Postproc(cfg, sock)
-    signals = StopOnSignal(app.stop_event)
+    stop = threading.Event()
+    signals = StopOnSignal(stop)
     signals.start()
     _describe(cfg)
+    try:
+        catalog = ledger.open_catalog(cfg.catalog, cfg.state_dir, stop, cfg.h264_dirs,
+                                      cfg.mp4_dir)
+    except CatalogError as exc:
+        log.error("catalog: %s", exc)
+        signals.close()
+        sock.close()
+        logging.shutdown()
+        return 1
+    if catalog is None:  # stopped while waiting for it
+        log.info("stopped before the catalog was available")
+        signals.close()
+        sock.close()
+        logging.shutdown()
+        return 0
+    app = Postproc(cfg, sock, catalog, stop)
     app.start()
     code = 0
     while not app.stop_event.wait(CHECK_INTERVAL):
@@ -192,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             break
     log.info("stopping")
     clean = app.stop()
+    catalog.close()
     signals.close()
     log.info("stopped%s%s", "" if clean else " (some threads were still busy)",
              f" after stage {app.supervisor.failed} kept failing: exit {code}" if code else "")

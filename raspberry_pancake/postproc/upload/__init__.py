@@ -1,1 +1,1 @@
-"""Uploads to SFTP and FTP: a worker per destination, with its queue and journal, and the triggers."""
+"""Uploads to SFTP and FTP: a worker per destination, with its queue, and the triggers."""

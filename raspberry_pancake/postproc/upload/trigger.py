@@ -6,10 +6,9 @@ import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from raspberry_pancake.postproc.supervise import StageThread
-from raspberry_pancake.postproc.upload.worker import UploadWorker
+from raspberry_pancake.postproc.upload.worker import Mp4, UploadWorker
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ class UploadTrigger:
         self._minutes = frozenset(minutes)
         self._stop = stop
         self._lock = threading.Lock()  # guards _pending and _count (converter and clock threads)
-        self._pending: list[Path] = []
+        self._pending: list[Mp4] = []
         self._count = 0
         self._thread = StageThread("upload-clock", self._clock)
 
@@ -44,7 +43,7 @@ class UploadTrigger:
     def join(self, timeout: float) -> bool:
         return self._thread.join(timeout)
 
-    def converted(self, mp4: Path) -> None:
+    def converted(self, mp4: Mp4) -> None:
         if not self._workers:
             return
         with self._lock:
@@ -55,12 +54,12 @@ class UploadTrigger:
             self.fire(f"{self._after} conversion(s)")
 
     def fire(self, reason: str) -> None:
-        """Offer the files converted since the last trigger, and (for a worker with a journal)
-        every earlier one its destination has not acknowledged yet.
+        """Offer the files converted since the last trigger, and every earlier one the catalog
+        says its destination has not acknowledged yet.
 
         The catch-up runs at every trigger, not only on start: a file dropped from a full queue
         or given up while a destination was down would otherwise wait for a restart, which on
-        a Pi left alone for months may never come. It costs one directory listing per trigger.
+        a Pi left alone for months may never come. It costs one catalog query per trigger and destination.
         """
         with self._lock:
             files, self._pending, self._count = self._pending, [], 0

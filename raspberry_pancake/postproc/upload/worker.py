@@ -7,12 +7,13 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from raspberry_pancake.postproc.supervise import StageThread
 from raspberry_pancake.postproc.upload.destination import Destination, UploadAborted, UploadError
-from raspberry_pancake.postproc.upload.journal import UploadJournal
+from raspberry_pancake.shared.catalog import Catalog, CatalogError
 from raspberry_pancake.shared.logs import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,29 @@ MAX_ATTEMPTS = 16
 # An idle connection is closed rather than left to the server's idle timeout.
 IDLE_CLOSE = 60.0
 POLL = 0.25
+# Catalog errors (after its own 30 s of retries) are logged at most this often.
+CATALOG_LOG_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Mp4:
+    """One converted file to send: its recording's catalog id (the uploads' key) and path."""
+
+    recording: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
 
 class UploadWorker:
     """One destination's thread and bounded queue: a dead destination holds back only itself.
 
-    With a journal, every mp4 of the directory reaches the destination in the end: catch_up()
-    offers, oldest first, each one the destination has not acknowledged; a file dropped from
+    Its acknowledged uploads live in the catalog, keyed by the destination's label: what it
+    acknowledged is never sent to it again. Every mp4 of the directory the catalog lists reaches
+    the destination in the end: catch_up() offers, oldest first, each one the destination has
+    not acknowledged (`pending_uploads`); a file dropped from
     the full queue, given up after the last attempt, or converted just before a stop is
     offered again at the next catch-up. A catch-up that found the queue full runs again as
     soon as the queue is empty, so a backlog drains at the destination's pace while the
@@ -40,19 +57,24 @@ class UploadWorker:
     """
 
     def __init__(self, dest: Destination, queue_size: int, stop: threading.Event,
-                 backoff_first: float = BACKOFF_FIRST, max_attempts: int = MAX_ATTEMPTS,
-                 journal: UploadJournal | None = None) -> None:
+                 catalog: Catalog, mp4_dir: Path, backoff_first: float = BACKOFF_FIRST,
+                 max_attempts: int = MAX_ATTEMPTS, legacy: Collection[str] = ()) -> None:
+        """`legacy`: the mp4 names this destination's old `.uploaded` journal acknowledges,
+        honoured even if the catalog's one-time import ran before it knew their mp4s."""
         self.dest = dest
-        self.journal = journal
-        self._queue: queue.Queue[Path] = queue.Queue(maxsize=queue_size)
+        self.catalog = catalog
+        self.mp4_dir = mp4_dir
+        self._legacy = frozenset(legacy)
+        self._catalog_limiter = RateLimiter(CATALOG_LOG_EVERY)
+        self._queue: queue.Queue[Mp4] = queue.Queue(maxsize=queue_size)
         self._stop = stop
         self._backoff_first = backoff_first
         self._max_attempts = max_attempts
         self._limiter = RateLimiter()
-        # Names queued or being uploaded: a catch-up never queues a file twice.
+        # Recordings queued or being uploaded: a catch-up never queues a file twice.
         self._lock = threading.Lock()  # guards _inflight, _gave_up, _more
-        self._inflight: set[str] = set()
-        self._gave_up: dict[str, int] = {}  # name -> times given up since start
+        self._inflight: set[int] = set()
+        self._gave_up: dict[int, int] = {}  # recording -> times given up since start
         self._more = False  # a catch-up left files waiting: run another when the queue empties
         name = "upload-" + re.sub(r"[^A-Za-z0-9@.:_-]", "_", dest.label.split("://", 1)[-1])
         self._thread = StageThread(name[:60], self._run)
@@ -68,38 +90,68 @@ class UploadWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def offer(self, mp4: Path) -> bool:
+    def offer(self, mp4: Mp4) -> bool:
         """Queue one file unless it is queued already; False (logged) when the queue is full."""
         with self._lock:
-            if mp4.name in self._inflight:
+            if mp4.recording in self._inflight:
                 return True
-            self._inflight.add(mp4.name)
+            self._inflight.add(mp4.recording)
         try:
             self._queue.put_nowait(mp4)
         except queue.Full:
             with self._lock:
-                self._inflight.discard(mp4.name)
+                self._inflight.discard(mp4.recording)
             self.dropped += 1
             log.warning("upload queue of %s full: dropped %s (it stays on disk for the next "
-                        "catch-up)", self.dest.label, mp4)
+                        "catch-up)", self.dest.label, mp4.path)
             return False
         return True
 
-    def catch_up(self, fresh: Sequence[Path] = ()) -> int:
+    def _catalog_error(self, what: str, exc: CatalogError) -> None:
+        self._catalog_limiter.log(log, logging.ERROR, what, "%s: %s: %s", self.dest.label,
+                                  what, exc)
+
+    def unacknowledged(self) -> list[Mp4]:
+        """This directory's converted mp4s the destination has not acknowledged, still on
+        disk. One gone from the disk unmarked (a retention without the catalog) is marked
+        deleted, so it is not looked for again; one the old journal acknowledges is recorded
+        as uploaded, never sent."""
+        try:
+            rows = self.catalog.pending_uploads(self.dest.label)
+        except CatalogError as exc:
+            self._catalog_error("cannot read the pending uploads", exc)
+            return []
+        out: list[Mp4] = []
+        for c in rows:
+            if c.mp4.parent != self.mp4_dir:
+                continue  # another postproc's mp4 directory, sharing the catalog
+            try:
+                if c.mp4.name in self._legacy:
+                    self.catalog.uploaded(c.recording, self.dest.label)
+                elif not c.mp4.is_file():
+                    self.catalog.mark_deleted(c.mp4)
+                else:
+                    out.append(Mp4(c.recording, c.mp4))
+            except CatalogError as exc:
+                self._catalog_error("cannot record what the catch-up found", exc)
+        return out
+
+    def catch_up(self, fresh: Sequence[Mp4] = ()) -> int:
         """Offer `fresh` (just converted) and every mp4 not yet acknowledged, oldest first,
         until the queue is full; the rest wait for the next catch-up. Returns how many of the
         older files were offered."""
-        older = [] if self.journal is None else self.journal.unacknowledged()
-        fresh_names = {f.name for f in fresh}
+        older = self.unacknowledged()
+        fresh_ids = {f.recording for f in fresh}
         with self._lock:
-            older = [f for f in older if f.name not in fresh_names
-                     and f.name not in self._inflight]
+            older = [f for f in older if f.recording not in fresh_ids
+                     and f.recording not in self._inflight]
             gave_up = dict(self._gave_up)
-        todo = sorted([*older, *fresh], key=lambda f: (gave_up.get(f.name, 0), f.name, str(f)))
+        todo = sorted([*older, *fresh],
+                      key=lambda f: (gave_up.get(f.recording, 0), f.name, str(f.path)))
         offered = waiting = 0
         full = False
         for mp4 in todo:
-            is_fresh = mp4.name in fresh_names
+            is_fresh = mp4.recording in fresh_ids
             if full and not is_fresh:
                 # One line for the backlog, not one per file; a fresh file still gets its own.
                 waiting += 1
@@ -111,7 +163,7 @@ class UploadWorker:
         if waiting:
             log.warning("%s: queue full: %d more earlier file(s) wait for the next catch-up "
                         "(when the queue empties)", self.dest.label, waiting)
-        if full and self.journal is not None:
+        if full:
             with self._lock:
                 self._more = True
         if offered:
@@ -146,7 +198,7 @@ class UploadWorker:
                     self._upload(mp4)
                 finally:
                     with self._lock:
-                        self._inflight.discard(mp4.name)
+                        self._inflight.discard(mp4.recording)
                 idle_since = time.monotonic()
         finally:
             self.dest.close()
@@ -155,17 +207,30 @@ class UploadWorker:
                 log.info("%s: %d upload(s) not done at stop (the next catch-up offers them)",
                          self.dest.label, left)
 
-    def _upload(self, mp4: Path) -> None:
+    def _acknowledged(self, mp4: Mp4) -> bool:
+        try:
+            if mp4.name in self._legacy and mp4.path.parent == self.mp4_dir:
+                # An older version's mp4, taken into the catalog at this start.
+                self.catalog.uploaded(mp4.recording, self.dest.label)
+                return True
+            return self.catalog.is_uploaded(mp4.recording, self.dest.label)
+        except CatalogError as exc:
+            self._catalog_error("cannot read the uploads", exc)
+            return False  # a repeated upload of the same bytes is harmless (.part + rename)
+
+    def _upload(self, mp4: Mp4) -> None:
+        if self._acknowledged(mp4):
+            return  # acknowledged since it was queued (another catch-up, another process)
         delay = self._backoff_first
         for attempt in range(1, self._max_attempts + 1):
-            if not mp4.is_file():
-                log.warning("%s: %s no longer exists: not uploaded", self.dest.label, mp4)
+            if not mp4.path.is_file():
+                log.warning("%s: %s no longer exists: not uploaded", self.dest.label, mp4.path)
                 return
             started = time.monotonic()
             try:
-                self.dest.upload(mp4, self._stop)
+                self.dest.upload(mp4.path, self._stop)
             except UploadAborted:
-                log.info("%s: upload of %s cut off by shutdown", self.dest.label, mp4)
+                log.info("%s: upload of %s cut off by shutdown", self.dest.label, mp4.path)
                 return
             except UploadError as exc:
                 reason = str(exc)
@@ -177,12 +242,20 @@ class UploadWorker:
                 reason = f"unexpected {type(exc).__name__}: {exc}"
                 self._close_quietly()
             else:
-                if self.journal is not None:
-                    self.journal.record(mp4)
+                try:
+                    self.catalog.uploaded(mp4.recording, self.dest.label)
+                    self.catalog.log("upload", f"{mp4.name} uploaded to {self.dest.label}")
+                except CatalogError as exc:
+                    # Sent again at a later catch-up: the same bytes, harmless.
+                    self._catalog_error("cannot record the upload", exc)
                 self.uploaded += 1
                 log.info("%s: uploaded %s in %.1f s", self.dest.label, mp4.name,
                          time.monotonic() - started)
                 return
+            try:
+                self.catalog.upload_attempted(mp4.recording, self.dest.label, reason)
+            except CatalogError as exc:
+                self._catalog_error("cannot record the attempt", exc)
             if attempt == self._max_attempts:
                 self._limiter.log(log, logging.WARNING, "fail",
                                   "%s: upload of %s failed (attempt %d): %s",
@@ -196,9 +269,9 @@ class UploadWorker:
             delay = min(delay * 2, BACKOFF_MAX)
         self.given_up += 1
         with self._lock:
-            self._gave_up[mp4.name] = self._gave_up.get(mp4.name, 0) + 1
+            self._gave_up[mp4.recording] = self._gave_up.get(mp4.recording, 0) + 1
         log.error("%s: gave up on %s after %d attempts (it stays on disk for the next "
-                  "catch-up)", self.dest.label, mp4, self._max_attempts)
+                  "catch-up)", self.dest.label, mp4.path, self._max_attempts)
 
     def _close_quietly(self) -> None:
         """Drop the connection after an undeclared failure: its state is unknown."""
