@@ -18,6 +18,7 @@ from raspberry_pancake.shared.credentials import Secret, SecretError
 from raspberry_pancake.shared.credentials import resolve as resolve_secret
 from raspberry_pancake.shared.events import MAX_SOCKET_NAME
 from raspberry_pancake.shared.retention import DEFAULT_MIN_FREE, Amount, parse_min_free
+from raspberry_pancake.shared.statedir import catalog_path
 
 __all__ = ["ConfigError", "RecorderConfig", "Size", "load_detect", "parse"]
 
@@ -63,6 +64,10 @@ class RecorderConfig:
     min_free: Amount
     trust_proxy: bool = False
     self_check: bool = False
+    # The catalog file (--catalog, else pancake.db in the state directory) and the state
+    # directory to make first when the catalog lives there (None with --catalog).
+    catalog: Path | None = None
+    state_dir: Path | None = None
     # The user's detect(), loaded once by parse(): customize.py's side effects (a GPIO pin
     # opened, a model loaded) must happen once per process, not once per check.
     detect_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
@@ -153,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-check", action="store_true",
                    help="report what the Pi camera path runs on (picamera2, av, numpy, the "
                         "encoder, the cameras) and exit: 0 if recording will work, else 1")
+    p.add_argument("--catalog", metavar="PATH",
+                   help="the catalog of recordings and events (default: pancake.db in the "
+                        "state directory)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="where pancake keeps its state: the catalog, the logouts (default: "
+                        "$XDG_STATE_HOME/pancake, else ~/.local/state/pancake)")
     p.add_argument("--trust-proxy", action="store_true",
                    help="behind a reverse proxy: take the client's address and scheme from its "
                         "X-Forwarded-For / X-Real-Ip and X-Forwarded-Proto headers")
@@ -188,6 +199,21 @@ def _source(text: str) -> Secret:
     if not text.strip():
         raise ConfigError("--source: empty (auto, testsrc, a device, a URL or a file)")
     return Secret(text, "the command line")
+
+
+def _catalog(catalog: str | None, state: str | None) -> tuple[Path, Path | None]:
+    """The catalog's path, and the state directory to make when the catalog is in it."""
+    explicit = Path(catalog).absolute() if catalog is not None else None
+    directory = Path(state).absolute() if state is not None else None
+    if explicit is not None:
+        if explicit.is_dir():
+            raise ConfigError(f"--catalog: {catalog!r} is a directory")
+        if not explicit.parent.is_dir():
+            raise ConfigError(f"--catalog: the directory of {catalog!r} does not exist")
+    if directory is not None and directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--state-dir: {state!r} is not a directory")
+    path = catalog_path(explicit, directory)
+    return path, None if explicit is not None else path.parent
 
 
 def _customize_path(text: str | None) -> Path:
@@ -251,6 +277,7 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
                 shown = os.fsencode(d).decode("utf-8", "backslashreplace")
                 raise ConfigError(f"{flag}: '{shown}' is not a UTF-8 name, and --emit's messages "
                                   "can only carry UTF-8 paths: rename the directory")
+    catalog, state_dir = _catalog(a.catalog, a.state_dir)
     customize = _customize_path(a.customize) if a.detect else None
     # Loaded here, once: a bad file fails now, not when the first frame arrives.
     detect_fn = load_detect(customize, a.detect) if customize is not None else None
@@ -282,6 +309,8 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         min_free=min_free,
         trust_proxy=a.trust_proxy,
         self_check=a.self_check,
+        catalog=catalog,
+        state_dir=state_dir,
         detect_fn=detect_fn,
     )
 

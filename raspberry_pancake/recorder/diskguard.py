@@ -7,13 +7,14 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from raspberry_pancake.recorder.stage import Stage
+from raspberry_pancake.shared.catalog import Recording
 from raspberry_pancake.shared.events import Event
 from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.retention import (
@@ -33,6 +34,18 @@ CHECK_INTERVAL = 5.0
 REARM_AFTER = 3600.0
 
 
+class GuardCatalog(Protocol):
+    """The catalog as the guard uses it; None from a read means "unavailable now"."""
+
+    def deletion_order(self, dirs: Sequence[Path],
+                       destinations: Sequence[str] = ()) -> list[Recording] | None: ...
+    def recording_at(self, path: Path) -> Recording | None: ...
+    def deleted(self, path: Path) -> None: ...
+
+
+Candidate = tuple[RecordingDir, Item]
+
+
 class DiskUsage(Protocol):
     @property
     def total(self) -> int: ...
@@ -43,12 +56,15 @@ class DiskUsage(Protocol):
 @dataclass(frozen=True, slots=True)
 class DiskGuardConfig:
     """record_dirs: pancake's own directories, the only ones the guard deletes from.
-    mp4_dirs: where postproc puts conversions; a recording with an mp4 there goes first."""
+    mp4_dirs: where postproc puts conversions; without the catalog, a recording with an mp4
+    there goes first. destinations: the upload destinations whose acknowledgements (in the
+    catalog) put a converted recording first of all; pancake knows none of them yet."""
 
     record_dirs: tuple[Path, ...]
     min_free: Amount
     interval: float = CHECK_INTERVAL
     mp4_dirs: tuple[Path, ...] = ()
+    destinations: tuple[str, ...] = ()
     recent: float = RECENT_SECONDS
     rearm_after: float = REARM_AFTER
 
@@ -64,9 +80,12 @@ class DiskGuard(Stage):
 
     When a filesystem holding record directories has less than `min_free` available, the guard
     emits {"disk": "low", "free": bytes, "dir": path} once for the episode, then deletes whole
-    recordings (with their sidecars) from those directories, already-converted ones first,
-    oldest first, until free space is back. A file being written (`is_open`, default: held open
-    by any process) or modified in the last `recent` seconds is never touched.
+    recordings (with their sidecars) from those directories until free space is back, in the
+    catalog's order (converted and uploaded everywhere, then converted, then the rest; oldest
+    first in each; never a kept one) and marks them deleted there. Without a catalog, or while
+    it is unavailable: converted ones (an mp4 beside or in `mp4_dirs`) first, oldest first.
+    A file being written (`is_open`, default: held open by any process) or modified in the
+    last `recent` seconds is never touched.
     """
 
     def __init__(
@@ -77,6 +96,7 @@ class DiskGuard(Stage):
         is_open: Callable[[str], bool] | None = None,
         disk_usage: Callable[[str], DiskUsage] = shutil.disk_usage,
         clock: Callable[[], float] = time.monotonic,
+        catalog: GuardCatalog | None = None,
     ) -> None:
         super().__init__("diskguard")
         self.cfg = cfg
@@ -85,6 +105,7 @@ class DiskGuard(Stage):
         self._busy = BusyCheck(cfg.recent, is_open)
         self._disk_usage = disk_usage
         self._clock = clock
+        self._catalog = catalog
         self._limiter = RateLimiter(60.0)
         self._episodes: dict[int, _Episode] = {}  # by st_dev; touched by the guard thread only
         self.deleted = 0
@@ -148,13 +169,13 @@ class DiskGuard(Stage):
             opened = [stack.enter_context(RecordingDir(d)) for d in dirs]
             self._busy.refresh()
             candidates = [(rdir, item) for rdir in opened for item in rdir.items(True)]
-            converted = self._converted()
-            candidates.sort(key=lambda c: (self._tier(c[1], converted), c[1].age_key))
-            for rdir, item in candidates:
+            for rdir, item, checked in self._order(dirs, candidates):
                 if self._stop.is_set():  # shutting down: the next start carries on
                     return deleted
                 if self._busy.reason(item) is not None:
                     busy += 1
+                    continue
+                if not checked and self._kept(item):
                     continue
                 try:
                     rdir.delete(item)
@@ -164,6 +185,8 @@ class DiskGuard(Stage):
                                       exc.strerror or exc)
                     continue
                 log.info("deleted %s to free space", item.describe())
+                if self._catalog is not None and item.has_h264:
+                    self._catalog.deleted(_h264(item))
                 deleted += item.paths
                 self.deleted += 1
                 episode.last_delete = self._clock()
@@ -177,6 +200,33 @@ class DiskGuard(Stage):
                       "too recent); recording resumes when space returns", dirs[0],
                       human_bytes(free), busy)
         return deleted
+
+    def _order(self, dirs: list[Path],
+               candidates: list[Candidate]) -> list[tuple[RecordingDir, Item, bool]]:
+        """Candidates in deletion order, each with whether the catalog already cleared it
+        (listed in its order: closed, not kept). The catalog's order first; then what it does
+        not list (unknown to it, or left open by a crash) in the directories' order."""
+        converted = self._converted()
+        by_disk = sorted(candidates, key=lambda c: (self._tier(c[1], converted), c[1].age_key))
+        rows = (self._catalog.deletion_order(dirs, self.cfg.destinations)
+                if self._catalog is not None else None)
+        if rows is None:
+            if self._catalog is not None:
+                self._limiter.log(log, logging.WARNING, "catalog", "catalog unavailable: "
+                                  "deleting converted recordings (an mp4 in sight) first, "
+                                  "then the oldest")
+            return [(r, i, False) for r, i in by_disk]
+        index = {str(_h264(item)): (rdir, item) for rdir, item in candidates if item.has_h264}
+        first = [(*index.pop(str(r.path)), True) for r in rows if str(r.path) in index]
+        ranked = {id(item) for _, item, _ in first}
+        return first + [(r, i, False) for r, i in by_disk if id(i) not in ranked]
+
+    def _kept(self, item: Item) -> bool:
+        """Whether the catalog says the user keeps this recording."""
+        if self._catalog is None or not item.has_h264:
+            return False
+        row = self._catalog.recording_at(_h264(item))
+        return row is not None and row.kept
 
     def _converted(self) -> set[str]:
         """Stems that have an mp4 in one of the mp4 directories."""
@@ -198,3 +248,8 @@ class DiskGuard(Stage):
         if item.stem in converted or any(f.name.endswith(".mp4") for f in item.files):
             return 0
         return 1
+
+
+def _h264(item: Item) -> Path:
+    """The video of a recording item, as the catalog names it (absolute)."""
+    return Path(os.path.abspath(item.directory / f"{item.stem}.h264"))

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Sequence
 
 from raspberry_pancake.recorder import selfcheck
+from raspberry_pancake.recorder.catalog_writer import CatalogConfig, CatalogWriter
 from raspberry_pancake.recorder.config import ConfigError, parse
 from raspberry_pancake.recorder.emitter import Emitter
 from raspberry_pancake.recorder.pipeline import Pipeline
@@ -53,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     signals.start()
 
     emitter = Emitter(cfg.emit)
-    recorder = Pipeline(cfg, camera, emitter)
+    catalog = None
+    if cfg.catalog is not None:  # opened on its own thread: an unusable one never stops us
+        catalog = CatalogWriter(CatalogConfig(cfg.catalog, cfg.state_dir, cfg.record_dirs))
+    recorder = Pipeline(cfg, camera, emitter, catalog)
     log.info("%s at %s, %g fps; live view on port %d", camera.name, cfg.frame_size,
              cfg.fps, cfg.port)
     recorder.start()

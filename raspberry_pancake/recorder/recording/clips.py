@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,12 @@ class Edge:
     wall: float
 
 
+# Told, on the clip writer's thread, which clip covers an edge (its .h264), once the file
+# exists; None when the edge gets no clip (a falling edge in `all` mode with none open, a clip
+# that never reached a keyframe, the writer stopping).
+ClipNamed = Callable[[Path | None], None]
+
+
 @dataclass(frozen=True, slots=True)
 class ClipConfig:
     directory: Path
@@ -115,21 +122,24 @@ class ClipWriter(Stage):
         self._cfg = cfg
         self._hooks = hooks
         self._ring = RingBuffer(PRE_ROLL + RING_SLACK)
-        self._inbox: Inbox[Packet | Edge] = Inbox(QUEUE_PACKETS, "clip writer", log)
+        self._inbox: Inbox[Packet | tuple[Edge, ClipNamed | None]] = Inbox(
+            QUEUE_PACKETS, "clip writer", log)
         self._active = False  # a clip is being cut (its file opens at the first keyframe)
         self._file: H264File | None = None
         self._end: float | None = None  # None while open: detection still true (`all` mode)
         self._tail: list[Packet] = []  # after the end, waiting to see whether an edge merges
         self._last_written = float("-inf")
+        self._unnamed: list[ClipNamed] = []  # edges of the active clip, before its file exists
 
     # -- from other threads ------------------------------------------------------------------
     def put(self, packet: Packet) -> None:
         """From the encoder thread; never blocks it."""
         self._inbox.offer(packet)
 
-    def edge(self, edge: Edge) -> None:
-        """From the detector thread, at the edge."""
-        self._inbox.offer(edge)
+    def edge(self, edge: Edge, named: ClipNamed | None = None) -> None:
+        """From the detector thread, at the edge; `named` learns the clip that covers it."""
+        if not self._inbox.offer((edge, named)) and named is not None:
+            named(None)
 
     def request_stop(self) -> None:
         self._inbox.close()
@@ -146,8 +156,8 @@ class ClipWriter(Stage):
     def run(self) -> None:
         for item in self._inbox:
             try:
-                if isinstance(item, Edge):
-                    self._on_edge(item)
+                if isinstance(item, tuple):
+                    self._on_edge(*item)
                 else:
                     self._on_packet(item)
             except OSError as exc:
@@ -155,21 +165,34 @@ class ClipWriter(Stage):
                 self._close(final=True)
         self._close(final=True)
 
-    def _on_edge(self, edge: Edge) -> None:
+    def _on_edge(self, edge: Edge, named: ClipNamed | None = None) -> None:
         start = edge.mono - PRE_ROLL
         if self._active:
             if self._end is None:
                 if not edge.rising:  # `all` mode: detection over, keep the post-roll
                     self._end = edge.mono + POST_ROLL
+                self._name(named)
                 return
             if start <= self._end:  # its pre-roll reaches into this clip: one clip covers both
+                self._name(named)
                 self._extend(edge)
                 return
             self._close(final=True)
         if self._cfg.mode == "all" and not edge.rising:
-            return  # a falling edge with no clip open (detection was true before we started)
-        self._open(self._ring.since(start))
+            if named is not None:
+                named(None)  # a falling edge with no clip open (detection was on at our start)
+            return
+        self._open(self._ring.since(start), named)
         self._end = None if self._cfg.mode == "all" else edge.mono + POST_ROLL
+
+    def _name(self, named: ClipNamed | None) -> None:
+        """Tell `named` the active clip's file now, or once it exists."""
+        if named is None:
+            return
+        if self._file is not None:
+            named(self._file.path)
+        else:
+            self._unnamed.append(named)
 
     def _extend(self, edge: Edge) -> None:
         if self._cfg.mode == "all" and edge.rising:
@@ -197,11 +220,12 @@ class ClipWriter(Stage):
             if packet.mono >= self._end + self._cfg.merge_wait:
                 self._close(final=True)
 
-    def _open(self, packets: list[Packet]) -> None:
+    def _open(self, packets: list[Packet], named: ClipNamed | None = None) -> None:
         self._active = True
         self._file = None
         self._last_written = float("-inf")
         self._tail = []
+        self._name(named)
         for packet in packets:
             self._write(packet)
 
@@ -209,8 +233,14 @@ class ClipWriter(Stage):
         if self._file is None:
             if not packet.keyframe:
                 return
-            self._file = H264File(self._cfg.directory, packet.wall, True, self._cfg.siblings)
+            self._file = H264File(self._cfg.directory, packet.wall, True, self._cfg.siblings,
+                                  "clip", self._hooks.catalog)
             self._hooks.opened(str(self._file.path))
+            if self._hooks.catalog is not None:
+                self._hooks.catalog.opened(self._file.path, "clip", packet.wall)
+            waiting, self._unnamed = self._unnamed, []
+            for named in waiting:
+                named(self._file.path)
         self._file.write(packet)
         self._last_written = packet.mono
 
@@ -218,5 +248,8 @@ class ClipWriter(Stage):
         f, self._file = self._file, None
         self._active = False
         self._tail = []
+        waiting, self._unnamed = self._unnamed, []
+        for named in waiting:  # the clip never reached a keyframe: no file covers them
+            named(None)
         if f is not None:
             f.finish(self._hooks, detection=final)

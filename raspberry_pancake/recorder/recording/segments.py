@@ -7,11 +7,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from raspberry_pancake.recorder.frames import Packet
 from raspberry_pancake.recorder.recording.splits import create_unique, file_stem
 from raspberry_pancake.recorder.stage import Stage
+from raspberry_pancake.shared.catalog import Kind
 from raspberry_pancake.shared.events import Event
 from raspberry_pancake.shared.inbox import Inbox
 from raspberry_pancake.shared.logs import RateLimiter
@@ -29,6 +30,20 @@ FLUSH_EVERY = 1.0
 # Packets waiting for the disk: minutes of video at any sane bitrate, so a slow SD card
 # stalls nothing; past it, packets drop with a log line.
 QUEUE_PACKETS = 4096
+# Sidecars whose stem takes a name as much as a video does: a new recording never adopts a
+# snapshot or a timestamps file left without its video (retention would take them for its own).
+SIDECARS = (".pts", ".jpg")
+
+
+class RecordingSink(Protocol):
+    """The catalog as a writer sees it: told of each file, asked about names. Neither call
+    waits for the disk (the catalog writes on its own thread)."""
+
+    def opened(self, path: Path, kind: Kind, start: float) -> None: ...
+    def closed(self, path: Path, kind: Kind, start: float, end: float,
+               frames: int) -> None: ...
+    def name_used(self, stem: str) -> bool: ...
+    def deleted(self, path: Path) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,15 +53,26 @@ class WriterHooks:
     opened: Callable[[str], None]
     closed: Callable[[str], None]
     emit: Callable[[Event], None]
+    catalog: RecordingSink | None = None  # None: no catalog is kept (a test, a bench)
+
+
+def _name_taken(directory: Path, catalog: RecordingSink | None) -> Callable[[str], bool]:
+    def used(stem: str) -> bool:
+        if any((directory / (stem + ext)).exists() for ext in SIDECARS):
+            return True
+        return catalog is not None and catalog.name_used(stem)
+    return used
 
 
 class H264File:
     """One raw .h264 file and its .pts sidecar (capture times, ms from the first frame)."""
 
     def __init__(self, directory: Path, wall: float, with_seconds: bool,
-                 siblings: tuple[Path, ...] = ()) -> None:
+                 siblings: tuple[Path, ...] = (), kind: Kind = "continuous",
+                 catalog: RecordingSink | None = None) -> None:
         self.path, self._file = create_unique(directory, file_stem(wall, with_seconds), ".h264",
-                                              siblings)
+                                              siblings, _name_taken(directory, catalog))
+        self.kind: Kind = kind
         self.pts_path = self.path.with_suffix(".pts")
         try:
             self._pts: BinaryIO = open(self.pts_path, "wb")
@@ -102,6 +128,11 @@ class H264File:
         except OSError as exc:
             log.error("closing %s failed: %s", self.path, exc)
         hooks.closed(str(self.path))
+        if hooks.catalog is not None:
+            # An empty file is removed below, but it was catalogued when opened: closed with
+            # 0 frames is the truth about it (and its name stays used).
+            hooks.catalog.closed(self.path, self.kind, self.wall, self.wall + self.duration,
+                                 self.frames)
         if self.frames == 0:
             for path in (self.path, self.pts_path):
                 try:
@@ -109,6 +140,8 @@ class H264File:
                 except OSError as exc:  # a read-only remount: an empty file stays, said once
                     _limit.log(log, logging.ERROR, "unlink", "cannot remove empty %s: %s",
                                path, exc.strerror or exc)
+            if hooks.catalog is not None and not self.path.exists():
+                hooks.catalog.deleted(self.path)  # nothing for postproc to convert
             return
         log.info("%s: %d frames, %.1f s", self.path.name, self.frames, self.duration)
         event = Event(h264=str(self.path), pts=str(self.pts_path), time=round(self.wall, 3))
@@ -186,8 +219,11 @@ class SegmentWriter(Stage):
             self._close()
             if not self._retry.ready(packet.mono):
                 return  # the disk failed a moment ago: these frames are lost, said above
-            self._file = H264File(self._dir, packet.wall, self._with_seconds, self._siblings)
+            self._file = H264File(self._dir, packet.wall, self._with_seconds, self._siblings,
+                                  "continuous", self._hooks.catalog)
             self._hooks.opened(str(self._file.path))
+            if self._hooks.catalog is not None:
+                self._hooks.catalog.opened(self._file.path, "continuous", packet.wall)
         if self._file is not None:
             self._file.write(packet)
             if self._failing:

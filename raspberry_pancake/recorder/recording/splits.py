@@ -6,7 +6,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -58,20 +58,26 @@ def file_stem(wall: float, with_seconds: bool) -> str:
 
 
 def create_unique(directory: Path, stem: str, suffix: str,
-                  siblings: Sequence[Path] = ()) -> tuple[Path, BinaryIO]:
+                  siblings: Sequence[Path] = (),
+                  used: Callable[[str], bool] | None = None) -> tuple[Path, BinaryIO]:
     """Create stem+suffix, or stem-1+suffix, stem-2+suffix…: never overwrite (DST, clock jumps).
 
     A name also taken in one of the `siblings` directories is skipped: segments and clips go
     to different directories but their mp4s meet in one, so their names must differ too.
+    A stem for which `used(stem)` is true is skipped too: the catalog's history (recordings and
+    mp4s deleted since, whose names a backup still holds) and a sidecar left without its video.
     O_EXCL makes the check and the creation one step within `directory`.
     """
     with _naming:
         n = 0
         while True:
-            name = f"{stem}{suffix}" if n == 0 else f"{stem}-{n}{suffix}"
+            candidate = stem if n == 0 else f"{stem}-{n}"
+            name = f"{candidate}{suffix}"
             path = directory / name
             n += 1
             if any((d / name).exists() for d in siblings if d != directory):
+                continue
+            if used is not None and used(candidate):
                 continue
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
