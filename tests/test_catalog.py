@@ -521,3 +521,19 @@ def test_kill_9_in_the_middle_of_a_transaction_leaves_a_consistent_catalog(
         assert c.recording_at(Path("/rec/torn.h264")) is None
         # The dead writer's lock is gone: writing goes on at once.
         c.recording_opened("cam", "continuous", Path("/rec/after.h264"), 100)
+
+
+def test_a_newer_rollback_journal_file_is_not_switched_to_wal(tmp_path: Path) -> None:
+    """A catalog from a newer version is left exactly as it is, journal mode included."""
+    db = tmp_path / "pancake.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE future (x)")
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(CatalogTooNew):
+        Catalog.open(db, owner=True)
+    assert db.read_bytes() == before
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()

@@ -403,6 +403,12 @@ class Catalog:
             result = conn.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
                 raise _Damaged(f"quick_check: {result}")
+        # A file from a newer version is refused before anything is changed in it (not even its
+        # journal mode): the newer programs it belongs to may still need it as it is.
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise CatalogTooNew(f"schema version {version} is newer than this program's "
+                                f"{len(MIGRATIONS)}: update the programs")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise CatalogError(f"{self.path}: cannot use WAL mode (journal mode {mode})")
