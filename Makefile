@@ -59,7 +59,11 @@ unit: $(VENV)/.installed-test
 
 test: apt-test lint unit
 
-bench: apt-bench $(VENV)/.installed-test
+$(VENV)/.installed-bench: $(VENV)/.installed-test pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+bench: apt-bench $(VENV)/.installed-bench
 	$(PY) bench/run_all.py
 
 clean:

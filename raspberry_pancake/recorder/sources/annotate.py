@@ -9,6 +9,16 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from raspberry_pancake.recorder.stamp import (
+    CELL_H,
+    CELL_W,
+    FORMS,
+    MARGIN,
+    layout,
+    scale_for,
+    stamp_size,
+)
+
 # 5x7 glyphs, one string of five bits per row. Only what a timestamp needs.
 _GLYPHS: dict[str, tuple[str, ...]] = {
     "0": ("01110", "10001", "10011", "10101", "11001", "10001", "01110"),
@@ -26,13 +36,11 @@ _GLYPHS: dict[str, tuple[str, ...]] = {
     ".": ("00000", "00000", "00000", "00000", "00000", "01100", "01100"),
     " ": ("00000",) * 7,
 }
-_CELL_W, _CELL_H = 6, 9  # glyph plus one column of spacing; one row above and below
-_MARGIN = 4  # from the picture's edges, on every side
 # Studio-swing luma: white text with a black outline reads on any picture.
 _TEXT_Y, _EDGE_Y = 235, 16
-# The stamp's forms, longest first: the year goes when even the smallest glyphs leave no
-# room for it (a picture under 122 pixels wide), then the date, then the seconds.
-FORMS = ("%Y-%m-%d %H:%M:%S", "%m-%d %H:%M:%S", "%H:%M:%S", "%H:%M")
+
+# layout, stamp_size and FORMS are re-exported: tests and the sources read them from here.
+__all__ = ["FORMS", "Annotator", "layout", "render", "stamp_size"]
 
 Mask = npt.NDArray[np.bool_]
 Plane = npt.NDArray[np.uint8]
@@ -40,41 +48,16 @@ Plane = npt.NDArray[np.uint8]
 log = logging.getLogger(__name__)
 
 
-def stamp_size(chars: int, scale: int) -> tuple[int, int]:
-    """(width, height) in pixels of `chars` characters at `scale` pixels per font pixel; the
-    cells' blank rows and last spacing column hold the outline."""
-    return chars * _CELL_W * scale, _CELL_H * scale
-
-
-def _scale(height: int) -> int:
-    return max(1, round(height / _CELL_H))
-
-
-def layout(width: int, height: int, text_height: int) -> tuple[str, int] | None:
-    """The form and scale of the stamp on a width x height picture: the asked height when it
-    fits, else smaller glyphs, else a shorter form; None when not even "hh:mm" fits."""
-    if text_height <= 0:
-        return None
-    wanted = _scale(text_height)
-    for form in FORMS:
-        chars = len(time.strftime(form, time.localtime(0)))
-        for scale in range(wanted, 0, -1):
-            w, h = stamp_size(chars, scale)
-            if w <= width - 2 * _MARGIN and h <= height - 2 * _MARGIN:
-                return form, scale
-    return None
-
-
 def render(text: str, height: int) -> tuple[Mask, Mask]:
     """The text's pixels and its one-pixel outline, as masks about `height` pixels tall (a
     whole number of font pixels: stamp_size(len(text), scale) for a height of 9 * scale)."""
-    scale = _scale(height)
-    cells = np.zeros((_CELL_H, _CELL_W * len(text)), dtype=bool)
+    scale = scale_for(height)
+    cells = np.zeros((CELL_H, CELL_W * len(text)), dtype=bool)
     for i, ch in enumerate(text):
         rows = _GLYPHS.get(ch, _GLYPHS[" "])
         for r, bits in enumerate(rows):
             for c, bit in enumerate(bits):
-                cells[r + 1, i * _CELL_W + c] = bit == "1"
+                cells[r + 1, i * CELL_W + c] = bit == "1"
     glyphs = np.kron(cells, np.ones((scale, scale), dtype=bool))
     # Grown on a padded copy: np.roll wraps round, and once put the first glyph's left
     # outline at the right end, past the last character.
@@ -102,7 +85,7 @@ class Annotator:
         if self._size != (width, height):
             self._size, self._second = (width, height), -1
             self._layout = layout(width, height, self._height)
-            wanted = _scale(self._height)
+            wanted = scale_for(self._height)
             if self._layout is None:
                 log.warning("no room for the date and time on a %dx%d picture", width, height)
             elif self._layout != (FORMS[0], wanted):
@@ -119,7 +102,7 @@ class Annotator:
         second = int(wall)
         if second != self._second or self._text is None or self._edge is None:
             stamp = time.strftime(form, time.localtime(second))
-            self._text, self._edge = render(stamp, scale * _CELL_H)
+            self._text, self._edge = render(stamp, scale * CELL_H)
             self._second = second
         return self._text, self._edge
 
@@ -140,15 +123,15 @@ class Annotator:
             return
         text, edge = self._masks(wall, *fit)
         # layout() keeps the stamp inside; the crop only guards the planes' bounds.
-        h = min(text.shape[0], height - _MARGIN)
-        w = min(text.shape[1], width - _MARGIN)
-        box = y[_MARGIN:_MARGIN + h, _MARGIN:_MARGIN + w]
+        h = min(text.shape[0], height - MARGIN)
+        w = min(text.shape[1], width - MARGIN)
+        box = y[MARGIN:MARGIN + h, MARGIN:MARGIN + w]
         box[text[:h, :w]] = _TEXT_Y
         box[edge[:h, :w]] = _EDGE_Y
         # Neutral chroma under the text so it is white on any colour; rounded outwards, so
         # that a box of odd size leaves no coloured half-line.
-        y0, x0 = _MARGIN // 2, _MARGIN // 2
-        y1, x1 = (_MARGIN + h + 1) // 2, (_MARGIN + w + 1) // 2
+        y0, x0 = MARGIN // 2, MARGIN // 2
+        y1, x1 = (MARGIN + h + 1) // 2, (MARGIN + w + 1) // 2
         u[y0:y1, x0:x1] = 128
         v[y0:y1, x0:x1] = 128
 
