@@ -225,8 +225,13 @@ def test_the_disk_guard_deletes_converted_first_and_never_a_kept_one(
                     os.utime(f, (OLD, OLD))
                 rid = c.recording_opened("cam", "continuous", path, OLD + h)
                 c.recording_closed(rid, OLD + h + 60, 720, MiB)
-                if h in (3, 5):  # converted (their mp4s are elsewhere, or deleted since)
+                if h in (2, 3, 5):  # converted (their mp4s are elsewhere, or deleted since)
                     c.converted(rid, tmp_path / f"{stem}.mp4", 720, 60.0)
+                if h in (2, 3):  # uploaded to one of the two destinations postproc has
+                    c.uploaded(rid, "sftp://pi@backup.example:22/bak")
+                if h == 5:
+                    for dest in ("sftp://pi@backup.example:22/bak", "ftp://nick@ftp.example:21/b"):
+                        c.uploaded(rid, dest)
                 if h == 0:
                     c.set_kept(rid, True)
         # More free than the disk can give: everything that may go, goes, in order.
@@ -237,7 +242,8 @@ def test_the_disk_guard_deletes_converted_first_and_never_a_kept_one(
         assert p.stop()[0] == 0, p.log()
         order = [line.split("deleted ")[1].split(".h264")[0].rsplit("/", 1)[1]
                  for line in p.log().splitlines() if "to free space" in line]
-        assert order == [stems[3], stems[5], stems[1], stems[2], stems[4]], p.log()
+        # Uploaded to every destination postproc has, then converted, then the rest.
+        assert order == [stems[5], stems[2], stems[3], stems[1], stems[4]], p.log()
         assert (rec / f"{stems[0]}.h264").exists()  # kept
         rows = {r.stem: r for r in everything(db, deleted=True)}
         assert {s for s in stems if rows[s].deleted} == set(stems[1:])

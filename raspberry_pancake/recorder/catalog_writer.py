@@ -222,13 +222,15 @@ class CatalogWriter(Stage):
     def deletion_order(self, dirs: Sequence[Path],
                        destinations: Sequence[str] = ()) -> list[Recording] | None:
         """The catalog's deletion order for `dirs`, or None when it is unavailable. The
-        guard's first pass waits (up to NAME_WAIT) for the catalog, which knows what is kept."""
+        guard's first pass waits (up to NAME_WAIT) for the catalog, which knows what is kept.
+        With no `destinations` given, "uploaded everywhere" means to every destination the
+        catalog has recorded an upload to (postproc's), as for the retention scripts."""
         self._ready.wait(NAME_WAIT)
         catalog = self.current()
         if catalog is None:
             return None
         try:
-            return catalog.deletion_order(dirs, destinations)
+            return catalog.deletion_order(dirs, destinations or catalog.destinations())
         except CatalogError as exc:
             _limit.log(log, logging.WARNING, "order", "catalog not read for the deletion "
                        "order: %s", exc)

@@ -58,7 +58,8 @@ class DiskGuardConfig:
     """record_dirs: pancake's own directories, the only ones the guard deletes from.
     mp4_dirs: where postproc puts conversions; without the catalog, a recording with an mp4
     there goes first. destinations: the upload destinations whose acknowledgements (in the
-    catalog) put a converted recording first of all; pancake knows none of them yet."""
+    catalog) put a converted recording first of all; empty: every destination the catalog has
+    seen an upload to."""
 
     record_dirs: tuple[Path, ...]
     min_free: Amount
