@@ -381,12 +381,13 @@ def test_a_viewer_keeps_getting_frames_after_a_failed_encode() -> None:
 
 
 @pytest.mark.slow
-def test_a_viewer_acking_every_frame_for_a_minute_never_freezes(
+def test_a_viewer_acking_every_frame_for_half_a_minute_never_freezes(
         tmp_path: Path, pancakes: list[Pancake], listener: Listener) -> None:
     """The field report's setup, shortened: 640x480 at 15 fps, continuous and edge recording,
     detect(rgb) five times a second (edge snapshots encode JPEGs too), one viewer acking every
-    frame. It froze for good after the first failed encode."""
-    seconds, max_fps = 60.0, 10.0
+    frame. It froze for good after the first failed encode, 11-15 s in: half a minute is twice
+    that, and keeps CI's time."""
+    seconds, max_fps = 30.0, 10.0
     customize = tmp_path / "customize.py"
     customize.write_text("import time\n\ndef detect(rgb):\n    return time.time() % 6 < 3\n")
     rec = tmp_path / "rec"
