@@ -188,3 +188,16 @@ def schedule_customize(path: Path, windows: list[tuple[float, float]], t0: float
         "    t = time.time() - T0\n"
         "    return any(a <= t < b for a, b in WINDOWS)\n")
     return path
+
+
+@pytest.fixture
+def ftpd(tmp_path: Path) -> Iterator[Any]:
+    """A real FTP server (pyftpdlib) on loopback, user `cam`, password FTP_PASSWORD."""
+    from tests.postproc_servers import FTP_PASSWORD, FtpServer
+
+    server = FtpServer(tmp_path / "ftproot", password=FTP_PASSWORD)
+    try:
+        yield server
+    finally:
+        server.stop()
+

@@ -200,12 +200,22 @@ def catalogued(catalog: Catalog, mp4: Path, camera: str = "cam") -> Mp4:
     return Mp4(rid, mp4)
 
 
-def start_postproc(tmp_path: Path) -> tuple[PostprocProcess, str, Path, Path]:
-    """The real postproc on a fresh socket name, converting tmp_path/h264 into tmp_path/mp4,
-    once its socket is bound: (process, socket name, h264 dir, mp4 dir)."""
+# The password of the tests' loopback FTP server: it must never show in a log.
+FTP_PASSWORD = "ftp-pass-never-shown"
+
+
+def make_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """tmp_path/h264 and tmp_path/mp4, made."""
     h264, mp4 = tmp_path / "h264", tmp_path / "mp4"
     h264.mkdir()
     mp4.mkdir()
+    return h264, mp4
+
+
+def start_postproc(tmp_path: Path) -> tuple[PostprocProcess, str, Path, Path]:
+    """The real postproc on a fresh socket name, converting tmp_path/h264 into tmp_path/mp4,
+    once its socket is bound: (process, socket name, h264 dir, mp4 dir)."""
+    h264, mp4 = make_dirs(tmp_path)
     name = f"pp-test-{uuid.uuid4().hex[:12]}"
     proc = PostprocProcess([name, "--convert", str(mp4), "12", "--h264-dir", str(h264)],
                            tmp_path / "postproc.log")

@@ -4,26 +4,15 @@ converted and uploaded exactly once, and a restart of both does neither again.""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from raspberry_pancake.shared.catalog import Catalog
 from tests.conftest import Pancake, run_pancake
 from tests.postproc_servers import FtpServer, decoded_frames, wait_for
-from tests.test_postproc_catalog import FTP_PASSWORD, REMOTE, Run, _label
+from tests.test_postproc_catalog import REMOTE, Run, _label
 
 BASE = ["--source", "testsrc", "--fps", "12", "--resolution", "160", "120"]
 
-
-@pytest.fixture
-def ftpd(tmp_path: Path) -> Iterator[FtpServer]:
-    server = FtpServer(tmp_path / "ftproot", password=FTP_PASSWORD)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def remote_files(ftpd: FtpServer) -> list[str]:

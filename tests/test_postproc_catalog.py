@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,10 +19,12 @@ from raspberry_pancake.postproc.convert import Converter, ConvertSettings, pendi
 from raspberry_pancake.shared.catalog import Catalog
 from raspberry_pancake.shared.cli import ConfigError
 from tests.postproc_servers import (
+    FTP_PASSWORD,
     FtpServer,
     PostprocProcess,
     decoded_frames,
     h264_bytes,
+    make_dirs,
     make_recording,
     open_catalog,
     send_event,
@@ -31,24 +32,9 @@ from tests.postproc_servers import (
     wait_socket,
 )
 
-FTP_PASSWORD = "catalog-ftp-pass"
 REMOTE = "cam"
 
 
-@pytest.fixture
-def ftpd(tmp_path: Path) -> Iterator[FtpServer]:
-    server = FtpServer(tmp_path / "ftproot", password=FTP_PASSWORD)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _dirs(tmp_path: Path) -> tuple[Path, Path]:
-    h264, mp4 = tmp_path / "h264", tmp_path / "mp4"
-    h264.mkdir()
-    mp4.mkdir()
-    return h264, mp4
 
 
 def _label(ftpd: FtpServer) -> str:
@@ -97,7 +83,7 @@ def test_mp4_retention_stricter_than_h264_converts_and_uploads_nothing_twice(
         tmp_path: Path, ftpd: FtpServer) -> None:
     """`limit_files_by_number.py h264 8 mp4 4`: the mp4s of recordings whose h264 is kept are
     deleted. Every start used to convert those h264s again and upload them again."""
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     db = tmp_path / "pancake.db"
     catalog = open_catalog(db)
     names = [f"20240623-17{m:02d}" for m in (0, 15, 30, 45)]
@@ -137,7 +123,7 @@ def test_mp4_retention_stricter_than_h264_converts_and_uploads_nothing_twice(
 def test_rescans_never_convert_again_what_the_catalog_says_was_converted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(convert_module, "RESCAN_INTERVAL", 0.0)  # rescan whenever idle
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     catalog = open_catalog(tmp_path / "pancake.db")
     _pancake_recording(catalog, h264 / "20240623-1700.h264", 12)
     make_recording(h264 / "20240623-1715.h264", frames=12, settled=True)  # never catalogued
@@ -170,7 +156,7 @@ def test_rescans_never_convert_again_what_the_catalog_says_was_converted(
 def test_restart_while_a_segment_is_open_makes_no_truncated_mp4(tmp_path: Path) -> None:
     """At start postproc converted every .h264 without an mp4, the segment pancake was still
     writing included: a truncated mp4, and the full segment never converted."""
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     db = tmp_path / "pancake.db"
     catalog = open_catalog(db)
     seg = h264 / "20240623-1700.h264"
@@ -198,7 +184,7 @@ def test_restart_while_a_segment_is_open_makes_no_truncated_mp4(tmp_path: Path) 
 def test_a_segment_closed_while_postproc_was_down_is_converted_at_the_next_start(
         tmp_path: Path) -> None:
     """Its message lost (postproc stopped): the catalog says it is closed, catch-up takes it."""
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     db = tmp_path / "pancake.db"
     catalog = open_catalog(db)
     seg = h264 / "20240623-1700.h264"
@@ -224,7 +210,7 @@ def test_a_reused_name_with_only_the_mp4_left_replaces_nothing(tmp_path: Path,
     """Retention removed an older recording's h264 and kept its mp4 (and its backup); a new
     recording of the same name (the clock went back, DST; another record directory) must
     take `-1`, locally and remotely."""
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     other = tmp_path / "h264-clips"
     other.mkdir()
     db = tmp_path / "pancake.db"
@@ -278,7 +264,7 @@ def test_a_reused_name_with_only_the_mp4_left_replaces_nothing(tmp_path: Path,
 
 def test_kill_9_mid_conversion_leaves_a_catalog_that_opens_and_tells_the_truth(
         tmp_path: Path) -> None:
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     db = tmp_path / "pancake.db"
     catalog = open_catalog(db)
     names = [f"20240623-{h:02d}00" for h in range(8)]
@@ -340,7 +326,7 @@ print(n)
 
 
 def test_two_processes_writing_at_once_never_show_database_is_locked(tmp_path: Path) -> None:
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     db = tmp_path / "pancake.db"
     catalog = open_catalog(db)
     run = Run(tmp_path, h264, mp4, db, 1)
@@ -375,7 +361,7 @@ def test_without_pancake_postproc_makes_the_catalog_and_keeps_the_old_journals(
         tmp_path: Path, ftpd: FtpServer) -> None:
     """An installation of the version before the catalog: h264s, their mp4s, and the journal
     of what the destination took. Nothing is converted or sent again."""
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     names = ["20240623-1700", "20240623-1715"]
     for n in names:
         make_recording(h264 / f"{n}.h264", frames=12, settled=True)

@@ -7,7 +7,6 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,34 +19,18 @@ from raspberry_pancake.postproc.upload.targets import FtpTarget
 from raspberry_pancake.postproc.upload.worker import UploadWorker
 from raspberry_pancake.shared.credentials import Secret
 from tests.postproc_servers import (
+    FTP_PASSWORD,
     FtpServer,
     PostprocProcess,
     SshServer,
     catalogued,
     default_catalog,
+    make_dirs,
     make_recording,
     open_catalog,
     sshd_available,
     wait_for,
 )
-
-FTP_PASSWORD = "catch-up-ftp-pass"
-
-
-@pytest.fixture
-def ftpd(tmp_path: Path) -> Iterator[FtpServer]:
-    server = FtpServer(tmp_path / "ftproot", password=FTP_PASSWORD)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _dirs(tmp_path: Path) -> tuple[Path, Path]:
-    h264, mp4 = tmp_path / "h264", tmp_path / "mp4"
-    h264.mkdir()
-    mp4.mkdir()
-    return h264, mp4
 
 
 def _mp4s(directory: Path) -> list[str]:
@@ -96,7 +79,7 @@ def test_catch_up_offers_oldest_first_within_the_queue_bound(tmp_path: Path,
 
 def test_files_dropped_from_a_full_queue_are_uploaded_after_a_restart(
         tmp_path: Path, ftpd: FtpServer) -> None:
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     names = [f"20240623-18{m:02d}" for m in range(4)]
     for n in names:
         make_recording(h264 / f"{n}.h264", frames=48, settled=True)
@@ -129,7 +112,7 @@ def test_files_dropped_from_a_full_queue_are_uploaded_after_a_restart(
 def test_upload_given_up_while_the_destination_was_down_is_done_on_the_next_start(
         tmp_path: Path) -> None:
     sshd = SshServer(tmp_path / "sshd", start=False)  # keys and port, nothing listening
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     make_recording(h264 / "20240623-1900.h264", frames=24, settled=True)
     name = f"pp-catch-{uuid.uuid4().hex[:12]}"
     cfg = parse([name, "--convert", str(mp4), "12", "--h264-dir", str(h264),
@@ -164,7 +147,7 @@ def test_upload_given_up_while_the_destination_was_down_is_done_on_the_next_star
 
 def test_uploaded_files_are_not_uploaded_again_on_restart(tmp_path: Path,
                                                           ftpd: FtpServer) -> None:
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     names = [f"20240623-20{m:02d}" for m in range(3)]
     for n in names:
         make_recording(h264 / f"{n}.h264", frames=12, settled=True)

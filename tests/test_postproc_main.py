@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.postproc_servers import (
+    FTP_PASSWORD,
     FakeBotApi,
     FtpServer,
     PostprocProcess,
     SshServer,
     bot_api,
+    make_dirs,
     make_recording,
     mp4_packets,
     send_event,
@@ -24,16 +26,7 @@ from tests.postproc_servers import (
 )
 
 TOKEN = "987654:MAINTEST-token-secret"
-FTP_PASSWORD = "ftp-pass-never-shown"
 
-
-@pytest.fixture
-def ftpd(tmp_path: Path) -> Iterator[FtpServer]:
-    server = FtpServer(tmp_path / "ftproot", password=FTP_PASSWORD)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -42,16 +35,10 @@ def api() -> Iterator[FakeBotApi]:
         yield server
 
 
-def _dirs(tmp_path: Path) -> tuple[Path, Path]:
-    h264, mp4 = tmp_path / "h264", tmp_path / "mp4"
-    h264.mkdir()
-    mp4.mkdir()
-    return h264, mp4
-
 
 def test_catch_up_converts_and_uploads_what_was_recorded_while_down(
         tmp_path: Path, ftpd: FtpServer) -> None:
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     names = ["20240623-1700", "20240623-1715", "20240623-171502"]
     for i, name in enumerate(names):
         times = [k * 100.0 for k in range(12)] if i == 0 else None
@@ -85,7 +72,7 @@ def test_catch_up_converts_and_uploads_what_was_recorded_while_down(
 def test_edge_alert_clip_video_and_uploads_to_both_destinations(
         tmp_path: Path, ftpd: FtpServer, api: FakeBotApi) -> None:
     sshd = SshServer(tmp_path / "sshd")
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     name = f"pp-test-{uuid.uuid4().hex[:12]}"
     proc = PostprocProcess(
         [name, "--convert", str(mp4), "12", "--h264-dir", str(h264),
@@ -132,7 +119,7 @@ def test_sigterm_mid_transfer_exits_0_promptly_leaving_only_part(tmp_path: Path)
     # 32 KB/s: the upload below takes tens of seconds.
     slow.server.handler.dtp_handler = type("Slow", (ThrottledDTPHandler,),
                                            {"read_limit": 32 * 1024})
-    h264, mp4 = _dirs(tmp_path)
+    h264, mp4 = make_dirs(tmp_path)
     make_recording(h264 / "20240623-1800.h264", frames=96, settled=True)
     name = f"pp-test-{uuid.uuid4().hex[:12]}"
     proc = PostprocProcess([name, "--convert", str(mp4), "12", "--h264-dir", str(h264),
