@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raspberry_pancake.postproc.upload.ftp import tls_context
-from raspberry_pancake.postproc.upload.targets import FtpTarget, ScpTarget
+from raspberry_pancake.postproc.upload.targets import FtpTarget, RcloneTarget, ScpTarget
 from raspberry_pancake.postproc.upload.worker import BACKOFF_FIRST, MAX_ATTEMPTS
 from raspberry_pancake.shared.cli import ConfigError, OneLineParser
 from raspberry_pancake.shared.credentials import Secret, SecretError, resolve
@@ -58,12 +58,13 @@ class PostprocConfig:
     state_dir: Path | None
     # Not on the command line: the defaults suit every destination, and a catch-up at each
     # trigger and each start retries a file given up. Tests make them small.
+    upload_rclone: tuple[RcloneTarget, ...] = ()
     upload_attempts: int = MAX_ATTEMPTS
     upload_backoff_first: float = BACKOFF_FIRST
 
     @property
     def uploading(self) -> bool:
-        return bool(self.upload_scp or self.upload_ftp)
+        return bool(self.upload_scp or self.upload_ftp or self.upload_rclone)
 
     @property
     def public_bot_api(self) -> bool:
@@ -127,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ftps-ca", metavar="FILE",
                    help="CA certificates (PEM) that --upload-ftps trusts instead of the "
                         "system's: your own CA, or the server's self-signed certificate")
+    p.add_argument("--upload-rclone", action="append", default=[], metavar="REMOTE:PATH",
+                   help="upload through rclone to REMOTE:PATH (a remote set up with `rclone "
+                        "config`, or a connection string such as :sftp,host=…:path)")
+    p.add_argument("--rclone-config", metavar="FILE",
+                   help="rclone's config file (default: rclone's own, ~/.config/rclone/rclone.conf)")
     p.add_argument("--upload-queue-size", type=_at_least_one, default=8, metavar="8")
     p.add_argument("--notify-telegram", nargs=2, action="append", default=[],
                    metavar=("bot_token", "chat_id"),
@@ -250,6 +256,45 @@ def _telegram(values: list[str]) -> TelegramTarget:
     return TelegramTarget(resolve("--notify-telegram bot_token", token), chat_id)
 
 
+def _remote_end(spec: str) -> int | None:
+    """Where the remote of an rclone spec ends (its colon): the first colon outside quotes,
+    after a leading one (`:sftp,host=h:path`, `:webdav,url='http://h:8080':path`)."""
+    quote = ""
+    for i, c in enumerate(spec):
+        if quote:
+            quote = "" if c == quote else quote
+        elif c in "'\"":
+            quote = c
+        elif c == ":" and i > 0:
+            return i
+    return None
+
+
+def _rclone(specs: list[str], config: str | None) -> tuple[RcloneTarget, ...]:
+    """--upload-rclone's targets; the rclone program must be there now, not at the first upload."""
+    if config is not None and not specs:
+        raise ConfigError("--rclone-config is for --upload-rclone, and there is none")
+    if not specs:
+        return ()
+    program = shutil.which("rclone")
+    if program is None:
+        raise ConfigError("--upload-rclone: the rclone program is not installed "
+                          "(sudo apt-get install rclone)")
+    conf = None
+    if config is not None:
+        conf = Path(config).expanduser().absolute()
+        if not conf.is_file() or not os.access(conf, os.R_OK):
+            raise ConfigError(f"--rclone-config: {config!r} is not a readable file")
+    targets = []
+    for spec in specs:
+        cut = _remote_end(spec)
+        if cut is None or any(c in spec for c in "\n\r\0"):
+            raise ConfigError(f"--upload-rclone: {spec!r} is not REMOTE:PATH")
+        head, path = spec[:cut], spec[cut + 1:]
+        targets.append(RcloneTarget(head + ":", path.rstrip("/") or path[:1], program, conf))
+    return tuple(targets)
+
+
 def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
     """Parse and check the command line; raise ConfigError for cross-flag and file problems."""
     a = build_parser().parse_args(argv)
@@ -278,13 +323,14 @@ def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
         telegram = tuple(_telegram(v) for v in a.notify_telegram)
     except SecretError as exc:
         raise ConfigError(str(exc)) from None
+    rclone = _rclone(a.upload_rclone, a.rclone_config)
     triggered = a.upload_after_convert is not None or bool(minutes)
-    if (scp or ftp) and not triggered:
-        raise ConfigError("--upload-scp/--upload-ftp/--upload-ftps need a trigger: "
-                          "--upload-after-convert or --upload-minutes")
-    if triggered and not (scp or ftp):
+    if (scp or ftp or rclone) and not triggered:
+        raise ConfigError("--upload-scp/--upload-ftp/--upload-ftps/--upload-rclone need a "
+                          "trigger: --upload-after-convert or --upload-minutes")
+    if triggered and not (scp or ftp or rclone):
         raise ConfigError("--upload-after-convert/--upload-minutes need a destination: "
-                          "--upload-scp, --upload-ftp or --upload-ftps")
+                          "--upload-scp, --upload-ftp, --upload-ftps or --upload-rclone")
     mp4box = None
     if a.converter == "mp4box":
         mp4box = shutil.which(MP4BOX)
@@ -326,4 +372,5 @@ def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
         ssh_key=ssh_key,
         catalog=catalog,
         state_dir=home,
+        upload_rclone=rclone,
     )

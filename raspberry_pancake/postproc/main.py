@@ -24,6 +24,7 @@ from raspberry_pancake.postproc.receiver import Accepted, PathPolicy, Receiver, 
 from raspberry_pancake.postproc.supervise import CHECK_INTERVAL, Supervisor
 from raspberry_pancake.postproc.upload.destination import Destination
 from raspberry_pancake.postproc.upload.ftp import FtpDestination
+from raspberry_pancake.postproc.upload.rclone import RcloneDestination
 from raspberry_pancake.postproc.upload.sftp import SftpDestination
 from raspberry_pancake.postproc.upload.trigger import UploadTrigger
 from raspberry_pancake.postproc.upload.worker import Mp4, UploadWorker
@@ -65,6 +66,7 @@ class Postproc:
         dests: list[Destination] = [SftpDestination(d, cfg.known_hosts, cfg.ssh_key)
                                     for d in cfg.upload_scp]
         dests += [FtpDestination(d) for d in cfg.upload_ftp]
+        dests += [RcloneDestination(d) for d in cfg.upload_rclone]
         # The journals of versions before the catalog: imported once (start()), and their
         # names still honoured in case that import ran before pancake had filled the catalog.
         # No longer written: the catalog is the record.

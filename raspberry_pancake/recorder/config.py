@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from raspberry_pancake.shared.statedir import catalog_path
 __all__ = ["ConfigError", "RecorderConfig", "Size", "load_detect", "parse"]
 
 DEFAULT_SPLIT = 900.0
+CAMERA_NAME = re.compile(r"[a-z0-9_-]{1,32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,11 @@ class RecorderConfig:
     # directory to make first when the catalog lives there (None with --catalog).
     catalog: Path | None = None
     state_dir: Path | None = None
+    # The camera's name (paths, topics, URLs) and title (for people): DESIGN.md "Cameras and
+    # names". `multi` is set under --config: messages carry the camera, files go in DIR/NAME/.
+    name: str = "cam"
+    title: str = "cam"
+    multi: bool = False
     # The user's detect(), loaded once by parse(): customize.py's side effects (a GPIO pin
     # opened, a model loaded) must happen once per process, not once per check.
     detect_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
@@ -164,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", metavar="DIR",
                    help="where pancake keeps its state: the catalog, the logouts (default: "
                         "$XDG_STATE_HOME/pancake, else ~/.local/state/pancake)")
+    p.add_argument("--name", default="cam", metavar="NAME",
+                   help="the camera's name in paths, topics and URLs: a-z 0-9 _ -, at most 32 "
+                        "(default cam)")
+    p.add_argument("--title", metavar="TEXT",
+                   help="the camera's name for people, on the page and in alerts (default: --name)")
     p.add_argument("--trust-proxy", action="store_true",
                    help="behind a reverse proxy: take the client's address and scheme from its "
                         "X-Forwarded-For / X-Real-Ip and X-Forwarded-Proto headers")
@@ -278,6 +290,11 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
                 raise ConfigError(f"{flag}: '{shown}' is not a UTF-8 name, and --emit's messages "
                                   "can only carry UTF-8 paths: rename the directory")
     catalog, state_dir = _catalog(a.catalog, a.state_dir)
+    if not CAMERA_NAME.fullmatch(a.name):
+        raise ConfigError(f"--name: {a.name!r} is not a camera name (a-z, 0-9, _ and -, 1..32)")
+    title = a.name if a.title is None else a.title
+    if not 1 <= len(title) <= 64 or not title.isprintable():
+        raise ConfigError("--title: 1..64 printable characters")
     customize = _customize_path(a.customize) if a.detect else None
     # Loaded here, once: a bad file fails now, not when the first frame arrives.
     detect_fn = load_detect(customize, a.detect) if customize is not None else None
@@ -311,6 +328,8 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         self_check=a.self_check,
         catalog=catalog,
         state_dir=state_dir,
+        name=a.name,
+        title=title,
         detect_fn=detect_fn,
     )
 

@@ -56,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     emitter = Emitter(cfg.emit)
     catalog = None
     if cfg.catalog is not None:  # opened on its own thread: an unusable one never stops us
-        catalog = CatalogWriter(CatalogConfig(cfg.catalog, cfg.state_dir, cfg.record_dirs))
+        catalog = CatalogWriter(CatalogConfig(cfg.catalog, cfg.state_dir, cfg.record_dirs,
+                                              camera=cfg.name))
     recorder = Pipeline(cfg, camera, emitter, catalog)
     log.info("%s at %s, %g fps; live view on port %d", camera.name, cfg.frame_size,
              cfg.fps, cfg.port)

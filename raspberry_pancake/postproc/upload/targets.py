@@ -1,4 +1,4 @@
-"""Upload targets: the SFTP, FTP and FTPS destinations the command line names."""
+"""Upload targets: the SFTP, FTP, FTPS and rclone destinations the command line names."""
 
 from __future__ import annotations
 
@@ -38,3 +38,18 @@ class FtpTarget:
         # other is a new destination for the journal, which costs one repeated upload each.
         scheme = "ftps" if self.tls else "ftp"
         return f"{scheme}://{self.user}@{self.host}:{self.port}/{self.remote_dir}"
+
+
+@dataclass(frozen=True, slots=True)
+class RcloneTarget:
+    """`--upload-rclone REMOTE:PATH`: any remote spec rclone takes (a configured remote, or a
+    connection string such as `:sftp,host=…:path`); its secrets stay in rclone's config."""
+
+    remote: str  # everything up to and including the colon that ends the remote
+    remote_dir: str  # the path on the remote, may be empty (the remote's root)
+    rclone: str  # the program's path
+    config: Path | None = None  # --rclone-config
+
+    @property
+    def label(self) -> str:
+        return f"rclone {self.remote}{self.remote_dir}"
