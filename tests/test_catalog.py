@@ -245,7 +245,7 @@ def test_a_version_0_file_is_migrated_in_place(db: Path) -> None:
     conn.commit()
     conn.close()
     with Catalog.open(db) as c:  # not the owner: postproc may migrate too
-        assert c.version() == cat.VERSION == 1
+        assert c.version() == cat.VERSION == len(MIGRATIONS) == 2
         assert not c.fresh
         rid = c.recording_opened("cam", "continuous", db.parent / "a.h264", 1.0)
         assert c.recording(rid) is not None
@@ -255,16 +255,66 @@ def test_a_version_0_file_is_migrated_in_place(db: Path) -> None:
     conn.close()
 
 
+def test_a_version_1_catalog_gains_boxes_cameras_and_learned_state(db: Path) -> None:
+    """The catalog the previous release made (version 1, with an event in it) is migrated in
+    place: its event keeps its labels and gains empty boxes."""
+    db.parent.mkdir()
+    conn = sqlite3.connect(db, isolation_level=None)
+    assert migrate(conn, MIGRATIONS[:1]) == 0
+    conn.execute("INSERT INTO events (camera, rise, labels) VALUES ('cam', 5.0, '[\"motion\"]')")
+    conn.close()
+    with Catalog.open(db) as c:
+        assert c.version() == 2
+        ev = c.event_at("cam", 5.0)
+        assert ev is not None and (ev.labels, ev.boxes, ev.score) == (("motion",), (), None)
+        c.event_seen(ev.id, ["face"], ["anna"], [[0.1, 0.2, 0.3, 0.4]], 0.7)
+        c.event_seen(ev.id, ["face"], ["bob"], None, 0.5)  # boxes kept, the higher score kept
+        c.event_boxes_snapshot(ev.id, db.parent / "x-boxes.jpg")
+        got = c.event(ev.id)
+        assert got is not None
+        assert (got.labels, got.names, got.boxes, got.score, got.boxes_snapshot) == (
+            ("motion", "face"), ("anna", "bob"), ((0.1, 0.2, 0.3, 0.4),), 0.7,
+            db.parent / "x-boxes.jpg")
+        assert c.event_at("cam", 5.02) is None and c.event_at("door", 5.0) is None
+        assert [e.id for e in c.events_since(4.0)] == [ev.id] and c.events_since(6.0) == []
+        # Cameras: from recordings, events and settings alike.
+        c.recording_opened("door", "clip", db.parent / "b.h264", 1.0)
+        assert c.camera_settings("cam") is None
+        c.set_camera("cam", armed=False)
+        c.set_camera("cam", continuous=False)
+        c.set_camera("cam", armed=True, title="Front door")
+        assert c.camera_settings("cam") == cat.CameraSettings("cam", "Front door", True, False)
+        c.set_camera("garden")
+        assert c.cameras() == ["cam", "door", "garden"]
+        assert c.learned("cam", "motion") is None
+        c.set_learned("cam", "motion", '{"a": 1}')
+        c.set_learned("cam", "motion", '{"a": 2}')
+        c.set_learned("door", "motion", "{}")
+        assert c.learned("cam", "motion") == '{"a": 2}'
+        assert c.forget_learned("cam") == 1
+        assert c.learned("cam", "motion") is None and c.learned("door", "motion") == "{}"
+
+
+def test_the_log_keeps_its_newest_lines(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cat, "LOG_KEPT", 150)
+    for i in range(450):
+        catalog.log("recording", f"line {i}", "cam", t=float(i))
+    lines = catalog.log_lines(1000)
+    # Pruned every 100 lines down to the newest 150 (at most 249 between prunes).
+    assert 150 <= len(lines) < 250
+    assert lines[-1].text == "line 449" and lines[0].text != "line 0"
+
+
 def test_a_later_migration_step_keeps_the_rows(catalog: Catalog, db: Path) -> None:
     rid = catalog.recording_opened("cam", "continuous", db.parent / "a.h264", 1.0)
     catalog.close()
     conn = sqlite3.connect(db, isolation_level=None)
     steps = [*MIGRATIONS, ("ALTER TABLE recordings ADD COLUMN note TEXT",
                            "UPDATE recordings SET note = 'v2'")]
-    assert migrate(conn, steps) == 1
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert migrate(conn, steps) == cat.VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == cat.VERSION + 1
     assert conn.execute("SELECT id, note FROM recordings").fetchall() == [(rid, "v2")]
-    assert migrate(conn, steps) == 2  # nothing left to do
+    assert migrate(conn, steps) == cat.VERSION + 1  # nothing left to do
     conn.close()
     # A file newer than this program is refused and left as it is, never moved aside.
     before = db.read_bytes()
@@ -280,7 +330,7 @@ def test_a_failing_migration_step_leaves_the_old_version(catalog: Catalog, db: P
     steps = [*MIGRATIONS, ("CREATE TABLE half (x)", "THIS IS NOT SQL")]
     with pytest.raises(sqlite3.OperationalError):
         migrate(conn, steps)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == cat.VERSION
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchall() == []
     conn.close()
 

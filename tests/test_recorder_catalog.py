@@ -86,7 +86,15 @@ def test_recordings_and_events_are_catalogued_as_they_happen(
     assert all(set(m) == {"detection", "time", "jpeg"} for m in edges), edges
     with Catalog.open(db) as c:
         events = c.events("cam", *EVER)
+        lines = c.log_lines(1000, "cam")
     assert len(events) == 1, events
+    # The page's log: each file's start and end, the detection's edges.
+    texts = [ln.text for ln in lines]
+    for path in on_disk:
+        assert f"{path.name} started ({rows[path].kind})" in texts, texts
+        assert any(t.startswith(f"{path.name} finished: ") for t in texts), texts
+    assert [t for t in texts if t.startswith("detection")] == [
+        "detection: detection", "detection ended"], texts
     event = events[0]
     assert event.rise == pytest.approx(edges[0]["time"], abs=0.002)
     assert event.fall == pytest.approx(edges[1]["time"], abs=0.002)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.shared.catalog import (
+    CameraSettings,
     Catalog,
     CatalogError,
     Kind,
@@ -164,17 +165,46 @@ class CatalogWriter(Stage):
         if self._catalogable(path):
             self._put(_Write(f"{path.name} deleted", lambda c: self._mark_deleted(c, path)))
 
-    def rose(self, t: float, labels: Sequence[str] = (), names: Sequence[str] = ()) -> int:
+    def rose(self, t: float, labels: Sequence[str] = (), names: Sequence[str] = (),
+             boxes: Sequence[Sequence[float]] = (), score: float | None = None) -> int:
         """A detection began; returns the token its fall, snapshot and clip are reported by."""
         with self._lock:
             token = next(self._tokens)
         labels, names = tuple(labels), tuple(names)
-        self._put(_Write("detection", lambda c: self._rose(c, token, t, labels, names)))
+        kept = tuple(tuple(b) for b in boxes)
+        self._put(_Write("detection", lambda c: self._rose(c, token, t, labels, names, kept,
+                                                           score)))
         return token
 
+    def seen(self, token: int, labels: Sequence[str], names: Sequence[str],
+             boxes: Sequence[Sequence[float]] | None = None, score: float | None = None) -> None:
+        """New labels, names or boxes while the detection is on."""
+        labels, names = tuple(labels), tuple(names)
+        kept = None if boxes is None else tuple(tuple(b) for b in boxes)
+        self._put(_Write("detection update", lambda c: self._event_do(
+            c, token, lambda eid: c.event_seen(eid, labels, names, kept, score))))
+
+    def boxes_snapshot(self, token: int, path: Path) -> None:
+        """The snapshot with the boxes drawn."""
+        if self._catalogable(path):
+            self._put(_Write(f"snapshot {path.name}", lambda c: self._event_do(
+                c, token, lambda eid: c.event_boxes_snapshot(eid, path))))
+
+    def set_camera(self, armed: bool | None = None, continuous: bool | None = None) -> None:
+        """What the page set for this camera (queued; a restart reads it back)."""
+        self._put(_Write("camera settings", lambda c: c.set_camera(
+            self.cfg.camera, armed=armed, continuous=continuous)))
+
+    def save_learned(self, key: str, value: str) -> None:
+        """A detector's learned state (queued)."""
+        self._put(_Write(f"learned {key}", lambda c: c.set_learned(self.cfg.camera, key, value)))
+
     def fell(self, token: int, t: float) -> None:
+        def work(c: Catalog, eid: int) -> None:
+            c.event_fell(eid, t)
+            c.log("detection", "detection ended", self.cfg.camera, t)
         self._put(_Write("detection end", lambda c: self._event_do(
-            c, token, lambda eid: c.event_fell(eid, t))))
+            c, token, lambda eid: work(c, eid))))
 
     def snapshot(self, token: int, path: Path) -> None:
         if self._catalogable(path):
@@ -234,6 +264,29 @@ class CatalogWriter(Stage):
         except CatalogError as exc:
             _limit.log(log, logging.WARNING, "order", "catalog not read for the deletion "
                        "order: %s", exc)
+            return None
+
+    def camera_settings(self) -> CameraSettings | None:
+        """What the page set for this camera, or None (never set, or the catalog is not open:
+        the first call waits up to NAME_WAIT for it)."""
+        self._ready.wait(NAME_WAIT)
+        catalog = self.current()
+        if catalog is None:
+            return None
+        try:
+            return catalog.camera_settings(self.cfg.camera)
+        except CatalogError:
+            return None
+
+    def learned(self, key: str) -> str | None:
+        """A detector's learned state for this camera, or None (as camera_settings())."""
+        self._ready.wait(NAME_WAIT)
+        catalog = self.current()
+        if catalog is None:
+            return None
+        try:
+            return catalog.learned(self.cfg.camera, key)
+        except CatalogError:
             return None
 
     def recording_at(self, path: Path) -> Recording | None:
@@ -403,6 +456,7 @@ class CatalogWriter(Stage):
 
     def _opened(self, c: Catalog, path: Path, kind: Kind, start: float) -> None:
         known = c.recording_at(path)
+        c.log("recording", f"{path.name} started ({kind})", self.cfg.camera)
         if known is None:
             self._recordings[str(path)] = c.recording_opened(self.cfg.camera, kind, path, start)
             return
@@ -423,14 +477,19 @@ class CatalogWriter(Stage):
             else:
                 rid = known.id
         c.recording_closed(rid, end, frames, _stat_size(path))
+        c.log("recording", f"{path.name} finished: {max(0.0, end - start):.0f} s, {frames} frames",
+              self.cfg.camera)
 
     def _mark_deleted(self, c: Catalog, path: Path) -> None:
         self._recordings.pop(os.path.abspath(path), None)
         c.mark_deleted(path)
 
     def _rose(self, c: Catalog, token: int, t: float, labels: tuple[str, ...],
-              names: tuple[str, ...]) -> None:
-        self._events[token] = c.event_rose(self.cfg.camera, t, labels, names)
+              names: tuple[str, ...], boxes: tuple[tuple[float, ...], ...] = (),
+              score: float | None = None) -> None:
+        self._events[token] = c.event_rose(self.cfg.camera, t, labels, names, boxes, score)
+        c.log("detection", "detection: " + (", ".join((*labels, *names)) or "on"),
+              self.cfg.camera, t)
         while len(self._events) > EVENTS_KEPT:
             old, _ = self._events.popitem(last=False)
             self._clipped.discard(old)

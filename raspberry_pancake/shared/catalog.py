@@ -91,8 +91,35 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX log_by_time ON log (time)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ),
+    (
+        # Labelled detections (issue 12): the boxes and score of the edge, the snapshot with
+        # the boxes drawn.
+        "ALTER TABLE events ADD COLUMN boxes TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE events ADD COLUMN score REAL",
+        "ALTER TABLE events ADD COLUMN boxes_snapshot TEXT",
+        "CREATE INDEX events_by_rise ON events (rise)",
+        # What the page sets per camera and a restart keeps (issue 11).
+        """CREATE TABLE cameras (
+            name TEXT PRIMARY KEY,
+            title TEXT,
+            armed INTEGER NOT NULL DEFAULT 1,
+            continuous INTEGER NOT NULL DEFAULT 1,
+            updated REAL NOT NULL)""",
+        # A detector's learned state per camera (the motion statistics).
+        """CREATE TABLE learned (
+            camera TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            updated REAL NOT NULL,
+            PRIMARY KEY (camera, key))""",
+        # Where a file lives: the page and the disk guard look recordings up by directory.
+        "CREATE INDEX recordings_by_dir ON recordings (dir)",
+    ),
 ]
 VERSION = len(MIGRATIONS)
+# The log table keeps its newest lines only (the page shows the last 1,000).
+LOG_KEPT = 20_000
+LOG_PRUNE_EVERY = 100
 
 
 class CatalogError(Exception):
@@ -156,6 +183,19 @@ class Event:
     names: tuple[str, ...]
     snapshot: Path | None
     clip: int | None
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
+    score: float | None = None
+    boxes_snapshot: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CameraSettings:
+    """What the page set for one camera: a restart keeps it."""
+
+    name: str
+    title: str | None
+    armed: bool
+    continuous: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +248,20 @@ def _recording(row: sqlite3.Row) -> Recording:
 
 
 def _event(row: sqlite3.Row) -> Event:
+    boxes = tuple(tuple(float(v) for v in b) for b in json.loads(row["boxes"]))
     return Event(row["id"], row["camera"], row["rise"], row["fall"],
                  tuple(json.loads(row["labels"])), tuple(json.loads(row["names"])),
-                 Path(row["snapshot"]) if row["snapshot"] else None, row["clip"])
+                 Path(row["snapshot"]) if row["snapshot"] else None, row["clip"],
+                 boxes,  # type: ignore[arg-type]  # four floats each, as written
+                 row["score"], Path(row["boxes_snapshot"]) if row["boxes_snapshot"] else None)
+
+
+def _boxes(boxes: Iterable[Sequence[float]]) -> str:
+    return json.dumps([[round(float(v), 4) for v in b] for b in boxes])
+
+
+def _union(old: list[str], new: Iterable[str]) -> list[str]:
+    return old + [x for x in dict.fromkeys(new) if x not in old]
 
 
 def _conversion(row: sqlite3.Row) -> Conversion:
@@ -613,25 +664,53 @@ class Catalog:
     # ---- events (pancake)
 
     def event_rose(self, camera: str, t: float, labels: Sequence[str] = (),
-                   names: Sequence[str] = (), snapshot: Path | None = None) -> int:
+                   names: Sequence[str] = (), boxes: Iterable[Sequence[float]] = (),
+                   score: float | None = None, snapshot: Path | None = None) -> int:
         """A detection began at `t`; returns the event's id."""
         snap = _text(snapshot) if snapshot is not None else None
         return self._write(lambda c: int(c.execute(
-            "INSERT INTO events (camera, rise, labels, names, snapshot) VALUES (?, ?, ?, ?, ?)",
-            (camera, t, json.dumps(list(labels)), json.dumps(list(names)), snap)).lastrowid or 0))
+            "INSERT INTO events (camera, rise, labels, names, boxes, score, snapshot) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (camera, t, json.dumps(list(labels)), json.dumps(list(names)), _boxes(boxes),
+             score, snap)).lastrowid or 0))
 
-    def event_seen(self, event: int, labels: Sequence[str], names: Sequence[str]) -> None:
-        """New labels or names during the detection: added to what the event already has."""
+    def event_seen(self, event: int, labels: Sequence[str], names: Sequence[str],
+                   boxes: Iterable[Sequence[float]] | None = None,
+                   score: float | None = None) -> None:
+        """New labels or names during the detection: added to what the event already has;
+        boxes replace the old ones when given, the score keeps the highest."""
         def work(c: sqlite3.Connection) -> None:
-            row = c.execute("SELECT labels, names FROM events WHERE id = ?", (event,)).fetchone()
+            row = c.execute("SELECT labels, names, boxes, score FROM events WHERE id = ?",
+                            (event,)).fetchone()
             if row is None:
                 return
-            old_l, old_n = json.loads(row["labels"]), json.loads(row["names"])
-            new_l = old_l + [x for x in labels if x not in old_l]
-            new_n = old_n + [x for x in names if x not in old_n]
-            c.execute("UPDATE events SET labels = ?, names = ? WHERE id = ?",
-                      (json.dumps(new_l), json.dumps(new_n), event))
+            new_l = _union(json.loads(row["labels"]), labels)
+            new_n = _union(json.loads(row["names"]), names)
+            new_b = _boxes(boxes) if boxes is not None else row["boxes"]
+            new_s = row["score"] if score is None else max(score, row["score"] or 0.0)
+            c.execute("UPDATE events SET labels = ?, names = ?, boxes = ?, score = ? "
+                      "WHERE id = ?", (json.dumps(new_l), json.dumps(new_n), new_b, new_s, event))
         self._write(work)
+
+    def event_boxes_snapshot(self, event: int, snapshot: Path) -> None:
+        """The event's snapshot with the boxes drawn (`STEM-boxes.jpg`)."""
+        text = _text(snapshot)
+        self._write(lambda c: c.execute("UPDATE events SET boxes_snapshot = ? WHERE id = ?",
+                                        (text, event)))
+
+    def event_at(self, camera: str, rise: float, within: float = 0.01) -> Event | None:
+        """The camera's event that rose at `rise` (an edge message's time, rounded to the
+        millisecond), or None."""
+        rows = self._read("SELECT * FROM events WHERE camera = ? AND rise BETWEEN ? AND ? "
+                          "ORDER BY abs(rise - ?) LIMIT 1",
+                          (camera, rise - within, rise + within, rise))
+        return _event(rows[0]) if rows else None
+
+    def events_since(self, t: float, limit: int = 1000) -> list[Event]:
+        """Every camera's events that rose at or after `t`, oldest first."""
+        rows = self._read("SELECT * FROM events WHERE rise >= ? ORDER BY rise LIMIT ?",
+                          (t, limit))
+        return [_event(r) for r in rows]
 
     def event_snapshot(self, event: int, snapshot: Path) -> None:
         """The event's snapshot file (named for its clip's stem)."""
@@ -754,9 +833,13 @@ class Catalog:
             t: float | None = None) -> None:
         """A line for the page's log ("recording", "conversion", "upload", "disk", …)."""
         when = time.time() if t is None else t
-        self._write(lambda c: c.execute(
-            "INSERT INTO log (time, camera, kind, text) VALUES (?, ?, ?, ?)",
-            (when, camera, kind, text)))
+
+        def work(c: sqlite3.Connection) -> None:
+            row = c.execute("INSERT INTO log (time, camera, kind, text) VALUES (?, ?, ?, ?)",
+                            (when, camera, kind, text)).lastrowid or 0
+            if row % LOG_PRUNE_EVERY == 0:  # the log is for people: the newest lines suffice
+                c.execute("DELETE FROM log WHERE id <= ?", (row - LOG_KEPT,))
+        self._write(work)
 
     def log_lines(self, n: int, camera: str | None = None) -> list[LogLine]:
         """The newest `n` log lines (of one camera, or all), oldest first."""
@@ -764,6 +847,55 @@ class Catalog:
         rows = self._read(f"SELECT * FROM log {where} ORDER BY time DESC, id DESC LIMIT ?",  # noqa: S608
                           (*params, n))
         return [LogLine(r["time"], r["camera"], r["kind"], r["text"]) for r in reversed(rows)]
+
+    # ---- cameras and what their detectors learned (pancake)
+
+    def cameras(self) -> list[str]:
+        """Every camera the catalog knows of (recordings, events or settings), by name."""
+        rows = self._read("SELECT camera FROM recordings UNION SELECT camera FROM events "
+                          "UNION SELECT name FROM cameras ORDER BY 1")
+        return [str(r[0]) for r in rows]
+
+    def camera_settings(self, name: str) -> CameraSettings | None:
+        """What the page set for the camera, or None if it never set anything."""
+        rows = self._read("SELECT * FROM cameras WHERE name = ?", (name,))
+        if not rows:
+            return None
+        r = rows[0]
+        return CameraSettings(r["name"], r["title"], bool(r["armed"]), bool(r["continuous"]))
+
+    def set_camera(self, name: str, title: str | None = None, armed: bool | None = None,
+                   continuous: bool | None = None) -> None:
+        """Set what is given, keep the rest (a new camera starts armed and recording)."""
+        def work(c: sqlite3.Connection) -> None:
+            c.execute("INSERT INTO cameras (name, updated) VALUES (?, ?) "
+                      "ON CONFLICT (name) DO NOTHING", (name, time.time()))
+            for column, value in (("title", title), ("armed", armed),
+                                  ("continuous", continuous)):
+                if value is not None:
+                    c.execute(f"UPDATE cameras SET {column} = ?, updated = ? WHERE name = ?",  # noqa: S608
+                              (value, time.time(), name))
+        self._write(work)
+
+    def learned(self, camera: str, key: str) -> str | None:
+        """A detector's learned state for the camera (JSON text), or None."""
+        rows = self._read("SELECT value FROM learned WHERE camera = ? AND key = ?",
+                          (camera, key))
+        return str(rows[0][0]) if rows else None
+
+    def set_learned(self, camera: str, key: str, value: str) -> None:
+        self._write(lambda c: c.execute(
+            "INSERT INTO learned (camera, key, value, updated) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (camera, key) DO UPDATE SET value = excluded.value, "
+            "updated = excluded.updated", (camera, key, value, time.time())))
+
+    def forget_learned(self, camera: str, key: str | None = None) -> int:
+        """Forget what the camera's detectors learned (one key, or all); how many rows went."""
+        if key is None:
+            return self._write(lambda c: c.execute(
+                "DELETE FROM learned WHERE camera = ?", (camera,)).rowcount)
+        return self._write(lambda c: c.execute(
+            "DELETE FROM learned WHERE camera = ? AND key = ?", (camera, key)).rowcount)
 
     # ---- meta
 
