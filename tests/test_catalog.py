@@ -434,6 +434,23 @@ def test_damaged_catalog_moved_aside(catalog: Catalog, db: Path, damage: str) ->
         assert [x.text for x in c.log_lines(5)] == ["goes on"]
 
 
+def test_a_reader_follows_the_catalog_the_owner_made_in_place_of_a_damaged_one(
+        catalog: Catalog, db: Path) -> None:
+    """postproc's connections must not go on writing the file pancake moved aside."""
+    with Catalog.open(db) as other:  # postproc's
+        rid = other.recording_opened("cam", "continuous", db.parent / "a.h264", 1.0)
+        catalog.close()
+        aside = cat._aside(db)  # what the owner does with a damaged file
+        with pytest.raises(CatalogUnavailable):
+            other.recording(rid)  # no catalog at the path: wait, never write the old one
+        with Catalog.open(db, owner=True) as new:
+            assert new.fresh
+            other.log("conversion", "after", "cam")
+            assert [ln.text for ln in new.log_lines(10)] == ["after"]
+    with Catalog.open(aside) as old:
+        assert old.log_lines(10) == [] and old.recording(rid) is not None
+
+
 def test_a_missing_catalog_is_made_by_the_owner_only(db: Path) -> None:
     db.parent.mkdir()
     with pytest.raises(CatalogUnavailable):

@@ -336,6 +336,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def _aside(path: Path) -> Path:
     """Move a damaged catalog (and its -wal/-shm) aside under pancake.db.corrupt-<time>."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -467,14 +472,39 @@ class Catalog:
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and self._replaced():
+            # The owner moved a damaged file aside and made a new one at our path (or is about
+            # to): an open connection would go on writing the file set aside.
+            log.warning("catalog %s was replaced: reopening it", self.path)
+            self._local.conn = None
+            with self._lock:
+                if conn in self._all:
+                    self._all.remove(conn)
+            conn.close()
+            conn = None
         if conn is None:
             if self._closed:
                 raise CatalogError(f"{self.path}: catalog closed")
+            try:
+                identity = _identity(self.path)
+            except FileNotFoundError:
+                raise CatalogUnavailable(f"{self.path}: no catalog (moved aside?): waiting "
+                                         "for pancake to make a new one") from None
+            except OSError as exc:
+                raise CatalogError(f"{self.path}: {exc.strerror or exc}") from None
             conn = _connect(self.path)
             self._local.conn = conn
+            self._local.identity = identity
             with self._lock:
                 self._all.append(conn)
         return conn
+
+    def _replaced(self) -> bool:
+        """Whether the file at our path is no longer the one this thread's connection has."""
+        try:
+            return _identity(self.path) != getattr(self._local, "identity", None)
+        except OSError:
+            return True
 
     def close(self) -> None:
         """Close every thread's connection (call when those threads have stopped)."""
