@@ -189,6 +189,19 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class EventView:
+    """One event as the review page lists it: the event, its clip and what became of it."""
+
+    event: Event
+    clip_path: Path | None
+    clip_deleted: bool
+    kept: bool
+    mp4: Path | None  # the clip's conversion, when postproc made one that still exists
+    uploaded: int  # destinations the clip's mp4 reached
+    alerted: tuple[str, ...]  # channels an alert went out on
+
+
+@dataclass(frozen=True, slots=True)
 class CameraSettings:
     """What the page set for one camera: a restart keeps it."""
 
@@ -877,6 +890,65 @@ class Catalog:
         rows = self._read(f"SELECT * FROM log {where} ORDER BY time DESC, id DESC LIMIT ?",  # noqa: S608
                           (*params, n))
         return [LogLine(r["time"], r["camera"], r["kind"], r["text"]) for r in reversed(rows)]
+
+    # ---- the review page
+
+    def event_views(self, camera: str | None = None, word: str | None = None,
+                    t0: float | None = None, t1: float | None = None,
+                    before: tuple[float, int] | None = None, limit: int = 50) -> list[EventView]:
+        """Events newest first, each with its clip's state: of one camera, with a label or
+        name (`word`), rising in [t0, t1), and older than `before` (rise, id: the last row of
+        the previous page)."""
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        if camera is not None:
+            where.append("e.camera = ?")
+            params.append(camera)
+        if word is not None:
+            where.append("(EXISTS (SELECT 1 FROM json_each(e.labels) WHERE value = ?) OR "
+                         "EXISTS (SELECT 1 FROM json_each(e.names) WHERE value = ?))")
+            params += [word, word]
+        if t0 is not None:
+            where.append("e.rise >= ?")
+            params.append(t0)
+        if t1 is not None:
+            where.append("e.rise < ?")
+            params.append(t1)
+        if before is not None:
+            where.append("(e.rise < ? OR (e.rise = ? AND e.id < ?))")
+            params += [before[0], before[0], before[1]]
+        rows = self._read(
+            "SELECT e.*, r.path AS clip_path, r.deleted AS clip_deleted, r.kept AS kept, "  # noqa: S608
+            "CASE WHEN c.deleted = 0 THEN c.mp4 END AS mp4, "
+            "(SELECT COUNT(*) FROM uploads u WHERE u.recording = r.id AND u.state = 'done') "
+            "AS uploaded, "
+            "(SELECT group_concat(DISTINCT a.channel) FROM alerts a WHERE a.event = e.id) "
+            "AS alerted "
+            "FROM events e LEFT JOIN recordings r ON r.id = e.clip "
+            "LEFT JOIN conversions c ON c.recording = r.id "
+            f"WHERE {' AND '.join(where)} ORDER BY e.rise DESC, e.id DESC LIMIT ?",
+            (*params, limit))
+        return [EventView(_event(r), Path(r["clip_path"]) if r["clip_path"] else None,
+                          bool(r["clip_deleted"]), bool(r["kept"]),
+                          Path(r["mp4"]) if r["mp4"] else None, int(r["uploaded"] or 0),
+                          tuple(sorted(r["alerted"].split(","))) if r["alerted"] else ())
+                for r in rows]
+
+    def recordings_between(self, camera: str, t0: float, t1: float,
+                           kind: Kind | None = None) -> list[Recording]:
+        """The camera's recordings (not deleted) overlapping [t0, t1), oldest first: a day's
+        timeline. An open one counts as running until now."""
+        kinds = (kind,) if kind is not None else ("continuous", "clip")
+        rows = self._read(
+            "SELECT * FROM recordings WHERE camera = ? AND deleted = 0 AND start < ? AND "  # noqa: S608
+            f"coalesce(end, ?) >= ? AND kind IN ({_marks(len(kinds))}) ORDER BY start",
+            (camera, t1, time.time(), t0, *kinds))
+        return [_recording(r) for r in rows]
+
+    def conversion_of(self, recording: int) -> Conversion | None:
+        """The recording's mp4 when it still exists (retention did not delete it)."""
+        c = self.conversion(recording)
+        return c if c is not None and not c.deleted else None
 
     # ---- cameras and what their detectors learned (pancake)
 
