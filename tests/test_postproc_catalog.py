@@ -413,3 +413,56 @@ def test_catalog_and_state_dir_flags(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         f"postproc.py: error: --catalog: {str(mp4)!r} is a directory"]
+
+
+def test_conversions_and_uploads_leave_short_lines_in_the_catalog_log(tmp_path: Path) -> None:
+    """The page's log (issue 10): a conversion done or failed, an upload done or given up,
+    each one line with its camera, and no secret."""
+    from raspberry_pancake.postproc.upload.ftp import FtpDestination
+    from raspberry_pancake.postproc.upload.targets import FtpTarget
+    from raspberry_pancake.postproc.upload.worker import Mp4, UploadWorker
+    from raspberry_pancake.shared.credentials import Secret
+    from tests.postproc_servers import free_port
+
+    h264, mp4 = make_dirs(tmp_path)
+    catalog = open_catalog(tmp_path / "catalog.db")
+    (mp4 / "back").write_text("a file where the camera's folder would go")
+    front = make_recording(h264 / "20240623-1700.h264", frames=6)
+    back = make_recording(h264 / "20240623-1715.h264", frames=6)
+    for camera, path in (("front", front), ("back", back)):
+        rid = catalog.recording_opened(camera, "continuous", path, time.time() - 60)
+        catalog.recording_closed(rid, time.time() - 59, 6)
+    made: list[Mp4] = []
+    stop = threading.Event()
+    conv = Converter(ConvertSettings(mp4, fps=12.0), catalog, stop,
+                     lambda job, rid, out: made.append(Mp4(rid, out)))
+    conv.catch_up(pending(catalog, [h264]))
+    conv.start()
+    try:
+        wait_for(lambda: conv.converted + conv.failed == 2, 30)
+    finally:
+        stop.set()
+        assert conv.join(5)
+    assert conv.failed == 1 and [m.path.relative_to(mp4).as_posix() for m in made] == [
+        "front/20240623-1700.mp4"]
+
+    # Nothing listens there: every attempt fails, and the second is the last.
+    target = FtpTarget("127.0.0.1", free_port(), "cam", Secret(FTP_PASSWORD, "test"), REMOTE)
+    stop = threading.Event()
+    worker = UploadWorker(FtpDestination(target, 2, 2), 4, stop, catalog, mp4,
+                          backoff_first=0.05, max_attempts=2)
+    worker.start()
+    try:
+        worker.offer(made[0])
+        wait_for(lambda: worker.given_up == 1, 20)
+    finally:
+        stop.set()
+        worker.abort()
+        assert worker.join(5)
+    lines = [(line.camera, line.kind, line.text) for line in catalog.log_lines(20)]
+    assert ("front", "conversion", "20240623-1700.h264 -> 20240623-1700.mp4") in lines
+    assert any(cam == "back" and kind == "conversion" and "conversion failed" in text
+               for cam, kind, text in lines), lines
+    assert any(cam == "front" and kind == "upload" and "gave up after 2 attempts" in text
+               for cam, kind, text in lines), lines
+    assert all(len(text) <= 250 and FTP_PASSWORD not in text for _, _, text in lines)

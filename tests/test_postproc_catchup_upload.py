@@ -177,3 +177,39 @@ def test_uploaded_files_are_not_uploaded_again_on_restart(tmp_path: Path,
     for n in [*names, "20240623-2100"]:
         rec = catalog.recording_at(h264 / f"{n}.h264")
         assert rec is not None and catalog.is_uploaded(rec.id, label), n
+
+
+def test_old_journal_names_never_stand_for_a_camera_folders_mp4(tmp_path: Path) -> None:
+    """The pre-catalog journals list MP4_DIR's files only: mp4_dir/front/NAME is not the
+    NAME an old version sent, and is uploaded (into REMOTE/front/YYYY/MM/DD)."""
+    import shutil
+
+    from raspberry_pancake.postproc.upload.rclone import RcloneDestination
+    from raspberry_pancake.postproc.upload.targets import RcloneTarget
+
+    rclone = shutil.which("rclone")
+    if rclone is None:
+        pytest.skip("rclone not installed")
+    mp4, remote = tmp_path / "mp4", tmp_path / "remote"
+    (mp4 / "front").mkdir(parents=True)
+    name = "20240623-1700.mp4"
+    for path in (mp4 / name, mp4 / "front" / name):
+        path.write_bytes(os.urandom(10_000))
+    catalog = open_catalog(tmp_path / "catalog.db")
+    old, front = catalogued(catalog, mp4 / name), catalogued(catalog, mp4 / "front" / name,
+                                                            "front")
+    dest = RcloneDestination(RcloneTarget(":local:", str(remote), rclone))
+    stop = threading.Event()
+    worker = UploadWorker(dest, 4, stop, catalog, mp4, legacy={name})
+    try:
+        assert worker.catch_up() == 1
+        worker.start()
+        wait_for(lambda: worker.uploaded == 1, 20)
+    finally:
+        stop.set()
+        worker.abort()
+        assert worker.join(5)
+    assert catalog.is_uploaded(old.recording, dest.label)  # the journal's word
+    assert catalog.is_uploaded(front.recording, dest.label)
+    assert (remote / "front/2024/06/23" / name).read_bytes() == (mp4 / "front" / name).read_bytes()
+    assert not (remote / "2024").exists()

@@ -337,3 +337,48 @@ def test_converter_survives_retention_racing_its_rescans(tmp_path: Path,
             stop.set()
     assert conv.join(5)
     assert any(rescans), "the rescans found files"
+
+
+def test_camera_subfolders_convert_into_camera_mp4_folders(tmp_path: Path) -> None:
+    """--h264-dir DIR covers DIR/NAME/ (pancake --config); each camera's mp4s go into
+    MP4_DIR/NAME/, made as needed; the default camera's stay in MP4_DIR."""
+    h, out = tmp_path / "h264", tmp_path / "mp4"
+    (h / "front").mkdir(parents=True)
+    (h / "Not A Camera").mkdir()
+    out.mkdir()
+    catalog = open_catalog(tmp_path / "catalog.db")
+    # Never catalogued: the folder names the camera.
+    make_recording(h / "front/20240101-0000.h264", frames=6, settled=True)
+    make_recording(h / "20240101-0000.h264", frames=6, settled=True)
+    make_recording(h / "Not A Camera/20240101-0000.h264", frames=6, settled=True)
+    # Catalogued: the catalog names the camera, wherever the file is.
+    back = make_recording(h / "20240101-0015.h264", frames=6)
+    rid = catalog.recording_opened("back", "continuous", back, time.time() - 120)
+    catalog.recording_closed(rid, time.time() - 119, 6)
+    (out / "front").mkdir()
+    (out / "front/.20240101-0000.tmp.mp4").write_bytes(b"half")
+    remove_stale_temporaries(out)
+    assert not (out / "front/.20240101-0000.tmp.mp4").exists()
+
+    jobs = pending(catalog, [h])
+    assert sorted((j.h264.relative_to(h).as_posix(), j.camera) for j in jobs) == [
+        ("20240101-0000.h264", "cam"), ("20240101-0015.h264", "cam"),
+        ("front/20240101-0000.h264", "front")]
+    done: list[Path] = []
+    stop = threading.Event()
+    conv = Converter(ConvertSettings(out, fps=12.0), catalog, stop,
+                     lambda job, r, mp4: done.append(mp4))
+    conv.catch_up(jobs)
+    conv.start()
+    try:
+        wait_for(lambda: len(done) == 3, 30)
+    finally:
+        stop.set()
+        assert conv.join(5)
+    assert sorted(p.relative_to(out).as_posix() for p in done) == [
+        "20240101-0000.mp4", "back/20240101-0015.mp4", "front/20240101-0000.mp4"]
+    assert all(decoded_frames(p) == 6 for p in done)
+    rec = catalog.recording_at(h / "front/20240101-0000.h264")
+    assert rec is not None and rec.camera == "front"
+    lines = [(line.camera, line.kind) for line in catalog.log_lines(20)]
+    assert ("front", "conversion") in lines and ("back", "conversion") in lines

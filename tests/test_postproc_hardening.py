@@ -424,7 +424,7 @@ class CopyDestination:
         self.closed = 0
 
     def upload(self, local: Path, stop: threading.Event,
-               progress: Callable[[int, int], None] | None = None) -> None:
+               progress: Callable[[int, int], None] | None = None, camera: str = "cam") -> None:
         self.attempts += 1
         if self.attempts == 1:
             raise UnicodeDecodeError("utf-8", b"\xfc", 0, 1, "invalid start byte")

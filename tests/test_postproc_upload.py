@@ -561,3 +561,39 @@ def test_ftp_latin1_banner_does_not_end_the_connection(tmp_path: Path) -> None:
         assert (server.root / "bak/2024/06/23" / mp4.name).read_bytes() == mp4.read_bytes()
     finally:
         server.stop()
+
+
+@needs_sshd
+def test_every_destination_uploads_a_cameras_files_into_its_folder(
+        tmp_path: Path, sshd: SshServer, ftpd: FtpServer) -> None:
+    """A recording of camera `front` (pancake --config) goes to REMOTE/front/YYYY/MM/DD; the
+    default camera's keep REMOTE/YYYY/MM/DD. The camera is the catalog's, not the message's."""
+    mp4_dir = tmp_path / "mp4"
+    (mp4_dir / "front").mkdir(parents=True)
+    catalog = open_catalog(tmp_path / "catalog.db")
+    front = catalogued(catalog, _mp4(mp4_dir / "front", "20240623-1700.mp4", 20_000), "front")
+    cam = catalogued(catalog, _mp4(mp4_dir, "20240623-1700.mp4", 10_000))
+    # Another postproc's mp4 folder sharing the catalog: not this worker's to send.
+    other = catalogued(catalog, _mp4(tmp_path, "20240623-1800.mp4", 1000), "front")
+    ftp = FtpDestination(FtpTarget("127.0.0.1", ftpd.port, ftpd.user,
+                                   Secret(ftpd.password, "test"), "shop"), 5, 5)
+    stop = threading.Event()
+    workers = [UploadWorker(d, 8, stop, catalog, mp4_dir) for d in (_sftp(sshd), ftp)]
+    try:
+        for w in workers:
+            assert w.catch_up() == 2
+            w.start()
+        wait_for(lambda: all(w.uploaded == 2 for w in workers), 30)
+    finally:
+        stop.set()
+        for w in workers:
+            w.abort()
+            assert w.join(5)
+    for root in (sshd.remote / "cam1", ftpd.root / "shop"):
+        assert (root / "front/2024/06/23/20240623-1700.mp4").read_bytes() == \
+            front.path.read_bytes()
+        assert (root / "2024/06/23/20240623-1700.mp4").read_bytes() == cam.path.read_bytes()
+        assert not list(root.rglob("20240623-1800.mp4"))
+    assert not any(catalog.is_uploaded(other.recording, w.dest.label) for w in workers)
+    lines = [(line.camera, line.text) for line in catalog.log_lines(10) if line.kind == "upload"]
+    assert ("front", f"20240623-1700.mp4 uploaded to {ftp.label}") in lines

@@ -85,11 +85,15 @@ def fsync_path(path: Path) -> None:
 
 
 def convert(settings: ConvertSettings, job: Job, final: Path | None = None) -> Path:
-    """Convert one file into settings.mp4_dir under a temporary name, then rename it to
-    `final` (default: the recording's name; the converter passes the name the catalog left)."""
+    """Convert one file under a temporary name beside `final`, then rename it to `final`
+    (default: the recording's name in settings.mp4_dir; the converter passes the name the
+    catalog left, in the camera's folder, which is made here as needed)."""
     final = settings.mp4_dir / mp4_name(job.h264) if final is None else final
-    tmp = settings.mp4_dir / f"{TMP_PREFIX}{final.stem}{TMP_SUFFIX}"
+    tmp = final.parent / f"{TMP_PREFIX}{final.stem}{TMP_SUFFIX}"
     try:
+        if final.parent != settings.mp4_dir:
+            # Not parents=True: MP4_DIR gone must stay an error (OutputGone), not be remade.
+            final.parent.mkdir(exist_ok=True)
         if settings.mp4box:
             run_mp4box(settings.mp4box, job.h264, tmp, settings.fps)
         else:
@@ -109,8 +113,9 @@ def convert(settings: ConvertSettings, job: Job, final: Path | None = None) -> P
 
 
 def remove_stale_temporaries(mp4_dir: Path) -> None:
-    """Temporary mp4s left by a conversion cut off by a power cut."""
-    for path in mp4_dir.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+    """Temporary mp4s left by a conversion cut off by a power cut (camera folders too)."""
+    for path in [*mp4_dir.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"),
+                 *mp4_dir.glob(f"*/{TMP_PREFIX}*{TMP_SUFFIX}")]:
         try:
             path.unlink()
             log.info("removed unfinished %s", path.name)
@@ -120,8 +125,11 @@ def remove_stale_temporaries(mp4_dir: Path) -> None:
 
 def pending(catalog: Catalog, h264_dirs: Iterable[Path],
             settled: float = ledger.UNKNOWN_SETTLED) -> list[Job]:
-    """Catch-up jobs: see ledger.pending."""
-    return [Job(p, catch_up=True) for p in ledger.pending(catalog, list(h264_dirs), settled)]
+    """Catch-up jobs: see ledger.pending. A file the catalog does not know is its folder's
+    camera's (ledger.camera_of); for one it knows, the catalog's camera decides."""
+    dirs = list(h264_dirs)
+    return [Job(p, catch_up=True, camera=ledger.camera_of(p, dirs))
+            for p in ledger.pending(catalog, dirs, settled)]
 
 
 # (the job, its recording's catalog id, the mp4 made)
@@ -282,11 +290,20 @@ class Converter:
                                  f"({exc})") from None
             self.failed += 1
             log.error("%s: conversion failed: %s", job.h264, exc)
+            self._note(f"{job.h264.name}: conversion failed: {exc}"[:200], p.recording.camera)
             return
         self._in_hand = None
         self.converted += 1
         log.info("converted %s -> %s%s", job.h264, mp4, " (catch-up)" if job.catch_up else "")
         self._record(job, p, mp4)
+
+    def _note(self, text: str, camera: str) -> None:
+        """A line for the page's log; the catalog failing to take it costs only the line."""
+        try:
+            self.catalog.log("conversion", text, camera)
+        except CatalogError as exc:
+            self._limiter.log(log, logging.ERROR, "catalog", "cannot log to the catalog: %s",
+                              exc)
 
     def _record(self, job: Job, p: ledger.Plan, mp4: Path) -> None:
         try:

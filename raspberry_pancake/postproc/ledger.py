@@ -18,6 +18,7 @@ from raspberry_pancake.shared.catalog import (
     import_journals,
     rebuild,
 )
+from raspberry_pancake.shared.events import CAMERA_NAME
 from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.remux import read_sidecar, sidecar_for
 from raspberry_pancake.shared.retention import recording_time
@@ -153,15 +154,47 @@ def in_dirs(path: Path, dirs: Iterable[Path]) -> bool:
     return any(real.is_relative_to(d) and real != d for d in dirs)
 
 
+def camera_dir(mp4_dir: Path, camera: str) -> Path:
+    """Where a camera's mp4s go: MP4_DIR itself for the default camera (single-camera
+    installations keep their paths), MP4_DIR/NAME/ for the others."""
+    if camera == DEFAULT_CAMERA or not CAMERA_NAME.fullmatch(camera):
+        return mp4_dir
+    return mp4_dir / camera
+
+
+def camera_of(h264: Path, h264_dirs: Iterable[Path]) -> str:
+    """The camera a recording's folder names: DIR/NAME/x.h264 is NAME's (pancake --config
+    records there), DIR/x.h264 the default camera's."""
+    parent = Path(os.path.realpath(h264)).parent
+    dirs = {Path(os.path.realpath(d)) for d in h264_dirs}
+    if parent not in dirs and parent.parent in dirs and CAMERA_NAME.fullmatch(parent.name):
+        return parent.name
+    return DEFAULT_CAMERA
+
+
+def _listing(directory: Path) -> list[os.DirEntry[str]]:
+    """The directory's entries and those of its camera subfolders (DIR/NAME/)."""
+    entries = list(os.scandir(directory))
+    for entry in list(entries):
+        try:
+            if not (CAMERA_NAME.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
+                continue
+            entries += os.scandir(entry.path)
+        except OSError as exc:
+            log.error("catch-up: cannot list %s: %s", entry.path, exc.strerror or exc)
+    return entries
+
+
 def unknown_settled(catalog: Catalog, h264_dirs: Iterable[Path],
                     settled: float = UNKNOWN_SETTLED) -> list[Path]:
-    """The regular .h264 files of the directories the catalog has never heard of, unchanged for
-    `settled` seconds: an older pancake's, or copied in by hand."""
+    """The regular .h264 files of the directories (and of their camera subfolders) the
+    catalog has never heard of, unchanged for `settled` seconds: an older pancake's, or copied
+    in by hand."""
     now = time.time()
     found: list[Path] = []
     for directory in h264_dirs:
         try:
-            entries = list(os.scandir(directory))
+            entries = _listing(directory)
         except OSError as exc:
             log.error("catch-up: cannot list %s: %s", directory, exc.strerror or exc)
             continue
@@ -184,9 +217,9 @@ def unknown_settled(catalog: Catalog, h264_dirs: Iterable[Path],
 def pending(catalog: Catalog, h264_dirs: Sequence[Path],
             settled: float = UNKNOWN_SETTLED) -> list[Path]:
     """Catch-up: what the catalog says pancake closed and nobody converted (in these
-    directories, still on disk), plus the settled files it does not know; oldest first.
-    A recording pancake still has open is never listed: its message (or the next rescan,
-    once it is closed) brings it."""
+    directories or their camera subfolders, still on disk), plus the settled files it does
+    not know; oldest first. A recording pancake still has open is never listed: its message
+    (or the next rescan, once it is closed) brings it."""
     dirs = [Path(os.path.realpath(d)) for d in h264_dirs]
     paths = [r.path for r in catalog.pending_conversions()
              if in_dirs(r.path, dirs) and r.path.is_file()]
@@ -239,7 +272,8 @@ def _stem_taken(catalog: Catalog, stem: str, rec: Recording) -> bool:
 
 def plan(catalog: Catalog, h264: Path, mp4_dir: Path, camera: str = DEFAULT_CAMERA,
          clip: bool = False, catch_up: bool = False) -> Plan:
-    """Decide one job from the catalog; raises Skip (or CatalogError)."""
+    """Decide one job from the catalog; raises Skip (or CatalogError). The mp4 goes into the
+    recording's camera folder (camera_dir), the camera the catalog has for it."""
     rec = catalog.recording_at(h264)
     if rec is None:
         rec = _adopt_recording(catalog, h264, camera, clip)
@@ -250,9 +284,10 @@ def plan(catalog: Catalog, h264: Path, mp4_dir: Path, camera: str = DEFAULT_CAME
         raise Skip("pancake is still writing it")
     if rec.deleted:
         raise Skip("deleted (the catalog says so)")
+    out = camera_dir(mp4_dir, rec.camera)
     for n in range(MAX_SUFFIX + 1):
         stem = rec.stem if n == 0 else f"{rec.stem}-{n}"
-        mp4 = mp4_dir / (stem + MP4)
+        mp4 = out / (stem + MP4)
         owner = _owner(catalog, mp4)
         if owner is not None and owner != rec.id:
             continue  # another recording's mp4, here or only on a backup now
@@ -267,7 +302,7 @@ def plan(catalog: Catalog, h264: Path, mp4_dir: Path, camera: str = DEFAULT_CAME
                 return Plan(rec, mp4, adopt=True, frames=info.frames, duration=info.duration)
             continue
         return Plan(rec, mp4)
-    raise Skip(f"no free mp4 name for {rec.stem} in {mp4_dir}")
+    raise Skip(f"no free mp4 name for {rec.stem} in {out}")
 
 
 def record(catalog: Catalog, p: Plan, mp4: Path) -> Mp4Info:

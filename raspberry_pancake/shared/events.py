@@ -18,7 +18,10 @@ class Event(TypedDict, total=False):
 
     h264: a finished file (absolute path); detection: an edge, or with h264 the clip around one;
     time: epoch seconds of the edge or of the file's start; jpeg: a snapshot taken at the edge;
-    pts: the file's timestamps sidecar; disk/free/dir: a record directory runs short of space.
+    pts: the file's timestamps sidecar; disk/free/dir: a record directory runs short of space;
+    labels/names/boxes/score: what a detection saw (DESIGN.md "Messages"); update: new labels or
+    names while a detection is on; jpeg_boxes: the snapshot with the boxes drawn; health: the
+    camera's state; camera: its name (absent: "cam").
     """
 
     h264: str
@@ -29,6 +32,14 @@ class Event(TypedDict, total=False):
     disk: str
     free: int
     dir: str
+    labels: list[str]
+    names: list[str]
+    boxes: list[list[float]]
+    score: float
+    update: bool
+    jpeg_boxes: str
+    health: str
+    camera: str
 
 
 class EventError(ValueError):
@@ -44,8 +55,24 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "disk": (str,),
     "free": (int,),
     "dir": (str,),
+    "labels": (list,),
+    "names": (list,),
+    "boxes": (list,),
+    "score": (int, float),
+    "update": (bool,),
+    "jpeg_boxes": (str,),
+    "health": (str,),
+    "camera": (str,),
 }
-_PATHS = ("h264", "jpeg", "pts", "dir")
+_PATHS = ("h264", "jpeg", "pts", "dir", "jpeg_boxes")
+# What a message is about: one of these must be there (the rest only qualify it).
+_KINDS = frozenset({"h264", "detection", "disk", "update", "health"})
+HEALTH = frozenset({"live", "offline", "delay", "error"})
+CAMERA_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+# labels and names: a handful of short words each, as a caption and an MQTT payload show them.
+MAX_WORDS = 32
+MAX_WORD = 64
+MAX_BOXES = 64
 # A `time` outside 2000-01-01 .. 2200-01-01 UTC is a wrong clock or a forged datagram, and
 # beyond year 9999 datetime cannot even show it: such an event is dropped.
 TIME_MIN = 946684800
@@ -77,9 +104,21 @@ def validate(obj: Any) -> Event:
             _check_time(value)
         elif key == "free" and isinstance(value, int) and not 0 <= value <= FREE_MAX:
             raise EventError("free: out of range")
+        elif key == "score" and isinstance(value, int | float):
+            _check_fraction(key, value)
+        elif key in ("labels", "names") and isinstance(value, list):
+            _check_words(key, value)
+        elif key == "boxes" and isinstance(value, list):
+            _check_boxes(value)
+        if key == "update" and value is not True:
+            raise EventError("update: only true")
+        if key == "health" and value not in HEALTH:
+            raise EventError(f"health: not one of {', '.join(sorted(HEALTH))}")
+        if key == "camera" and isinstance(value, str) and not CAMERA_NAME.fullmatch(value):
+            raise EventError("camera: not a camera name (a-z, 0-9, _ and -, 1..32)")
         event[key] = value
-    if not event.keys() & {"h264", "detection", "disk"}:
-        raise EventError("neither h264, detection nor disk")
+    if not event.keys() & _KINDS:
+        raise EventError("neither h264, detection, disk, update nor health")
     if "disk" in event and not ("free" in event and "dir" in event):
         raise EventError("disk without free and dir")
     return Event(**event)  # type: ignore[typeddict-item,no-any-return]
@@ -99,6 +138,39 @@ def _check_text(key: str, value: str) -> None:
         raise EventError(f"{key}: control character")
     if key in _PATHS and not value.startswith("/"):
         raise EventError(f"{key}: not an absolute path")
+
+
+def _check_fraction(key: str, value: float) -> None:
+    # Compared as is, like time: float() of a huge integer would raise OverflowError.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EventError(f"{key}: not a finite number")
+    if not 0 <= value <= 1:
+        raise EventError(f"{key}: out of range (0..1)")
+
+
+def _check_words(key: str, value: list[Any]) -> None:
+    if len(value) > MAX_WORDS:
+        raise EventError(f"{key}: more than {MAX_WORDS}")
+    for word in value:
+        if not isinstance(word, str):
+            raise EventError(f"{key}: not a list of strings")
+        _check_text(key, word)
+        # Printable only: a caption and a log line show them as they are (no tab, no
+        # zero-width or bidi control, which isprintable() refuses too).
+        if not 1 <= len(word) <= MAX_WORD or not word.isprintable():
+            raise EventError(f"{key}: not 1..{MAX_WORD} printable characters")
+
+
+def _check_boxes(value: list[Any]) -> None:
+    if len(value) > MAX_BOXES:
+        raise EventError(f"boxes: more than {MAX_BOXES}")
+    for box in value:
+        if not isinstance(box, list) or len(box) != 4:
+            raise EventError("boxes: not a list of [x, y, w, h]")
+        for v in box:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise EventError("boxes: not a list of [x, y, w, h]")
+            _check_fraction("boxes", v)
 
 
 def _check_time(value: float) -> None:

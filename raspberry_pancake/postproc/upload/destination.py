@@ -11,11 +11,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from raspberry_pancake.shared.events import CAMERA_NAME
+
 CONNECT_TIMEOUT = 10.0
 # A transfer that makes no progress for this long is cut off and retried.
 TRANSFER_TIMEOUT = 30.0
 CHUNK = 256 * 1024
 PART = ".part"
+# A message without "camera" is this camera's, whose paths stay as they always were
+# (DESIGN.md "Cameras and names"; the same name as ledger.DEFAULT_CAMERA, which imports PyAV).
+DEFAULT_CAMERA = "cam"
 
 # Recording names: continuous YYYYMMDD-hhmm or -hhmmss, detection YYYYMMDD-hhmmss, maybe -N.
 _NAME = re.compile(r"^(\d{4})(\d{2})(\d{2})-\d{4}(?:\d{2})?(?:-\d+)?$")
@@ -48,6 +53,17 @@ def date_dirs(path: Path) -> tuple[str, str, str]:
     except OSError:
         day = dt.date.today()
     return f"{day.year:04d}", f"{day.month:02d}", f"{day.day:02d}"
+
+
+def remote_parts(local: Path, camera: str) -> tuple[str, ...]:
+    """The folders under the destination's directory: YYYY/MM/DD, under CAMERA/ for every
+    camera but the default one. Raises UploadError for a name that cannot be a folder."""
+    day = date_dirs(local)
+    if camera == DEFAULT_CAMERA:
+        return day
+    if not CAMERA_NAME.fullmatch(camera):
+        raise UploadError(f"{camera!r} is not a camera name: not uploaded")
+    return (camera, *day)
 
 
 class Dialer:
@@ -96,8 +112,8 @@ def shutdown(sock: socket.socket) -> None:
 class Destination(Protocol):
     label: str
 
-    def upload(self, local: Path, stop: threading.Event,
-               progress: Progress | None = None) -> None: ...
+    def upload(self, local: Path, stop: threading.Event, progress: Progress | None = None,
+               camera: str = DEFAULT_CAMERA) -> None: ...
 
     def close(self) -> None: ...
 

@@ -11,14 +11,15 @@ from typing import TextIO
 
 from raspberry_pancake.postproc.upload.destination import (
     CONNECT_TIMEOUT,
+    DEFAULT_CAMERA,
     PART,
     TRANSFER_TIMEOUT,
     Dialer,
     Progress,
     UploadAborted,
     UploadError,
-    date_dirs,
     read_chunks,
+    remote_parts,
     shutdown,
 )
 from raspberry_pancake.postproc.upload.targets import FtpTarget
@@ -209,11 +210,12 @@ class FtpDestination:
                 ftp.mkd(part)
                 ftp.cwd(part)
 
-    def upload(self, local: Path, stop: threading.Event, progress: Progress | None = None) -> None:
+    def upload(self, local: Path, stop: threading.Event, progress: Progress | None = None,
+               camera: str = DEFAULT_CAMERA) -> None:
         try:
             total = local.stat().st_size
             ftp = self._connect()
-            self._chdirs(ftp, PurePosixPath(self.dest.remote_dir, *date_dirs(local)))
+            self._chdirs(ftp, PurePosixPath(self.dest.remote_dir, *remote_parts(local, camera)))
             part = local.name + PART
             conn = ftp.transfercmd(f"STOR {part}")
             try:

@@ -10,14 +10,15 @@ from typing import TYPE_CHECKING
 
 from raspberry_pancake.postproc.upload.destination import (
     CONNECT_TIMEOUT,
+    DEFAULT_CAMERA,
     PART,
     TRANSFER_TIMEOUT,
     Dialer,
     Progress,
     UploadAborted,
     UploadError,
-    date_dirs,
     read_chunks,
+    remote_parts,
 )
 from raspberry_pancake.postproc.upload.targets import ScpTarget
 
@@ -103,13 +104,14 @@ class SftpDestination:
             except FileNotFoundError:
                 sftp.mkdir(str(current))
 
-    def upload(self, local: Path, stop: threading.Event, progress: Progress | None = None) -> None:
+    def upload(self, local: Path, stop: threading.Event, progress: Progress | None = None,
+               camera: str = DEFAULT_CAMERA) -> None:
         import paramiko
 
         try:
             total = local.stat().st_size
             sftp = self._connect()
-            remote_dir = PurePosixPath(self.dest.remote_dir, *date_dirs(local))
+            remote_dir = PurePosixPath(self.dest.remote_dir, *remote_parts(local, camera))
             self._makedirs(sftp, remote_dir)
             final = str(remote_dir / local.name)
             part = final + PART

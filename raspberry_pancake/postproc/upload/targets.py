@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,4 +53,28 @@ class RcloneTarget:
 
     @property
     def label(self) -> str:
-        return f"rclone {self.remote}{self.remote_dir}"
+        """For logs and the catalog's uploads: the spec with its secrets masked (a connection
+        string may carry a password or a key, though the README says to keep them in rclone's
+        config), so that it can be logged and stored."""
+        text = self.remote
+        for value in self.secrets():
+            text = text.replace(value, "***")
+        return f"rclone {mask_userinfo(text)}{self.remote_dir}"
+
+    def secrets(self) -> list[str]:
+        """The values of a connection string's parameters whose key names a secret
+        (`:s3,secret_access_key=…:`, `:sftp,pass=…:`), longest first."""
+        found = [m.group(2).strip("'\"") for m in _PARAM.finditer(self.remote)
+                 if _SECRET_KEY.search(m.group(1))]
+        return sorted({v for v in found if v}, key=len, reverse=True)
+
+
+# One `key=value` of a connection string (`:backend,key=value,key='v,a:l'…:`).
+_PARAM = re.compile(r"[,:]([A-Za-z0-9_-]+)=('[^']*'|\"[^\"]*\"|[^,:'\"]*)")
+_SECRET_KEY = re.compile(r"pass|secret|key|token|auth|credential|bearer|session", re.IGNORECASE)
+_USERINFO = re.compile(r"(://[^/\s:@'\"]*:)[^/\s@'\"]*@")
+
+
+def mask_userinfo(text: str) -> str:
+    """A URL's password (`http://user:pw@host`) masked."""
+    return _USERINFO.sub(r"\1***@", text)

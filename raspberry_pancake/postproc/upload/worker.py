@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raspberry_pancake.postproc.supervise import StageThread
-from raspberry_pancake.postproc.upload.destination import Destination, UploadAborted, UploadError
+from raspberry_pancake.postproc.upload.destination import (
+    DEFAULT_CAMERA,
+    Destination,
+    UploadAborted,
+    UploadError,
+)
 from raspberry_pancake.shared.catalog import Catalog, CatalogError
 from raspberry_pancake.shared.logs import RateLimiter
 
@@ -32,10 +37,12 @@ CATALOG_LOG_EVERY = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Mp4:
-    """One converted file to send: its recording's catalog id (the uploads' key) and path."""
+    """One converted file to send: its recording's catalog id (the uploads' key) and path;
+    its camera, which names the remote folder, when known (else the worker asks the catalog)."""
 
     recording: int
     path: Path
+    camera: str | None = None
 
     @property
     def name(self) -> str:
@@ -122,19 +129,45 @@ class UploadWorker:
             self._catalog_error("cannot read the pending uploads", exc)
             return []
         out: list[Mp4] = []
+        cameras = self._cameras([c.recording for c in rows])
         for c in rows:
-            if c.mp4.parent != self.mp4_dir:
+            camera = cameras.get(c.recording, self._camera_of_path(c.mp4))
+            if c.mp4.parent != self.mp4_dir and c.mp4.parent != self.mp4_dir / camera:
                 continue  # another postproc's mp4 directory, sharing the catalog
             try:
-                if c.mp4.name in self._legacy:
+                # The old journals know only MP4_DIR's own files: a camera folder's mp4 of
+                # the same name was never sent.
+                if c.mp4.name in self._legacy and c.mp4.parent == self.mp4_dir:
                     self.catalog.uploaded(c.recording, self.dest.label)
                 elif not c.mp4.is_file():
                     self.catalog.mark_deleted(c.mp4)
                 else:
-                    out.append(Mp4(c.recording, c.mp4))
+                    out.append(Mp4(c.recording, c.mp4, camera))
             except CatalogError as exc:
                 self._catalog_error("cannot record what the catch-up found", exc)
         return out
+
+    def _cameras(self, recordings: Sequence[int]) -> dict[int, str]:
+        """The camera of each recording, as the catalog has it (those it cannot say: left out).
+        One read a recording (by its id, no write lock), as the catalog has no batch query."""
+        found: dict[int, str] = {}
+        try:
+            for rid in recordings:
+                rec = self.catalog.recording(rid)
+                if rec is not None:
+                    found[rid] = rec.camera
+        except CatalogError as exc:
+            self._catalog_error("cannot read the recordings' cameras", exc)
+        return found
+
+    def _camera_of_path(self, mp4: Path) -> str:
+        """The converter's rule read backwards: MP4_DIR/NAME/x.mp4 is camera NAME's."""
+        return mp4.parent.name if mp4.parent.parent == self.mp4_dir else DEFAULT_CAMERA
+
+    def _camera(self, mp4: Mp4) -> str:
+        if mp4.camera is not None:
+            return mp4.camera
+        return self._cameras([mp4.recording]).get(mp4.recording, self._camera_of_path(mp4.path))
 
     def catch_up(self, fresh: Sequence[Mp4] = ()) -> int:
         """Offer `fresh` (just converted) and every mp4 not yet acknowledged, oldest first,
@@ -221,14 +254,16 @@ class UploadWorker:
     def _upload(self, mp4: Mp4) -> None:
         if self._acknowledged(mp4):
             return  # acknowledged since it was queued (another catch-up, another process)
+        camera = self._camera(mp4)
         delay = self._backoff_first
+        reason = ""
         for attempt in range(1, self._max_attempts + 1):
             if not mp4.path.is_file():
                 log.warning("%s: %s no longer exists: not uploaded", self.dest.label, mp4.path)
                 return
             started = time.monotonic()
             try:
-                self.dest.upload(mp4.path, self._stop)
+                self.dest.upload(mp4.path, self._stop, camera=camera)
             except UploadAborted:
                 log.info("%s: upload of %s cut off by shutdown", self.dest.label, mp4.path)
                 return
@@ -244,7 +279,8 @@ class UploadWorker:
             else:
                 try:
                     self.catalog.uploaded(mp4.recording, self.dest.label)
-                    self.catalog.log("upload", f"{mp4.name} uploaded to {self.dest.label}")
+                    self.catalog.log("upload", f"{mp4.name} uploaded to {self.dest.label}",
+                                     camera)
                 except CatalogError as exc:
                     # Sent again at a later catch-up: the same bytes, harmless.
                     self._catalog_error("cannot record the upload", exc)
@@ -272,6 +308,11 @@ class UploadWorker:
             self._gave_up[mp4.recording] = self._gave_up.get(mp4.recording, 0) + 1
         log.error("%s: gave up on %s after %d attempts (it stays on disk for the next "
                   "catch-up)", self.dest.label, mp4.path, self._max_attempts)
+        try:
+            self.catalog.log("upload", f"{mp4.name}: {self.dest.label} gave up after "
+                             f"{self._max_attempts} attempts ({reason[:120]})", camera)
+        except CatalogError as exc:
+            self._catalog_error("cannot log the upload given up", exc)
 
     def _close_quietly(self) -> None:
         """Drop the connection after an undeclared failure: its state is unknown."""
