@@ -14,17 +14,35 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import av
+import numpy as np
+import numpy.typing as npt
+
 from raspberry_pancake.shared.cli import ConfigError, OneLineParser
 from raspberry_pancake.shared.credentials import Secret, SecretError
 from raspberry_pancake.shared.credentials import resolve as resolve_secret
 from raspberry_pancake.shared.events import MAX_SOCKET_NAME
 from raspberry_pancake.shared.retention import DEFAULT_MIN_FREE, Amount, parse_min_free
 from raspberry_pancake.shared.statedir import catalog_path
+from raspberry_pancake.shared.statedir import state_dir as default_state_dir
 
-__all__ = ["ConfigError", "RecorderConfig", "Size", "load_detect", "parse"]
+__all__ = ["ConfigError", "MaskError", "RecorderConfig", "Size", "load_detect", "mask_grey",
+           "parse", "read_mask"]
 
 DEFAULT_SPLIT = 900.0
 CAMERA_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+# --detect's words (DESIGN.md "Detectors"): the user's detect() in one of its two forms, and
+# the built-in detectors.
+USER_DETECT = ("image", "no-image")
+DETECTORS = (*USER_DETECT, "motion", "faces")
+# The motion detector's defaults (detect/motion.py MotionConfig keeps the same).
+MOTION_MIN_AREA = 0.3
+MOTION_SENSITIVITY = 5
+MOTION_MIN_DURATION = 1.0
+FACE_MATCH = 0.6
+# A gpiozero pin: a BCM number, or a name gpiozero knows ("GPIO17", "BOARD11", "J8:11").
+GPIO_PIN = re.compile(r"[A-Za-z0-9:_]{1,16}")
+FACES_MODULE = "raspberry_pancake.recorder.detect.faces"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +69,7 @@ class RecorderConfig:
     detection_mode: str | None  # "edge" or "all"
     detection_dir: Path | None
     record_resize: Size | None
-    detect: str | None  # "no-image" or "image"
+    detect: str | None  # the user's detect(): "no-image" or "image", or None
     detect_resize: Size | None
     detect_interval: float
     emit: str | None
@@ -78,6 +96,19 @@ class RecorderConfig:
     # The user's detect(), loaded once by parse(): customize.py's side effects (a GPIO pin
     # opened, a model loaded) must happen once per process, not once per check.
     detect_fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    # Every --detect word in the order given ("image", "motion", …; empty: none) and how their
+    # answers combine: "or" (any of them) or "and" (all of them).
+    detectors: tuple[str, ...] = ()
+    detect_combine: str = "or"
+    motion_mask: Path | None = None
+    motion_min_area: float = MOTION_MIN_AREA
+    motion_sensitivity: int = MOTION_SENSITIVITY
+    motion_min_duration: float = MOTION_MIN_DURATION
+    faces_dir: Path | None = None
+    face_match: float = FACE_MATCH
+    # A PIR or door sensor (gpiozero): the pin as a BCM number or a gpiozero pin name.
+    detect_gpio: int | str | None = None
+    detect_gpio_kind: str = "motion"  # "motion" (MotionSensor) or "button" (Button)
 
     @property
     def frame_size(self) -> Size:
@@ -85,6 +116,11 @@ class RecorderConfig:
         if self.rotation in (90, 270):
             return Size(self.resolution.height, self.resolution.width)
         return self.resolution
+
+    @property
+    def detecting(self) -> bool:
+        """Any detector at all: a --detect word or a --detect-gpio sensor."""
+        return bool(self.detectors) or self.detect_gpio is not None
 
     @property
     def record_size(self) -> Size:
@@ -117,6 +153,68 @@ def _positive(text: str) -> float:
     return value
 
 
+def _detect_list(text: str) -> tuple[str, ...]:
+    words = [w.strip() for w in text.split(",")]
+    for w in words:
+        if w not in DETECTORS:
+            raise argparse.ArgumentTypeError(
+                f"{w!r} is not one of {', '.join(DETECTORS)} (a comma-separated list)")
+    if len(set(words) & set(USER_DETECT)) > 1:
+        raise argparse.ArgumentTypeError("image and no-image exclude each other: detect() "
+                                         "takes the picture or it does not")
+    return tuple(dict.fromkeys(words))
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percent above 0, at most 100")
+    return value
+
+
+def _sensitivity(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number 1..10") from None
+    if not 1 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 1..10")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0..3600 seconds")
+    return value
+
+
+def _distance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a distance above 0, at most 2")
+    return value
+
+
+def _pin(text: str) -> int | str:
+    if text.isdigit():
+        if int(text) > 63:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a GPIO number (0..63)")
+        return int(text)
+    if not GPIO_PIN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a GPIO pin (17, GPIO17, BOARD11)")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="pancake.py",
                       description="Raspberry Pancake: one camera's recorder and live view.")
@@ -140,11 +238,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on detection, record video into h264_dir")
     p.add_argument("--record-resize", type=_size, nargs=2, metavar=("w", "h"),
                    help="resize image for video recording")
-    p.add_argument("--detect", choices=["no-image", "image"], help="detect() or detect(bytes)?")
+    p.add_argument("--detect", type=_detect_list, metavar="LIST",
+                   help="comma-separated detectors: image (detect(rgb_bytes) from customize.py) "
+                        "or no-image (detect()), motion, faces")
+    p.add_argument("--detect-combine", choices=["or", "and"], default=None,
+                   help="detection is on while any detector says so (or, the default) or all")
     p.add_argument("--detect-resize", type=_size, nargs=2, metavar=("w", "h"),
                    help="resize image for detection")
     p.add_argument("--detect-interval", type=_positive, metavar="seconds",
                    help="time between detect() calls (default 1/fps)")
+    p.add_argument("--detect-gpio", type=_pin, metavar="PIN",
+                   help="a PIR or door sensor on this GPIO pin (gpiozero) is a detector too")
+    p.add_argument("--detect-gpio-kind", choices=["motion", "button"], default=None,
+                   help="the sensor: motion (a PIR, gpiozero MotionSensor; the default) or "
+                        "button (a door contact, gpiozero Button)")
+    p.add_argument("--motion-mask", metavar="PNG",
+                   help="white = watch, black = ignore; any size, scaled to the picture")
+    p.add_argument("--motion-min-area", type=_percent, metavar="PCT",
+                   help=f"percent of the watched picture that must change (default "
+                        f"{MOTION_MIN_AREA:g})")
+    p.add_argument("--motion-sensitivity", type=_sensitivity, metavar="1..10",
+                   help=f"how small a change counts (default {MOTION_SENSITIVITY})")
+    p.add_argument("--motion-min-duration", type=_seconds, metavar="SECONDS",
+                   help=f"how long a change must last to be motion, and the quiet after it "
+                        f"(default {MOTION_MIN_DURATION:g})")
+    p.add_argument("--faces", metavar="DIR",
+                   help="the known faces (default: faces/ in the state directory)")
+    p.add_argument("--face-match", type=_distance, metavar="DIST",
+                   help=f"the largest distance at which a face is someone enrolled "
+                        f"(default {FACE_MATCH:g})")
     p.add_argument("--emit", metavar="socket_address", help="unix domain socket to post-processor")
     p.add_argument("--login", metavar="password_hash_file",
                    help="password-protect streaming webpage")
@@ -176,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default cam)")
     p.add_argument("--title", metavar="TEXT",
                    help="the camera's name for people, on the page and in alerts (default: --name)")
+    # Taken out by main before parse() (camconfig.split_argv); here for --help and the README.
+    p.add_argument("--config", metavar="FILE",
+                   help="run the cameras of this TOML file (1 to 8) behind one page; "
+                        "instead of --source and the other camera flags")
+    p.add_argument("--list-cameras", action="store_true",
+                   help="print the cameras this machine can open (picamera2, V4L2) and exit")
     p.add_argument("--trust-proxy", action="store_true",
                    help="behind a reverse proxy: take the client's address and scheme from its "
                         "X-Forwarded-For / X-Real-Ip and X-Forwarded-Proto headers")
@@ -249,14 +377,31 @@ def _readable_file(flag: str, text: str) -> Path:
 def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
     """Parse and check the command line; raise ConfigError for cross-flag and file problems."""
     a = build_parser().parse_args(argv)
-    if a.detect is None:
+    detectors: tuple[str, ...] = a.detect or ()
+    user = next((w for w in detectors if w in USER_DETECT), None)
+    if not detectors and a.detect_gpio is None:
         for flag, value in (("--record-detection", a.record_detection),
                             ("--detect-resize", a.detect_resize),
-                            ("--detect-interval", a.detect_interval)):
+                            ("--detect-interval", a.detect_interval),
+                            ("--detect-combine", a.detect_combine)):
             if value is not None:
-                raise ConfigError(f"{flag} requires --detect")
-    if a.detect == "no-image" and a.detect_resize is not None:
+                raise ConfigError(f"{flag} requires --detect (or --detect-gpio)")
+    if user != "image" and a.detect_resize is not None:
         raise ConfigError("--detect-resize requires --detect image")
+    for flag, value, needs in (("--motion-mask", a.motion_mask, "motion"),
+                               ("--motion-min-area", a.motion_min_area, "motion"),
+                               ("--motion-sensitivity", a.motion_sensitivity, "motion"),
+                               ("--motion-min-duration", a.motion_min_duration, "motion"),
+                               ("--faces", a.faces, "faces"),
+                               ("--face-match", a.face_match, "faces")):
+        if value is not None and needs not in detectors:
+            raise ConfigError(f"{flag} requires --detect {needs}")
+    if a.detect_gpio_kind is not None and a.detect_gpio is None:
+        raise ConfigError("--detect-gpio-kind requires --detect-gpio")
+    motion_mask = _mask("--motion-mask", a.motion_mask) if a.motion_mask is not None else None
+    if a.detect_gpio is not None and importlib.util.find_spec("gpiozero") is None:
+        raise ConfigError("--detect-gpio needs gpiozero: pip install 'gpiozero>=2' "
+                          "(on Raspberry Pi OS: apt install python3-gpiozero)")
     if a.record_resize is not None and not (a.record_continuous or a.record_detection):
         raise ConfigError("--record-resize requires --record-continuous or --record-detection")
     if not 1 <= a.port <= 65535:
@@ -295,9 +440,20 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
     title = a.name if a.title is None else a.title
     if not 1 <= len(title) <= 64 or not title.isprintable():
         raise ConfigError("--title: 1..64 printable characters")
-    customize = _customize_path(a.customize) if a.detect else None
+    customize = _customize_path(a.customize) if user is not None else None
     # Loaded here, once: a bad file fails now, not when the first frame arrives.
-    detect_fn = load_detect(customize, a.detect) if customize is not None else None
+    detect_fn = load_detect(customize, user) if customize is not None and user else None
+    faces_dir = None
+    if "faces" in detectors:
+        faces_dir = (Path(a.faces).absolute() if a.faces is not None
+                     else default_state_dir(Path(a.state_dir).absolute() if a.state_dir
+                                         else None) / "faces")
+        if faces_dir.exists() and not faces_dir.is_dir():
+            raise ConfigError(f"--faces: {str(faces_dir)!r} is not a directory")
+        # Whether it is installed at all (found, not imported: the detectors sit above the
+        # command line); its models are checked when the detector is made.
+        if importlib.util.find_spec(FACES_MODULE) is None:
+            raise ConfigError("--detect faces: not available in this version of pancake")
     return RecorderConfig(
         port=a.port,
         bind=a.bind,
@@ -312,7 +468,7 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         detection_mode=mode,
         detection_dir=detection_dir,
         record_resize=Size(*a.record_resize) if a.record_resize else None,
-        detect=a.detect,
+        detect=user,
         detect_resize=Size(*a.detect_resize) if a.detect_resize else None,
         detect_interval=a.detect_interval if a.detect_interval is not None else 1.0 / a.fps,
         emit=a.emit,
@@ -331,7 +487,71 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         name=a.name,
         title=title,
         detect_fn=detect_fn,
+        detectors=detectors,
+        detect_combine=a.detect_combine or "or",
+        motion_mask=motion_mask,
+        motion_min_area=(a.motion_min_area if a.motion_min_area is not None
+                         else MOTION_MIN_AREA),
+        motion_sensitivity=(a.motion_sensitivity if a.motion_sensitivity is not None
+                            else MOTION_SENSITIVITY),
+        motion_min_duration=(a.motion_min_duration if a.motion_min_duration is not None
+                             else MOTION_MIN_DURATION),
+        faces_dir=faces_dir,
+        face_match=a.face_match if a.face_match is not None else FACE_MATCH,
+        detect_gpio=a.detect_gpio,
+        detect_gpio_kind=a.detect_gpio_kind or "motion",
     )
+
+
+class MaskError(ValueError):
+    """A mask that cannot be used; its message is one line naming the file and what is wrong."""
+
+
+def read_mask(path: str | Path) -> npt.NDArray[np.uint8]:
+    """The mask file's grey levels at its own size; MaskError if it is not a picture or all
+    black. Here, below the detectors, so that the command line, the page's upload and the
+    motion detector check a mask by the same rules."""
+    p = Path(path)
+    try:
+        with av.open(str(p)) as container:
+            if not container.streams.video:
+                raise MaskError(f"motion mask {p}: not an image (no picture in it)")
+            frame = next(container.decode(video=0), None)
+    except FileNotFoundError:
+        raise MaskError(f"motion mask {p}: no such file") from None
+    except IsADirectoryError:
+        raise MaskError(f"motion mask {p}: is a directory, not an image") from None
+    except PermissionError:
+        raise MaskError(f"motion mask {p}: cannot be read (permission denied)") from None
+    except (av.FFmpegError, OSError, StopIteration) as e:
+        # FFmpeg opens anything its probes recognise; a text file or a truncated PNG lands here.
+        raise MaskError(f"motion mask {p}: not an image ({type(e).__name__})") from None
+    if frame is None:
+        raise MaskError(f"motion mask {p}: not an image (no picture in it)")
+    grey = mask_grey(frame)
+    if not (grey >= 128).any():
+        raise MaskError(f"motion mask {p}: all black, so nothing would be watched "
+                        "(white = watch, black = ignore)")
+    return grey
+
+
+def mask_grey(frame: av.VideoFrame) -> npt.NDArray[np.uint8]:
+    """A decoded mask picture as grey levels; transparent pixels count as black (ignored)."""
+    if frame.format.name in ("rgba", "bgra", "argb", "abgr", "ya8", "pal8", "rgba64be", "rgba64le",
+                             "ya16be", "ya16le"):
+        rgba = frame.to_ndarray(format="rgba")
+        luma = (rgba[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+        return np.where(rgba[..., 3] >= 128, luma, 0).astype(np.uint8)
+    return np.asarray(frame.to_ndarray(format="gray"), dtype=np.uint8)
+
+
+def _mask(flag: str, text: str) -> Path:
+    path = Path(text).absolute()
+    try:
+        read_mask(path)
+    except MaskError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+    return path
 
 
 def _load_module(path: Path) -> ModuleType:

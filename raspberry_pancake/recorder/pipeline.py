@@ -8,10 +8,13 @@ import threading
 from pathlib import Path
 
 import av
+import numpy as np
+import numpy.typing as npt
 
 from raspberry_pancake.recorder.catalog_writer import CatalogWriter
 from raspberry_pancake.recorder.config import RecorderConfig
-from raspberry_pancake.recorder.detect.runner import Detector
+from raspberry_pancake.recorder.detect.result import Box, Detection
+from raspberry_pancake.recorder.detect.runner import Detector, DetectorConfig, build_checks
 from raspberry_pancake.recorder.diskguard import DiskGuard, DiskGuardConfig
 from raspberry_pancake.recorder.emitter import Emitter
 from raspberry_pancake.recorder.frames import Frame, LatestFrame, Packet
@@ -39,8 +42,14 @@ EDGE_LATENCY_MARGIN = 0.3
 # takes the clip's name (its sidecar for retention); the writer answers in milliseconds unless
 # the disk stalls it, and then the snapshot keeps the edge's own name and the message leaves.
 SNAPSHOT_WAIT = 0.3
-# What the catalog records an edge as seeing until the detectors report their own labels.
+# What the catalog records an edge as seeing when its detectors name nothing (a bool detect()).
 LABELS = ("detection",)
+# The motion detector's learned statistics in the catalog (per camera).
+MOTION_KEY = "motion"
+# The boxes drawn on the snapshot's second copy: a colour that stands out on most scenes, and
+# a line about 1/200 of the picture's width, never thinner than 2 pixels.
+BOX_COLOUR = (255, 48, 0)
+BOX_LINE = 200
 
 
 class _ClipName:
@@ -59,6 +68,35 @@ class _ClipName:
         return self._path
 
 
+class _CatalogLearned:
+    """The motion detector's statistics, kept in the catalog under this camera's name."""
+
+    def __init__(self, catalog: CatalogWriter) -> None:
+        self._catalog = catalog
+
+    def load(self) -> str | None:
+        return self._catalog.learned(MOTION_KEY)
+
+    def save(self, text: str) -> None:
+        self._catalog.save_learned(MOTION_KEY, text)
+
+
+def draw_boxes(image: av.VideoFrame, boxes: tuple[Box, ...]) -> av.VideoFrame:
+    """A copy of the picture with each box (fractions of the frame) outlined."""
+    rgb: npt.NDArray[np.uint8] = np.array(image.to_ndarray(format="rgb24"), dtype=np.uint8)
+    h, w = rgb.shape[:2]
+    t = max(2, w // BOX_LINE)
+    colour = np.array(BOX_COLOUR, np.uint8)
+    for bx, by, bw, bh in boxes:
+        x0, y0 = int(bx * w), int(by * h)
+        x1, y1 = min(w, max(x0 + 1, round((bx + bw) * w))), min(h, max(y0 + 1, round((by + bh) * h)))
+        rgb[y0:min(y1, y0 + t), x0:x1] = colour
+        rgb[max(y0, y1 - t):y1, x0:x1] = colour
+        rgb[y0:y1, x0:min(x1, x0 + t)] = colour
+        rgb[y0:y1, max(x0, x1 - t):x1] = colour
+    return av.VideoFrame.from_ndarray(rgb, format="rgb24")
+
+
 class Pipeline:
     """Camera → (frames → live view, detector) and (frames → encoder, or the camera's own
     packets → segments, clips); edges → events."""
@@ -74,9 +112,13 @@ class Pipeline:
         self._stop = threading.Event()
         self._event: int | None = None  # the catalog's token of the detection on now
         hooks = WriterHooks(self.state.file_opened, self.state.file_closed, self._emit, catalog)
-        self.segments = (SegmentWriter(cfg.record_continuous, cfg.record_split, hooks,
-                                       cfg.record_dirs)
-                         if cfg.record_continuous is not None else None)
+        self._hooks = hooks
+        self.segments = self._segment_writer()
+        # Guards segments, _retired and _started against set_continuous() from the page while
+        # start() or stop() runs; _on_packet reads segments without it (one attribute read).
+        self._control = threading.Lock()
+        self._retired: list[SegmentWriter] = []  # stopped by set_continuous(False), to join
+        self._started = False
         self.clips: ClipWriter | None = None
         self.encoder: EncoderThread | None = None  # made at start, when the camera needs one
         if cfg.detection_dir is not None and cfg.detection_mode is not None:
@@ -89,10 +131,57 @@ class Pipeline:
         # Edge snapshots go beside the clips (or the segments); none when nothing is recorded.
         self._snapshot_dir = cfg.detection_dir or cfg.record_continuous
         self._jpeg = JpegEncoder()  # the detector thread's alone
-        self.detector: Detector | None = None
-        if cfg.detect is not None and cfg.detect_fn is not None:
-            self.detector = Detector(cfg.detect_fn, cfg.detect == "image", cfg.detect_resize,
-                                     cfg.detect_interval, self.hub, self._on_edge, self._stop)
+        # Always made, even with no detector listed: an external trigger is a detection too.
+        # ConfigError (one line) when a listed detector cannot be made here.
+        checks, motion = build_checks(cfg)
+        self.detector = Detector(
+            DetectorConfig(cfg.detect_interval, cfg.detect_combine, checks, motion), self.hub,
+            self._on_edge, self._stop, on_update=self._on_update,
+            learned=_CatalogLearned(catalog) if catalog is not None else None)
+
+    def _segment_writer(self) -> SegmentWriter | None:
+        cfg = self.cfg
+        if cfg.record_continuous is None:
+            return None
+        return SegmentWriter(cfg.record_continuous, cfg.record_split, self._hooks,
+                             cfg.record_dirs)
+
+    # -- what the page's controls call (from any thread; none of them waits) ---------------
+
+    def set_armed(self, armed: bool) -> None:
+        """Disarmed: the detectors are not run and no edge rises; a detection on is ended."""
+        log.info("camera %s", "armed" if armed else "disarmed: no detection")
+        if self.detector is not None:
+            self.detector.set_armed(armed)
+
+    def set_continuous(self, on: bool) -> None:
+        """Off: the segment writer finishes its file (announced as usual) and writes nothing
+        until on again, when a new file starts at the next keyframe."""
+        if self.cfg.record_continuous is None:
+            return
+        with self._control:
+            writer = self.segments
+            if on == (writer is not None):
+                return
+            log.info("continuous recording %s", "on" if on else "off")
+            if not on:
+                assert writer is not None
+                self.segments = None  # no packet reaches it from now on
+                if self._started:
+                    writer.stop()  # its thread writes what is queued, closes and announces
+                    self._retired.append(writer)
+            else:
+                writer = self._segment_writer()
+                assert writer is not None
+                if self._started:
+                    writer.start()
+                self.segments = writer
+
+    def trigger(self, label: str, seconds: float) -> None:
+        """An external trigger: a detection labelled `label` for `seconds`; another trigger
+        extends it. The caller checks label and seconds (the page's API)."""
+        if self.detector is not None:
+            self.detector.trigger(label, seconds)
 
     def _is_open(self, path: str) -> bool:
         return path in self.state.open_files()
@@ -108,17 +197,26 @@ class Pipeline:
         self.state.capture_rate.tick(frame.mono)
 
     def _on_packet(self, packet: Packet) -> None:
-        if self.segments is not None:
-            self.segments.put(packet)
+        segments = self.segments  # read once: set_continuous() may change it meanwhile
+        if segments is not None:
+            segments.put(packet)
         if self.clips is not None:
             self.clips.put(packet)
 
-    def _on_edge(self, edge: Edge) -> None:
+    def _on_edge(self, edge: Edge, found: Detection | None = None) -> None:
         self.state.detecting = edge.rising
-        log.info("detection %s", "on" if edge.rising else "off")
+        found = found if found is not None and edge.rising else None
+        if found is not None and found.labels:
+            log.info("detection on: %s", ", ".join(found.labels + found.names))
+        else:
+            log.info("detection %s", "on" if edge.rising else "off")
         catalog = self.catalog
         if catalog is not None and edge.rising:
-            self._event = catalog.rose(edge.wall, LABELS)
+            if found is not None:
+                self._event = catalog.rose(edge.wall, found.labels or LABELS, found.names,
+                                           found.boxes, found.score)
+            else:
+                self._event = catalog.rose(edge.wall, LABELS)
         token = self._event
         named: _ClipName | None = None
         if self.clips is not None:
@@ -130,19 +228,46 @@ class Pipeline:
                     catalog.clip(token, path)
             self.clips.edge(edge, on_clip)
         event = Event(detection=edge.rising, time=round(edge.wall, 3))
-        snapshot = self._snapshot(edge, named)
-        if snapshot is not None:
+        if found is not None:
+            if found.labels:
+                event["labels"] = list(found.labels)
+            if found.names:
+                event["names"] = list(found.names)
+            if found.boxes:
+                event["boxes"] = [list(b) for b in found.boxes]
+            if found.score is not None:
+                event["score"] = found.score
+        boxes = found.boxes if found is not None else ()
+        shots = self._snapshot(edge, named, boxes)
+        if shots is not None:
+            snapshot, drawn = shots
             event["jpeg"] = str(snapshot)
             if catalog is not None and token is not None and edge.rising:
                 catalog.snapshot(token, snapshot)
+            if drawn is not None:
+                event["jpeg_boxes"] = str(drawn)
+                if catalog is not None and token is not None:
+                    catalog.boxes_snapshot(token, drawn)
         self._emit(event)
         if catalog is not None and token is not None and not edge.rising:
             catalog.fell(token, edge.wall)
             self._event = None
 
-    def _snapshot(self, edge: Edge, clip: _ClipName | None) -> Path | None:
+    def _on_update(self, found: Detection, wall: float) -> None:
+        """New labels or names while the detection is on (at most one a second)."""
+        log.info("detection now: %s", ", ".join(found.labels + found.names))
+        event = Event(update=True, labels=list(found.labels), names=list(found.names),
+                      time=round(wall, 3))
+        self._emit(event)
+        if self.catalog is not None and self._event is not None:
+            self.catalog.seen(self._event, found.labels, found.names, found.boxes or None,
+                              found.score)
+
+    def _snapshot(self, edge: Edge, clip: _ClipName | None,
+                  boxes: tuple[Box, ...] = ()) -> tuple[Path, Path | None] | None:
         """A JPEG of the newest frame, for the alert's photo and the catalog's event: named
-        for the clip around the edge (its sidecar), else for the edge."""
+        for the clip around the edge (its sidecar), else for the edge; and when there are
+        boxes, a second copy with them drawn, STEM-boxes.jpg."""
         frame = self.hub.latest()
         directory = self._snapshot_dir
         if directory is None or frame is None or not (self.cfg.emit or self.catalog):
@@ -163,6 +288,26 @@ class Pipeline:
         except OSError as exc:
             _limit.log(log, logging.ERROR, "snapshot", "edge snapshot not saved: %s", exc)
             return None
+        return path, self._boxes_snapshot(path, frame.image, boxes) if boxes else None
+
+    def _boxes_snapshot(self, plain: Path, image: av.VideoFrame,
+                        boxes: tuple[Box, ...]) -> Path | None:
+        """The same picture with the boxes drawn, beside the plain one: STEM-boxes.jpg."""
+        try:
+            data = self._jpeg.encode(draw_boxes(image, boxes))
+        except (av.FFmpegError, ValueError) as exc:
+            _limit.log(log, logging.ERROR, "boxes", "snapshot with boxes not made: %s", exc)
+            return None
+        path = plain.with_name(f"{plain.stem}-boxes.jpg")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except FileExistsError:
+            return None  # never overwrite: the plain one's name was new, so this is odd
+        except OSError as exc:
+            _limit.log(log, logging.ERROR, "boxes", "snapshot with boxes not saved: %s", exc)
+            return None
         return path
 
     @staticmethod
@@ -182,9 +327,11 @@ class Pipeline:
     def start(self) -> None:
         if self.catalog is not None:
             self.catalog.start()
-        for writer in (self.segments, self.clips):
-            if writer is not None:
-                writer.start()
+        with self._control:
+            self._started = True
+            for writer in (self.segments, self.clips):
+                if writer is not None:
+                    writer.start()
         wanted = self.camera.encoder_config()
         outputs = Outputs(self._on_frame, self._on_packet)
         if wanted is not None:
@@ -224,10 +371,14 @@ class Pipeline:
             self.detector.join(timeout=0.5)
             if self.detector.is_alive():
                 log.warning("detect() has not returned; not waiting for it")
-        for writer in (self.segments, self.clips):
+        with self._control:
+            active = [self.segments, self.clips]
+            writers = [*active, *self._retired]  # the retired ones are stopping already
+            self._started = False  # a set_continuous() from now on starts nothing
+        for writer in active:
             if writer is not None:
                 writer.stop()
-        for writer in (self.segments, self.clips):
+        for writer in writers:
             if writer is not None:
                 writer.join(timeout=JOIN_TIMEOUT)
                 if writer.is_alive():

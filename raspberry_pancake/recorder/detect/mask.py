@@ -2,53 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import av
 import numpy as np
 import numpy.typing as npt
 
+# The file is read by the command line's rules (config.py sits below every stage).
+from raspberry_pancake.recorder.config import MaskError, mask_grey, read_mask
+
+__all__ = ["MaskError", "Watch", "mask_grey", "read_mask", "scale_mask"]
+
 Watch = npt.NDArray[np.bool_]
-
-
-class MaskError(ValueError):
-    """A mask that cannot be used; its message is one line naming the file and what is wrong."""
-
-
-def read_mask(path: str | Path) -> npt.NDArray[np.uint8]:
-    """The mask file's grey levels at its own size; MaskError if it is not a picture or all black."""
-    p = Path(path)
-    try:
-        with av.open(str(p)) as container:
-            if not container.streams.video:
-                raise MaskError(f"motion mask {p}: not an image (no picture in it)")
-            frame = next(container.decode(video=0), None)
-    except FileNotFoundError:
-        raise MaskError(f"motion mask {p}: no such file") from None
-    except IsADirectoryError:
-        raise MaskError(f"motion mask {p}: is a directory, not an image") from None
-    except PermissionError:
-        raise MaskError(f"motion mask {p}: cannot be read (permission denied)") from None
-    except (av.FFmpegError, OSError, StopIteration) as e:
-        # FFmpeg opens anything its probes recognise; a text file or a truncated PNG lands here.
-        raise MaskError(f"motion mask {p}: not an image ({type(e).__name__})") from None
-    if frame is None:
-        raise MaskError(f"motion mask {p}: not an image (no picture in it)")
-    grey = mask_grey(frame)
-    if not (grey >= 128).any():
-        raise MaskError(f"motion mask {p}: all black, so nothing would be watched "
-                        "(white = watch, black = ignore)")
-    return grey
-
-
-def mask_grey(frame: av.VideoFrame) -> npt.NDArray[np.uint8]:
-    """A decoded mask picture as grey levels; transparent pixels count as black (ignored)."""
-    if frame.format.name in ("rgba", "bgra", "argb", "abgr", "ya8", "pal8", "rgba64be", "rgba64le",
-                             "ya16be", "ya16le"):
-        rgba = frame.to_ndarray(format="rgba")
-        luma = (rgba[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
-        return np.where(rgba[..., 3] >= 128, luma, 0).astype(np.uint8)
-    return np.asarray(frame.to_ndarray(format="gray"), dtype=np.uint8)
 
 
 def scale_mask(grey: npt.NDArray[np.uint8], width: int, height: int) -> Watch:

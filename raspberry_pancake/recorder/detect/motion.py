@@ -15,6 +15,7 @@ import numpy.typing as npt
 from av.video.reformatter import VideoReformatter
 
 from raspberry_pancake.recorder.detect.mask import MaskError, Watch, read_mask, scale_mask
+from raspberry_pancake.recorder.detect.result import Detection
 from raspberry_pancake.recorder.frames import Frame
 from raspberry_pancake.recorder.stamp import MARGIN, layout, stamp_size
 
@@ -47,6 +48,7 @@ _LEARN_WARMUP = 600.0
 _LEARN_K = 3.0
 _LEARN_CAP = 25.0
 _STATS_VERSION = 1
+_MAX_BOXES = 16  # the largest regions an answer carries: the rest are crumbs of the same thing
 
 # Formats whose first plane is the luma, at the picture's size.
 _LUMA_FIRST = frozenset({
@@ -92,7 +94,8 @@ class MotionConfig:
 class Motion:
     """One analysed frame. Truthy while there is motion (after min_duration); `boxes` are the
     regions changing in this frame (also while below the bar), `area` their share of the
-    watched picture in percent, `score` that area over the bar in effect (`threshold`)."""
+    watched picture in percent, `score` that area over the bar in effect (`threshold`);
+    `size` the analysed frame's (width, height), which the boxes' pixels are of."""
 
     detected: bool
     score: float = 0.0
@@ -101,9 +104,21 @@ class Motion:
     threshold: float = 0.0
     light_change: bool = False
     labels: tuple[str, ...] = ("motion",)
+    size: tuple[int, int] = (0, 0)
 
     def __bool__(self) -> bool:
         return self.detected
+
+    def to_detection(self) -> Detection:
+        """As every detector answers (result.py): boxes as fractions of the frame, at most
+        MAX_BOXES of the largest, and a 0..1 score: area / (area + bar), 0.5 at the bar."""
+        w, h = self.size
+        boxes = (tuple((round(x / w, 4), round(y / h, 4), round(bw / w, 4), round(bh / h, 4))
+                       for x, y, bw, bh in self.boxes[:_MAX_BOXES])
+                 if w > 0 and h > 0 else ())
+        total = self.area + self.threshold
+        score = round(self.area / total, 3) if total > 0 else 0.0
+        return Detection(self.detected, self.labels, (), boxes, score)
 
 
 class MotionDetector:
@@ -407,7 +422,8 @@ class MotionDetector:
                 self._raw_since = None
             if self._state and (quiet >= hold or light):
                 self._state = False
-        return Motion(self._state, round(area / bar, 3), round(area, 3), boxes, round(bar, 3), light)
+        return Motion(self._state, round(area / bar, 3), round(area, 3), boxes, round(bar, 3), light,
+                      size=self._input or (0, 0))
 
     def reset(self) -> None:
         """Forget the background (the camera was moved): the next frame starts a new one."""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Box", "Detection", "as_detection"]
+__all__ = ["Box", "Detection", "as_detection", "combine"]
 
 # [x, y, w, h] as fractions of the frame (DESIGN.md "Messages").
 Box = tuple[float, float, float, float]
+# What one message may carry (shared/events.py refuses more, and with it the whole message).
+MAX_WORDS = 32
+MAX_WORD = 64
+MAX_BOXES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +38,7 @@ NOTHING = Detection(False)
 def _box(value: Any) -> Box | None:
     try:
         x, y, w, h = (float(v) for v in value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
         return None
@@ -46,11 +50,21 @@ def _box(value: Any) -> Box | None:
     return (round(x0, 4), round(y0, 4), round(x1 - x0, 4), round(y1 - y0, 4))
 
 
+def _word(value: Any) -> str | None:
+    """A label or name as a message carries it: 1..64 printable characters, else None (a
+    word the schema refuses would drop the whole edge message at the receiver)."""
+    text = " ".join(str(value).split())  # tabs and newlines to spaces, as a caption shows it
+    if len(text) > MAX_WORD:
+        text = text[:MAX_WORD].rstrip()
+    return text if text and text.isprintable() else None
+
+
 def _words(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = (value,)
     try:
-        return tuple(dict.fromkeys(str(v) for v in value if str(v)))
+        words = (_word(v) for v in value)
+        return tuple(dict.fromkeys(w for w in words if w is not None))[:MAX_WORDS]
     except TypeError:
         return ()
 
@@ -58,9 +72,11 @@ def _words(value: Any) -> tuple[str, ...]:
 def as_detection(value: Any) -> Detection:
     """Whatever a detector returned, as a Detection: a bool, a Detection, a Mapping with
     `detected`/`labels`/`names`/`boxes`/`score`, or any object with those attributes (the
-    motion detector's Motion). A Mapping without `detected` is detected when truthy."""
-    if isinstance(value, Detection):
-        return value
+    motion detector's Motion, through its to_detection()). A Mapping without `detected` is
+    detected when truthy. Words and boxes a message could not carry are left out."""
+    to = getattr(value, "to_detection", None)
+    if callable(to):  # the motion detector's Motion: its boxes are in pixels of its frame
+        value = to()
     if isinstance(value, bool) or value is None:
         return Detection(bool(value))
     get: Any
@@ -71,13 +87,40 @@ def as_detection(value: Any) -> Detection:
         def get(key: str, default: Any = None) -> Any:
             return getattr(value, key, default)
         detected = bool(value)
-    boxes = tuple(b for b in (_box(v) for v in (get("boxes") or ())) if b is not None)
+    try:
+        boxes = tuple(b for b in (_box(v) for v in (get("boxes") or ())) if b is not None)
+    except TypeError:  # boxes that are not a sequence at all
+        boxes = ()
+    boxes = boxes[:MAX_BOXES]
     score = get("score")
     try:
         score = None if score is None else min(max(float(score), 0.0), 1.0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         score = None
     if score is not None and not math.isfinite(score):
         score = None
     return Detection(detected, _words(get("labels") or ()), _words(get("names") or ()), boxes,
                      score)
+
+
+def _union(parts: Iterable[Sequence[Any]], limit: int) -> tuple[Any, ...]:
+    return tuple(dict.fromkeys(v for part in parts for v in part))[:limit]
+
+
+def combine(results: Sequence[Detection], how: str = "or") -> Detection:
+    """Several detectors' answers for one frame as one: detected when any of them is ("or")
+    or all of them are ("and"); the labels, names and boxes of those that detected, unioned
+    in order; the highest of their scores."""
+    if how not in ("or", "and"):
+        raise ValueError(f"combine: {how!r} is neither 'or' nor 'and'")
+    if not results:
+        return NOTHING
+    detected = any(results) if how == "or" else all(results)
+    if not detected:
+        return NOTHING
+    on = [r for r in results if r]
+    scores = [r.score for r in on if r.score is not None]
+    return Detection(True, _union((r.labels for r in on), MAX_WORDS),
+                     _union((r.names for r in on), MAX_WORDS),
+                     _union((r.boxes for r in on), MAX_BOXES),
+                     max(scores) if scores else None)
