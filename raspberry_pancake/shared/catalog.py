@@ -741,6 +741,14 @@ class Catalog:
         self._write(lambda c: c.execute("UPDATE events SET boxes_snapshot = ? WHERE id = ?",
                                         (text, event)))
 
+    def forget_event(self, event: int) -> None:
+        """The user deleted the event from the page: its row and its alerts go (its files are
+        the caller's to remove; the log keeps the line saying it happened)."""
+        def work(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM alerts WHERE event = ?", (event,))
+            c.execute("DELETE FROM events WHERE id = ?", (event,))
+        self._write(work)
+
     def event_at(self, camera: str, rise: float, within: float = 0.01) -> Event | None:
         """The camera's event that rose at `rise` (an edge message's time, rounded to the
         millisecond), or None."""

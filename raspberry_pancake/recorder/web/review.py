@@ -1,0 +1,499 @@
+"""The review pages: events and a day's recordings from the catalog, media served by catalog id only."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import functools
+import logging
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import tornado.httputil
+import tornado.iostream
+import tornado.web
+
+from raspberry_pancake.recorder.web.handlers import Base, Login
+from raspberry_pancake.shared.catalog import Catalog, CatalogError, Event, EventView, Recording
+from raspberry_pancake.shared.logs import RateLimiter
+from raspberry_pancake.shared.playback import Piece, RemuxCache, cut
+from raspberry_pancake.shared.remux import ConversionError, sidecar_for
+
+log = logging.getLogger(__name__)
+_limit = RateLimiter()
+T = TypeVar("T")
+
+PAGE = 50  # events per page of the list
+LOG_LINES = 1000
+CHUNK = 256 * 1024
+# A cut longer than this is refused: a day in one file is what the segments are for.
+MAX_CUT = 3 * 3600.0
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFile:
+    path: Path
+    content_type: str
+    download_name: str
+
+
+class Review:
+    """What the review pages read and change: the catalog (on their own threads, never the
+    loop's), the directories whose files may be served, the remux cache."""
+
+    def __init__(self, catalog: Path, record_dirs: Sequence[Path], fps: Callable[[str], float],
+                 cache_dir: Path | None = None) -> None:
+        self.catalog_path = catalog
+        self.record_dirs = tuple(os.path.abspath(d) for d in record_dirs)
+        self.fps = fps  # a camera's frame rate: times a recording whose sidecar is short
+        cache = cache_dir or Path(tempfile.gettempdir()) / f"pancake-review-{os.getuid()}"
+        self.cache = RemuxCache(cache)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
+                                                          thread_name_prefix="review")
+        self._catalog: Catalog | None = None
+
+    def catalog(self) -> Catalog:
+        """The catalog, opened on first use (pancake may still be making it at start)."""
+        if self._catalog is None:
+            self._catalog = Catalog.open(self.catalog_path)
+        return self._catalog
+
+    async def run(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, work)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self._catalog is not None:
+            self._catalog.close()
+
+    def servable(self, path: Path, suffixes: tuple[str, ...]) -> bool:
+        """A regular file (not a link) directly inside a record directory, of the right kind."""
+        text = os.path.abspath(path)
+        if os.path.dirname(text) not in self.record_dirs or path.suffix not in suffixes:
+            return False
+        try:
+            return stat.S_ISREG(os.lstat(text).st_mode)
+        except OSError:
+            return False
+
+    # ---- media, by catalog id
+
+    def recording_media(self, rid: int) -> MediaFile | None:
+        """The recording's mp4: postproc's when it made one, else remuxed now (cached)."""
+        c = self.catalog()
+        rec = c.recording(rid)
+        if rec is None or rec.deleted:
+            return None
+        name = rec.path.stem + ".mp4"
+        conv = c.conversion_of(rid)
+        if conv is not None and conv.mp4.suffix == ".mp4":
+            try:
+                if stat.S_ISREG(os.lstat(conv.mp4).st_mode):
+                    return MediaFile(conv.mp4, "video/mp4", name)
+            except OSError:
+                pass  # retention removed it: play the h264
+        if not self.servable(rec.path, (".h264",)):
+            return None
+        return MediaFile(self.cache.mp4(f"r{rid}", rec.path, self.fps(rec.camera)), "video/mp4",
+                         name)
+
+    def snapshot_media(self, eid: int, boxes: bool) -> MediaFile | None:
+        event = self.catalog().event(eid)
+        if event is None:
+            return None
+        path = event.boxes_snapshot if boxes else event.snapshot
+        if path is None or not self.servable(path, (".jpg",)):
+            return None
+        return MediaFile(path, "image/jpeg", path.name)
+
+    def cut_media(self, camera: str, t0: float, t1: float) -> MediaFile | None:
+        recs = [r for r in self.catalog().recordings_between(camera, t0, t1, "continuous")
+                if self.servable(r.path, (".h264",))]
+        if not recs:
+            return None
+        key = f"cut-{camera}-{t0:.3f}-{t1:.3f}"
+        out = self.cache.directory / f"{key}.mp4"
+        self.cache.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not out.exists():
+            fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".mp4",
+                                       dir=self.cache.directory)
+            os.close(fd)
+            try:
+                cut([Piece(r.path, r.start, self.fps(camera)) for r in recs], t0, t1, Path(tmp))
+                os.replace(tmp, out)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        name = dt.datetime.fromtimestamp(t0).strftime(f"{camera}-%Y%m%d-%H%M%S.mp4")
+        return MediaFile(out, "video/mp4", name)
+
+    # ---- changes
+
+    def keep(self, rid: int, kept: bool) -> bool:
+        c = self.catalog()
+        if c.recording(rid) is None:
+            return False
+        c.set_kept(rid, kept)
+        return True
+
+    def delete_event(self, eid: int) -> str:
+        """Remove the event's clip (h264, sidecar, mp4) and snapshots; "" when done, else why
+        not. A kept clip, or one still being written, is not deleted."""
+        c = self.catalog()
+        event = c.event(eid)
+        if event is None:
+            return "no such event"
+        paths: list[Path] = [p for p in (event.snapshot, event.boxes_snapshot) if p is not None]
+        rec = c.recording(event.clip) if event.clip is not None else None
+        if rec is not None:
+            if rec.kept:
+                return "the clip is kept: release it first"
+            if not rec.closed:
+                return "the clip is still being recorded"
+            paths += [rec.path, sidecar_for(rec.path)]
+        for path in paths:
+            if self.servable(path, (".jpg", ".h264", ".pts")):
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+            if path.suffix == ".h264":
+                c.mark_deleted(path)
+        if rec is not None:
+            conv = c.conversion_of(rec.id)
+            if conv is not None:
+                try:
+                    if stat.S_ISREG(os.lstat(conv.mp4).st_mode):
+                        conv.mp4.unlink()
+                except FileNotFoundError:
+                    pass
+                c.mark_deleted(conv.mp4)
+        c.forget_event(eid)
+        c.log("review", f"event {eid} deleted from the page", event.camera)
+        return ""
+
+
+# ---------------------------------------------------------------- JSON shapes
+
+
+def _local(t: float | None) -> str | None:
+    return None if t is None else dt.datetime.fromtimestamp(t).isoformat(timespec="seconds")
+
+
+def _event_json(view: EventView) -> dict[str, Any]:
+    e: Event = view.event
+    snapshot = f"/media/e{e.id}.jpg" if e.snapshot is not None else None
+    return {
+        "id": e.id, "camera": e.camera, "rise": e.rise, "fall": e.fall,
+        "when": _local(e.rise),
+        "duration": None if e.fall is None else round(e.fall - e.rise, 1),
+        "labels": list(e.labels), "names": list(e.names), "score": e.score,
+        "boxes": [list(b) for b in e.boxes],
+        "snapshot": snapshot,
+        "thumbnail": f"/media/e{e.id}-boxes.jpg" if e.boxes_snapshot is not None else snapshot,
+        "clip": e.clip, "video": None if e.clip is None or view.clip_deleted
+        else f"/media/r{e.clip}.mp4",
+        "converted": view.mp4 is not None, "uploaded": view.uploaded,
+        "alerted": list(view.alerted), "kept": view.kept,
+    }
+
+
+def _recording_json(r: Recording) -> dict[str, Any]:
+    return {"id": r.id, "kind": r.kind, "start": r.start,
+            "end": r.end if r.end is not None else time.time(), "open": not r.closed,
+            "kept": r.kept, "name": r.path.name, "video": f"/media/r{r.id}.mp4"}
+
+
+def day_bounds(text: str | None) -> tuple[float, float, str]:
+    """Local midnight to midnight of YYYY-MM-DD (today when empty); ValueError if not a day."""
+    if not text:
+        day = dt.date.today()
+    elif _DAY.match(text):
+        day = dt.date.fromisoformat(text)
+    else:
+        raise ValueError(text)
+    start = dt.datetime.combine(day, dt.time())
+    end = start + dt.timedelta(days=1)
+    return start.timestamp(), end.timestamp(), day.isoformat()
+
+
+# ---------------------------------------------------------------- handlers
+
+
+class ReviewBase(Base):
+    def initialize(self, review: Review, login: Login | None, tls: bool,  # type: ignore[override]
+                   **_: Any) -> None:
+        self.review = review
+        self.login = login
+        self.tls = tls
+
+    def refuse(self) -> bool:
+        """Answer 401 (an API or a media file) unless the session is valid; True if refused."""
+        self.set_header("Cache-Control", "no-store")
+        if self.current_user is not None:
+            return False
+        self.set_status(401)
+        self.finish({"error": "login required"})
+        return True
+
+    async def catalog_call(self, work: Callable[[], T]) -> T | None:
+        """work() on the review threads; a catalog that cannot be read is a 503."""
+        try:
+            return await self.review.run(work)
+        except CatalogError as exc:
+            _limit.log(log, logging.WARNING, "review-catalog", "review: %s", exc)
+            self.set_status(503)
+            self.finish({"error": "the catalog cannot be read now"})
+            return None
+
+
+class ReviewPage(ReviewBase):
+    """GET /events and /recordings: the pages; their data comes from the APIs below."""
+
+    def initialize(self, review: Review, login: Login | None, tls: bool,  # type: ignore[override]
+                   template: str = "events.html", **_: Any) -> None:
+        super().initialize(review, login, tls)
+        self.template = template
+
+    async def get(self) -> None:
+        if self.current_user is None:
+            self.redirect("/login?next=" + quote(self.request.uri or "/", safe=""))
+            return
+        self.set_header("Cache-Control", "no-store")
+        cameras = await self.catalog_call(lambda: self.review.catalog().cameras())
+        if cameras is None:
+            return
+        self.render(self.template, cameras=cameras, login=self.login is not None)
+
+
+class EventsApi(ReviewBase):
+    """GET /api/events?camera=&q=&day=YYYY-MM-DD&before=RISE:ID → a page of events."""
+
+    async def get(self) -> None:
+        if self.refuse():
+            return
+        camera = self.get_argument("camera", "") or None
+        word = self.get_argument("q", "").strip().lower() or None
+        t0 = t1 = None
+        before = None
+        try:
+            if self.get_argument("day", ""):
+                t0, t1, _ = day_bounds(self.get_argument("day"))
+            if self.get_argument("before", ""):
+                rise, _, eid = self.get_argument("before").partition(":")
+                before = (float(rise), int(eid))
+        except ValueError:
+            self.set_status(400)
+            self.finish({"error": "day is YYYY-MM-DD, before is RISE:ID"})
+            return
+        views = await self.catalog_call(lambda: self.review.catalog().event_views(
+            camera, word, t0, t1, before, PAGE))
+        if views is None:
+            return
+        last = views[-1].event if len(views) == PAGE else None
+        self.finish({"events": [_event_json(v) for v in views],
+                     "next": f"{last.rise!r}:{last.id}" if last else None})
+
+
+class DayApi(ReviewBase):
+    """GET /api/day?camera=&day=YYYY-MM-DD → the day's recordings and events of a camera."""
+
+    async def get(self) -> None:
+        if self.refuse():
+            return
+        camera = self.get_argument("camera", "")
+        try:
+            t0, t1, day = day_bounds(self.get_argument("day", ""))
+        except ValueError:
+            self.set_status(400)
+            self.finish({"error": "day is YYYY-MM-DD"})
+            return
+
+        def read() -> dict[str, Any]:
+            c = self.review.catalog()
+            cams = c.cameras()
+            name = camera if camera in cams else (cams[0] if cams else "cam")
+            recs = c.recordings_between(name, t0, t1)
+            views = c.event_views(name, None, t0, t1, None, 2000)
+            return {"camera": name, "cameras": cams, "day": day, "start": t0, "end": t1,
+                    "now": time.time(),
+                    "recordings": [_recording_json(r) for r in recs],
+                    "events": [_event_json(v) for v in reversed(views)]}
+        answer = await self.catalog_call(read)
+        if answer is not None:
+            self.finish(answer)
+
+
+class LogApi(ReviewBase):
+    """GET /api/log?q= → the newest event-log lines, oldest first."""
+
+    async def get(self) -> None:
+        if self.refuse():
+            return
+        word = self.get_argument("q", "").strip().lower()
+        lines = await self.catalog_call(lambda: self.review.catalog().log_lines(LOG_LINES))
+        if lines is None:
+            return
+        self.finish({"lines": [{"time": ln.time, "when": _local(ln.time), "camera": ln.camera,
+                                "kind": ln.kind, "text": ln.text} for ln in lines
+                               if not word or word in ln.text.lower() or word in ln.kind
+                               or word == (ln.camera or "")]})
+
+
+class KeepApi(ReviewBase):
+    """POST /api/recordings/ID/keep (kept=1|0): protect a recording from every retention rule."""
+
+    async def post(self, rid: str) -> None:
+        if self.refuse():
+            return
+        kept = self.get_argument("kept", "1") not in ("0", "false", "")
+        done = await self.catalog_call(lambda: self.review.keep(int(rid), kept))
+        if done is None:
+            return
+        if not done:
+            self.set_status(404)
+        self.finish({"kept": kept} if done else {"error": "no such recording"})
+
+
+class DeleteApi(ReviewBase):
+    """POST /api/events/ID/delete: remove the event's clip and snapshots."""
+
+    async def post(self, eid: str) -> None:
+        if self.refuse():
+            return
+        why = await self.catalog_call(lambda: self.review.delete_event(int(eid)))
+        if why is None:  # the catalog could not be read: answered
+            return
+        if why:
+            self.set_status(404 if why == "no such event" else 409)
+            self.finish({"error": why})
+            return
+        self.finish({"deleted": int(eid)})
+
+
+class MediaHandler(ReviewBase):
+    """GET /media/rID.mp4, /media/eID.jpg, /media/eID-boxes.jpg, /media/cut.mp4?camera=&from=&to=:
+    files by catalog id only, with byte ranges so that the video element can seek."""
+
+    async def get(self, what: str) -> None:
+        await self._serve(what, include_body=True)
+
+    async def head(self, what: str) -> None:
+        await self._serve(what, include_body=False)
+
+    async def _serve(self, what: str, include_body: bool) -> None:
+        if self.refuse():
+            return
+        find = self._finder(what)
+        if find is None:
+            raise tornado.web.HTTPError(404)
+        try:
+            media = await self.review.run(find)
+        except ConversionError as exc:
+            _limit.log(log, logging.INFO, "review-remux", "review: not playable: %s", exc)
+            media = None
+        except CatalogError as exc:
+            _limit.log(log, logging.WARNING, "review-catalog", "review: %s", exc)
+            raise tornado.web.HTTPError(503) from None
+        if media is None:
+            raise tornado.web.HTTPError(404)
+        await self._send(media, include_body)
+
+    def _finder(self, what: str) -> Callable[[], MediaFile | None] | None:
+        r = self.review
+        if what == "cut.mp4":
+            try:
+                t0 = float(self.get_argument("from"))
+                t1 = float(self.get_argument("to"))
+            except (ValueError, tornado.web.MissingArgumentError):
+                return None
+            camera = self.get_argument("camera", "cam")
+            if not 0 < t1 - t0 <= MAX_CUT:
+                return None
+            return lambda: r.cut_media(camera, t0, t1)
+        match = re.fullmatch(r"(r|e)(\d{1,12})(-boxes)?\.(mp4|jpg)", what)
+        if match is None:
+            return None
+        kind, ident, boxes, ext = match.groups()
+        if kind == "r" and ext == "mp4" and not boxes:
+            return lambda: r.recording_media(int(ident))
+        if kind == "e" and ext == "jpg":
+            return lambda: r.snapshot_media(int(ident), bool(boxes))
+        return None
+
+    async def _send(self, media: MediaFile, include_body: bool) -> None:
+        try:
+            size = os.stat(media.path).st_size
+        except OSError:
+            raise tornado.web.HTTPError(404) from None
+        self.set_header("Content-Type", media.content_type)
+        self.set_header("Accept-Ranges", "bytes")
+        # Private: a shared cache must never keep what needs a login.
+        self.set_header("Cache-Control", "private, max-age=60")
+        if self.get_argument("download", ""):
+            self.set_header("Content-Disposition", f'attachment; filename="{media.download_name}"')
+        start, end = 0, size
+        header = self.request.headers.get("Range")
+        if header:
+            parsed = tornado.httputil._parse_request_range(header)
+            if parsed is None:
+                self.set_status(416)
+                self.set_header("Content-Range", f"bytes */{size}")
+                self.finish()
+                return
+            a, b = parsed
+            if a is not None and a < 0:
+                a += size
+            start = max(0, a or 0)
+            end = min(size, b if b is not None else size)
+            if start >= end:
+                self.set_status(416)
+                self.set_header("Content-Range", f"bytes */{size}")
+                self.finish()
+                return
+            self.set_status(206)
+            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.set_header("Content-Length", str(end - start))
+        if not include_body:
+            self.finish()
+            return
+        with media.path.open("rb") as f:
+            f.seek(start)
+            pos = start
+            while pos < end:
+                want = min(CHUNK, end - pos)
+                chunk = await self.review.run(functools.partial(f.read, want))
+                if not chunk:
+                    break
+                pos += len(chunk)
+                self.write(chunk)
+                try:
+                    await self.flush()
+                except tornado.iostream.StreamClosedError:
+                    return  # the player seeked elsewhere: a normal end
+        self.finish()
+
+
+def routes(review: Review, login: Login | None, tls: bool) -> list[tuple[str, type, dict[str, Any]]]:
+    """The review part of the app, for app.make_app."""
+    deps: dict[str, Any] = {"review": review, "login": login, "tls": tls}
+    return [
+        (r"/events", ReviewPage, {**deps, "template": "events.html"}),
+        (r"/recordings", ReviewPage, {**deps, "template": "recordings.html"}),
+        (r"/api/events", EventsApi, deps),
+        (r"/api/day", DayApi, deps),
+        (r"/api/log", LogApi, deps),
+        (r"/api/recordings/(\d{1,12})/keep", KeepApi, deps),
+        (r"/api/events/(\d{1,12})/delete", DeleteApi, deps),
+        (r"/media/([A-Za-z0-9._-]{1,40})", MediaHandler, deps),
+    ]

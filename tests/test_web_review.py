@@ -1,0 +1,248 @@
+"""The review pages against the real pancake.py: events, a day's recordings, media by id, in Chromium."""
+
+from __future__ import annotations
+
+import http.client
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from conftest import Pancake, schedule_customize
+from web_helpers import HOST, ROOT, make_hash_file, start_pancake
+
+from raspberry_pancake.recorder.web import auth
+from raspberry_pancake.shared.catalog import Catalog
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+DOCS = ROOT / "docs"
+PASSWORD = "pancakes for breakfast"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="make test installs playwright")
+
+
+def raw(port: int, path: str, headers: dict[str, str] | None = None,
+        method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=20)
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
+        pytest.fail("Debian's chromium is missing: make test installs it (apt)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def _wait(page: Any, condition: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        page.wait_for_timeout(100)
+
+
+def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
+        browser: Any, tmp_path: Path, pancakes: list[Pancake]) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    seg_dir, clip_dir, db = tmp_path / "h264", tmp_path / "clips", tmp_path / "cat.db"
+    seg_dir.mkdir()
+    clip_dir.mkdir()
+    hash_file = make_hash_file(tmp_path, auth.hash_password(PASSWORD.encode()))
+    t0 = time.time() + 2.0
+    # Two detections far enough apart for a clip each; 4-second segments around them.
+    custom = schedule_customize(tmp_path / "customize.py", [(1.0, 2.5), (11.0, 12.0)], t0)
+    daemon = start_pancake(pancakes, [
+        "--login", str(hash_file), "--resolution", "320", "240", "--fps", "10",
+        "--record-continuous", str(seg_dir), "--record-split", "4",
+        "--record-detection", "edge", str(clip_dir), "--detect", "no-image",
+        "--detect-interval", "0.2", "--customize", str(custom), "--catalog", str(db)], tmp_path)
+    port = daemon.port
+    base = f"http://{HOST}:{port}"
+
+    # Nothing without the session: pages go to the login, data and media are refused.
+    status, headers, _ = raw(port, "/events")
+    assert status == 302 and headers["location"].startswith("/login"), (status, headers)
+    for path in ("/api/events", "/api/day", "/api/log", "/media/r1.mp4", "/media/e1.jpg"):
+        assert raw(port, path)[0] == 401, path
+
+    # Wait for both events' clips to be finished (each edge's pre/post roll) in the catalog.
+    deadline = time.time() + 50
+    while time.time() < deadline:
+        with Catalog.open(db) as c:
+            views = c.event_views()
+            if len(views) == 2 and all(v.event.fall is not None and v.clip_path is not None
+                                       and c.recording(v.event.clip or 0) is not None
+                                       and c.recording(v.event.clip or 0).closed  # type: ignore[union-attr]
+                                       for v in views):
+                break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"two finished events not catalogued: {views}\n{daemon.log()}")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(base + "/events")
+    assert page.url.startswith(base + "/login"), page.url
+    page.fill("#password", PASSWORD)
+    page.click("#submit")
+    page.wait_for_url(base + "/events")
+    api = context.request
+
+    # The list: newest first, with snapshots, labels and clips.
+    body = api.get(base + "/api/events").json()
+    events = body["events"]
+    assert len(events) == 2 and body["next"] is None, body
+    assert events[0]["rise"] > events[1]["rise"]
+    for ev in events:
+        assert ev["camera"] == "cam" and ev["labels"] and ev["video"], ev
+        assert ev["duration"] is not None and ev["duration"] > 0
+    newest, oldest = events
+
+    # The snapshot and the clip, by id; a range request is answered with 206 and those bytes.
+    snap = api.get(base + newest["snapshot"])
+    assert snap.status == 200 and snap.headers["content-type"] == "image/jpeg"
+    assert snap.body()[:2] == b"\xff\xd8"
+    assert "private" in snap.headers["cache-control"]
+    whole = api.get(base + newest["video"])
+    assert whole.status == 200 and whole.headers["content-type"] == "video/mp4"
+    data = whole.body()
+    assert int(whole.headers["content-length"]) == len(data) and whole.headers[
+        "accept-ranges"] == "bytes"
+    mp4 = tmp_path / "clip.mp4"
+    mp4.write_bytes(data)
+    with av.open(str(mp4)) as c:
+        assert sum(1 for _ in c.decode(video=0)) >= 10  # the pre-roll and the event: playable
+    part = api.get(base + newest["video"], headers={"Range": "bytes=100-199"})
+    assert part.status == 206 and part.body() == data[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+    assert api.get(base + newest["video"], headers={"Range": f"bytes={len(data) + 5}-"}).status == 416
+    # Only ids: anything else is not found.
+    for bad in ("/media/r999999.mp4", "/media/e999999.jpg", "/media/..%2Fcat.db",
+                "/media/r1.h264", "/media/x.mp4", "/media/cut.mp4?camera=cam&from=1&to=0"):
+        assert api.get(base + bad).status == 404, bad
+
+    # Filters: a day with nothing, a word nobody said.
+    assert api.get(base + "/api/events?day=2001-01-01").json()["events"] == []
+    assert api.get(base + "/api/events?q=nobody").json()["events"] == []
+    assert len(api.get(base + "/api/events?q=detection").json()["events"]) == 2
+    assert api.get(base + "/api/events?day=tomorrow").status == 400
+
+    # The page shows both cards; opening one plays its clip with the snapshot as the poster.
+    page.wait_for_selector(".card")
+    assert page.locator(".card").count() == 2
+    page.screenshot(path=str(ARTIFACTS / "review-events-desktop.png"))
+    DOCS.mkdir(exist_ok=True)
+    page.screenshot(path=str(DOCS / "review-events.png"))
+    page.locator(".card").first.click()
+    page.wait_for_selector("#player[open]")
+    _wait(page, lambda: page.evaluate(
+        "document.getElementById('p-video').readyState >= 2 && "
+        "document.getElementById('p-video').currentTime > 0.2"))
+    assert page.get_attribute("#p-video", "poster") == newest["snapshot"]
+    page.screenshot(path=str(ARTIFACTS / "review-player.png"))
+
+    # Keep: the clip is protected in the catalog, and a kept clip is not deleted.
+    page.click("#p-keep")
+    _wait(page, lambda: page.inner_text("#p-keep") == "Release")
+    with Catalog.open(db) as c:
+        rec = c.recording(newest["clip"])
+        assert rec is not None and rec.kept
+    page.on("dialog", lambda d: d.accept())  # the confirmation, then the refusal's alert
+    page.click("#p-delete")
+    page.wait_for_timeout(500)
+    assert Path(rec.path).exists()
+    page.keyboard.press("Escape")
+    assert errors == ["Failed to load resource: the server responded with a status of 409 "
+                      "(Conflict)"], errors
+    errors.clear()
+
+    # Delete the other one: files gone, catalog marked, the list shorter.
+    cards = page.locator(".card")
+    cards.nth(1).click()
+    page.wait_for_selector("#player[open]")
+    page.click("#p-delete")
+    _wait(page, lambda: page.locator(".card").count() == 1)
+    with Catalog.open(db) as c:
+        gone = c.recording(oldest["clip"])
+        assert gone is not None and gone.deleted
+        assert not gone.path.exists() and not gone.path.with_suffix(".pts").exists()
+        lines = [ln.text for ln in c.log_lines(1000)]
+        assert c.event(oldest["id"]) is None and len(c.event_views()) == 1
+    assert f"event {oldest['id']} deleted from the page" in lines
+    assert api.get(base + oldest["snapshot"]).status == 404
+
+    # The log view: the recordings, detections and the deletion, newest first.
+    page.click("#show-log")
+    page.wait_for_selector("#lines li")
+    text = page.inner_text("#lines")
+    assert "deleted from the page" in text and "started (continuous)" in text, text
+
+    # Phone size: the cards stack in one column, nothing wider than the screen.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.click("#show-events")
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(ARTIFACTS / "review-events-phone.png"))
+
+    # The day: the continuous recordings on the timeline, events marked; a click plays from
+    # that moment; the player goes on into the next segment by itself.
+    day = api.get(base + "/api/day").json()
+    recs = [r for r in day["recordings"] if r["kind"] == "continuous"]
+    assert len(recs) >= 2, day
+    assert all(day["start"] <= r["end"] and r["start"] < day["end"] for r in recs)
+    assert len(day["events"]) == 1
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.goto(base + "/recordings")
+    page.wait_for_selector("#spans .span")
+    first = min(recs, key=lambda r: r["start"])
+    box = page.locator("#timeline").bounding_box()
+    frac = (first["start"] + 1.0 - day["start"]) / (day["end"] - day["start"])
+    page.mouse.click(box["x"] + frac * box["width"], box["y"] + box["height"] / 2)
+    _wait(page, lambda: page.evaluate("document.getElementById('video').currentTime > 0.3"))
+    shown = page.inner_text("#file")
+    assert shown.endswith(".h264"), shown
+    # Seek to just before the end of that segment: playback crosses into the next file.
+    page.evaluate("(() => { const v = document.getElementById('video'); "
+                  "v.currentTime = Math.max(0, v.duration - 0.5); })()")
+    _wait(page, lambda: page.inner_text("#file") != shown, timeout=20)
+    page.screenshot(path=str(ARTIFACTS / "review-recordings.png"))
+    page.screenshot(path=str(DOCS / "review-recordings.png"))
+
+    # A range cut from consecutive segments: one mp4, remuxed, spanning the boundary.
+    full = sorted((r for r in recs if not r["open"] and r["end"] - r["start"] > 3),
+                  key=lambda r: r["start"])
+    a, b = full[:2]
+    assert b["start"] - a["end"] < 0.5, (a, b)  # consecutive
+    cut = api.get(base + "/media/cut.mp4?" + "&".join(
+        [f"camera={day['camera']}", f"from={a['end'] - 1.5:.3f}", f"to={b['start'] + 1.5:.3f}",
+         "download=1"]))
+    assert cut.status == 200, cut.status
+    assert "attachment" in cut.headers["content-disposition"]
+    out = tmp_path / "cut.mp4"
+    out.write_bytes(cut.body())
+    with av.open(str(out)) as c:
+        frames = sum(1 for _ in c.decode(video=0))
+    # 3 s at 10 fps, from the keyframe at or before the start (at most a second earlier).
+    assert 28 <= frames <= 42, frames
+    assert errors == [], errors
+    context.close()
+    rc, _ = daemon.stop()
+    assert rc == 0 and "Traceback" not in daemon.log(), daemon.log()
