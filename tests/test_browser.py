@@ -75,6 +75,9 @@ def test_live_page_logs_in_shows_moving_frames_and_logs_out(
         assert page.inner_text("#source") == "testsrc"
         assert page.inner_text("#clock")[:2] == "20"
         assert page.inner_text("#viewers") == "1"
+        # One camera: the page as before, plus its state badge with the frame's age.
+        _wait(page, lambda: page.inner_text("#badge").startswith("LIVE "))
+        assert page.inner_text("#badge").endswith(" s")
         natural = page.evaluate(
             "[document.getElementById('frame').naturalWidth, document.getElementById('frame').naturalHeight]")
         assert natural == [640, 480]

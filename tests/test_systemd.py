@@ -28,7 +28,7 @@ SERVICES = [u for u in UNITS if u.endswith(".service")]
 INSTANCE = "cam1"
 # What `systemd-analyze security` may score at most (0 safest, 10 unsafest). pancake cannot
 # close /dev (the camera) or the network (the live page); the cleanup needs neither.
-MAX_EXPOSURE = {"pancake": 2.5, "postproc": 2.0, "pancake-cleanup": 1.0}
+MAX_EXPOSURE = {"pancake": 2.5, "pancake-cameras": 2.5, "postproc": 2.0, "pancake-cleanup": 1.0}
 
 
 def instance_name(unit: str) -> str:
@@ -126,7 +126,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_every_expected_unit_is_there() -> None:
     assert set(UNITS) == {"pancake.service", "postproc.service", "pancake@.service",
                           "postproc@.service", "pancake-cleanup.service",
-                          "pancake-cleanup.timer"}
+                          "pancake-cleanup.timer", "pancake-cameras.service"}
     assert (UNIT_DIR / "example.env").is_file()
 
 
@@ -255,6 +255,40 @@ def test_daemon_command_lines_parse_and_may_write_where_they_write(name: str) ->
     # pancake and postproc of one camera meet on the same socket name.
     socket_name = argv[argv.index("--emit") + 1] if "--emit" in argv else argv[2]
     assert socket_name == ("ppp" if "@" not in name else env["SOCKET"])
+
+
+def test_the_cameras_unit_runs_the_example_config_and_may_write_where_it_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pancake-cameras.service: --config /etc/pancake/cameras.toml, and examples/cameras.toml
+    (with /var/lib/pancake moved to a temporary directory) is a config pancake accepts."""
+    from raspberry_pancake.recorder import camconfig
+
+    text = (UNIT_DIR / "pancake-cameras.service").read_text()
+    (argv,) = command_lines(text, {})
+    assert argv[0] == f"{INSTALL}/.venv/bin/python" and argv[1] == f"{INSTALL}/pancake.py"
+    assert argv[2:] == ["--config", "/etc/pancake/cameras.toml"]
+    unit = parse_unit(text)
+    assert values(unit, "EnvironmentFile") == ["-/etc/pancake/cameras.env"]
+    assert values(unit, "Conflicts", "Unit") == ["pancake.service"]
+    example = (ROOT / "examples" / "cameras.toml").read_text()
+    for directory in re.findall(r'"(/var/[^"]+)"', example):
+        target = directory if not directory.endswith(".txt") else str(Path(directory).parent)
+        assert writable(text, target), directory
+    staged = tmp_path / "var"
+    for d in ("lib/pancake/h264", "log/pancake"):
+        (staged / d).mkdir(parents=True)
+    (staged / "lib/pancake/password.txt").write_text("$2b$12$" + "x" * 53 + "\n")
+    path = tmp_path / "cameras.toml"
+    path.write_text(example.replace('"/var/', f'"{staged}/'))
+    monkeypatch.setenv("GARDEN_URL", "rtsp://viewer:secret@192.0.2.50:554/stream1")
+    monkeypatch.chdir(ROOT)  # detect = "no-image" loads the checkout's customize.py
+    cfgs = camconfig.load(str(path), [])
+    assert [c.name for c in cfgs] == ["front", "back", "shop", "garden"]
+    assert {c.source.reveal() for c in cfgs} >= {"picamera2:0", "picamera2:1"}
+    assert all(c.emit == "ppp" for c in cfgs)  # postproc.service listens there
+    assert cfgs[0].record_continuous == staged / "lib/pancake/h264/front"
+    assert cfgs[1].detection_dir == staged / "lib/pancake/h264/back"
+    assert "secret" not in repr(cfgs[3])
 
 
 def test_cleanup_commands_run(tmp_path: Path) -> None:

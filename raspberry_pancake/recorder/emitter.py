@@ -35,8 +35,11 @@ class Emitter:
     """Fire-and-forget sender. A receiver that is down or full loses the message: logged once
     per outage, and postproc catches up from the directory when it comes back."""
 
-    def __init__(self, name: str | None) -> None:
+    def __init__(self, name: str | None, camera: str | None = None) -> None:
         self._address = abstract_address(name) if name else None
+        # Every message says which camera it is about (DESIGN.md "Cameras and names"), except
+        # one camera from flags under its default name: its messages stay the original's.
+        self._camera = camera
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) if name else None
         self._lock = threading.Lock()  # guards _down and the counters; sendto is thread-safe
         self._down = False
@@ -47,6 +50,8 @@ class Emitter:
         """Send one event; True if the kernel took it. Safe from any thread; never raises."""
         if self._sock is None or self._address is None:
             return False
+        if self._camera is not None and "camera" not in event:
+            event = Event(**event, camera=self._camera)  # type: ignore[typeddict-item]
         odd = _not_utf8(event)
         if odd:
             shown = ", ".join(f"{key} {value}" for key, value in odd)
@@ -84,6 +89,11 @@ class Emitter:
             self._down = False
             self.sent += 1
         return True
+
+    @staticmethod
+    def camera_of(multi: bool, name: str) -> str | None:
+        """The `camera` field a camera's messages carry: under --config, or when named."""
+        return name if multi or name != "cam" else None
 
     def _count_drop(self) -> None:
         with self._lock:

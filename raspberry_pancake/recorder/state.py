@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from raspberry_pancake.recorder.config import RecorderConfig
@@ -38,6 +39,15 @@ class RateMeter:
             return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
+# DESIGN.md "Health": no frame for this long is offline; late by more than two frame intervals
+# plus this much is a delay.
+OFFLINE_AFTER = 5.0
+DELAY_SLACK = 0.5
+LIVE, DELAY, ERROR, OFFLINE = "live", "delay", "error", "offline"
+# What the page's control asks of a camera: (armed, continuous), None for "leave as is".
+Control = Callable[[bool | None, bool | None], None]
+
+
 class RecorderState:
     """Shared by the pipeline (writers), the detector and the web server."""
 
@@ -47,9 +57,85 @@ class RecorderState:
         self.hub = hub
         self.started = time.monotonic()
         self.capture_rate = RateMeter()
-        self._lock = threading.Lock()  # guards _open and _detecting
+        # Guards _open, _detecting, _last_detection, _source_error, _armed and _continuous.
+        self._lock = threading.Lock()
         self._open: set[str] = set()
         self._detecting = False
+        self._last_detection: float | None = None  # time.time() of the last rising edge
+        self._source_error: str | None = None
+        self._armed = True
+        self._continuous = cfg.record_continuous is not None
+        # Set by whoever runs the camera (recorder.cameras): the page's armed/continuous
+        # switches go through it; None: this camera cannot be controlled (a web unit test).
+        self.control: Control | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def title(self) -> str:
+        return self.cfg.title
+
+    def source_failed(self, why: str | None) -> None:
+        """The source's latest open failed (`why`, no secret in it), or None: it opened."""
+        with self._lock:
+            self._source_error = why
+
+    @property
+    def source_error(self) -> str | None:
+        with self._lock:
+            return self._source_error
+
+    def set_switches(self, armed: bool | None = None, continuous: bool | None = None) -> None:
+        """What the camera now does (after the page or the catalog set it)."""
+        with self._lock:
+            if armed is not None:
+                self._armed = armed
+            if continuous is not None:
+                self._continuous = continuous
+
+    def switches(self) -> tuple[bool, bool]:
+        """(armed, continuous)."""
+        with self._lock:
+            return self._armed, self._continuous
+
+    def frame_age(self, now: float | None = None) -> float | None:
+        """Seconds since the newest frame was captured; None before the first."""
+        frame = self.hub.latest()
+        if frame is None:
+            return None
+        return max(0.0, (time.monotonic() if now is None else now) - frame.mono)
+
+    def health(self, now: float | None = None) -> tuple[str, float | None]:
+        """(live | delay | error | offline, frame age in seconds or None): DESIGN.md "Health"."""
+        age = self.frame_age(now)
+        if age is None or age > OFFLINE_AFTER:
+            return OFFLINE, age
+        if self.source_error is not None:
+            return ERROR, age
+        if age > 2.0 / self.cfg.fps + DELAY_SLACK:
+            return DELAY, age
+        return LIVE, age
+
+    def last_detection(self) -> float | None:
+        with self._lock:
+            return self._last_detection
+
+    def health_entry(self) -> dict[str, Any]:
+        """This camera's entry in /api/health's `cameras` (DESIGN.md "Health")."""
+        state, age = self.health()
+        armed, continuous = self.switches()
+        return {
+            "state": state,
+            "fps": round(self.capture_rate.rate(), 2),
+            "age_ms": None if age is None else round(age * 1000),
+            "recording": bool(self.open_files()),
+            "detection": self.detecting,
+            "title": self.title,
+            "armed": armed,
+            "continuous": continuous,
+        }
 
     def file_opened(self, path: str) -> None:
         with self._lock:
@@ -71,6 +157,8 @@ class RecorderState:
     @detecting.setter
     def detecting(self, value: bool) -> None:
         with self._lock:
+            if value and not self._detecting:
+                self._last_detection = time.time()
             self._detecting = value
 
     def snapshot(self) -> dict[str, Any]:

@@ -25,17 +25,20 @@ EXIT_STAGE_DIED = 70
 
 class Watchdog(threading.Thread):
     """READY=1 at the first frame; then WATCHDOG=1 each period in which new frames arrived and
-    every stage was alive. A stage that died is restarted once (logged); a second death sets
+    every stage was alive. With several cameras (`hub` a sequence), a frame from any of them
+    counts: one camera unplugged and being retried must not get the others restarted.
+    A stage that died is restarted once (logged); a second death sets
     `fatal` and the stop event, and main exits with EXIT_STAGE_DIED.
 
     A capture that stalls, or a stage that stays dead, stops the pings, so systemd
     (WatchdogSec=) restarts the service.
     """
 
-    def __init__(self, hub: LatestFrame, notifier: Notifier, stop: threading.Event,
-                 stages: Callable[[], Sequence[Stage]] = list) -> None:
+    def __init__(self, hub: LatestFrame | Sequence[LatestFrame], notifier: Notifier,
+                 stop: threading.Event, stages: Callable[[], Sequence[Stage]] = list) -> None:
         super().__init__(name="watchdog", daemon=True)
-        self._hub = hub
+        self._hubs: tuple[LatestFrame, ...] = (
+            (hub,) if isinstance(hub, LatestFrame) else tuple(hub))
         self._notifier = notifier
         self._stop_event = stop
         self._stages = stages
@@ -44,7 +47,9 @@ class Watchdog(threading.Thread):
         self._period = interval / 2 if interval else DEFAULT_PERIOD
         self._check = min(CHECK_INTERVAL, self._period)
         self.fatal: str | None = None  # why the process must end, once a stage died for good
-        self._restarted: dict[str, int] = {}  # by stage name; the watchdog thread's alone
+        # By stage object, not name: every camera's pipeline has an "encoder" and a "catalog".
+        # The watchdog thread's alone.
+        self._restarted: dict[int, int] = {}
 
     def run(self) -> None:
         try:
@@ -55,16 +60,23 @@ class Watchdog(threading.Thread):
             self._stop_event.set()
 
     def _run(self) -> None:
-        first = None
+        first: tuple[int, ...] | None = None
         while first is None and not self._stop_event.is_set():
-            first = self._hub.wait_newer(-1, timeout=self._check)
+            if len(self._hubs) == 1:
+                found = self._hubs[0].wait_newer(-1, timeout=self._check)
+                first = None if found is None else (found.seq,)
+            else:  # no single condition to wait on: look every check interval
+                now_seqs = self._seqs()
+                first = now_seqs if any(s >= 0 for s in now_seqs) else None
+                if first is None:
+                    self._stop_event.wait(self._check)
             if not self._supervise():
                 return
         if first is None:
             return
         self._notifier.ready("recording")
         log.info("first frame captured: ready")
-        seq, stalled = first.seq, False
+        seqs, stalled = first, False
         next_ping = time.monotonic() + self._period
         while not self._stop_event.wait(self._check):
             if not self._supervise():
@@ -73,9 +85,9 @@ class Watchdog(threading.Thread):
             if now < next_ping:
                 continue
             next_ping = now + self._period
-            latest = self._hub.latest()
-            if latest is not None and latest.seq > seq:
-                seq = latest.seq
+            now_seqs = self._seqs()
+            if any(a > b for a, b in zip(now_seqs, seqs, strict=True)):
+                seqs = now_seqs
                 self._notifier.watchdog()
                 if stalled:
                     log.info("capture delivers frames again")
@@ -86,20 +98,25 @@ class Watchdog(threading.Thread):
                             self._period)
                 self._notifier.status("capture stalled")
 
+    def _seqs(self) -> tuple[int, ...]:
+        """Each camera's newest frame number (-1 before its first)."""
+        latest = [hub.latest() for hub in self._hubs]
+        return tuple(-1 if f is None else f.seq for f in latest)
+
     def _supervise(self) -> bool:
         """Restart what died; False once a stage died more often than it may (stop is set)."""
         for stage in self._stages():
             if self._stop_event.is_set() or not stage.dead():
                 continue
             why = _why(stage)
-            if self._restarted.get(stage.name, 0) >= RESTARTS:
+            if self._restarted.get(id(stage), 0) >= RESTARTS:
                 self.fatal = f"{stage.name} stage died again ({why})"
                 log.error("%s stage died again (%s): exiting with code %d so that it is "
                           "restarted as a whole", stage.name, why, EXIT_STAGE_DIED)
                 self._notifier.status(self.fatal)
                 self._stop_event.set()
                 return False
-            self._restarted[stage.name] = self._restarted.get(stage.name, 0) + 1
+            self._restarted[id(stage)] = self._restarted.get(id(stage), 0) + 1
             if stage.respawn():
                 log.warning("%s stage restarted after %s", stage.name, why)
                 self._notifier.status(f"{stage.name} stage restarted after {why}")

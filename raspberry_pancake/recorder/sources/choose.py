@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from typing import TextIO
 
 from raspberry_pancake.recorder.config import RecorderConfig
 from raspberry_pancake.recorder.sources.base import Camera, SourceError, SourceSpec
@@ -54,3 +55,105 @@ def open_camera(spec: SourceSpec, cfg: RecorderConfig) -> Camera:
     if spec.kind == "picamera2":
         return Picamera2Camera(int(spec.target), cfg)
     return AVCamera(spec, cfg)
+
+
+# V4L2's ioctls (linux/videodev2.h), read with fcntl: listing needs no v4l2-ctl.
+_VIDIOC_QUERYCAP = 0x80685600
+_VIDIOC_ENUM_FMT = 0xC0405602
+_VIDIOC_ENUM_FRAMESIZES = 0xC02C564A
+_V4L2_BUF_TYPE_VIDEO_CAPTURE = 1
+_V4L2_CAP_VIDEO_CAPTURE = 0x1
+_V4L2_CAP_DEVICE_CAPS = 0x80000000
+_FRMSIZE_DISCRETE = 1
+_MAX_LISTED = 64  # formats or sizes of one device: enough for any real camera
+
+
+def _v4l2_device(path: str) -> str | None:
+    """`path: name, FORMAT WxH WxH …; …` for a capture device, None for any other node."""
+    import fcntl
+    import struct
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    except OSError as exc:
+        return f"{path}: cannot open ({exc.strerror})"
+    try:
+        cap = bytearray(104)
+        fcntl.ioctl(fd, _VIDIOC_QUERYCAP, cap)
+        card = bytes(cap[16:48]).split(b"\0")[0].decode("utf-8", "replace")
+        caps, device_caps = struct.unpack_from("=II", cap, 84)
+        if caps & _V4L2_CAP_DEVICE_CAPS:
+            caps = device_caps
+        if not caps & _V4L2_CAP_VIDEO_CAPTURE:
+            return None  # a metadata or output node of the same camera
+        formats = []
+        for i in range(_MAX_LISTED):
+            fmt = bytearray(struct.pack("=II", i, _V4L2_BUF_TYPE_VIDEO_CAPTURE) + bytes(56))
+            try:
+                fcntl.ioctl(fd, _VIDIOC_ENUM_FMT, fmt)
+            except OSError:
+                break
+            fourcc = bytes(fmt[44:48]).decode("ascii", "replace").strip()
+            sizes = []
+            for j in range(_MAX_LISTED):
+                size = bytearray(struct.pack("=II", j, struct.unpack_from("=I", fmt, 44)[0])
+                                 + bytes(36))
+                try:
+                    fcntl.ioctl(fd, _VIDIOC_ENUM_FRAMESIZES, size)
+                except OSError:
+                    break
+                kind, width, height = struct.unpack_from("=III", size, 8)
+                if kind != _FRMSIZE_DISCRETE:
+                    sizes.append(f"up to {struct.unpack_from('=I', size, 16)[0]}x"
+                                 f"{struct.unpack_from('=I', size, 24)[0]}")
+                    break
+                sizes.append(f"{width}x{height}")
+            formats.append(f"{fourcc} {' '.join(sizes)}".strip())
+        return f"{path}: {card}, " + ("; ".join(formats) or "no capture format")
+    except OSError as exc:
+        return f"{path}: not a V4L2 device ({exc.strerror})"
+    finally:
+        os.close(fd)
+
+
+def _picamera2_lines() -> list[str]:
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("picamera2") is None:
+        return []
+    try:
+        picamera2 = importlib.import_module("picamera2")
+        cameras = picamera2.Picamera2.global_camera_info()
+    except (ImportError, RuntimeError, OSError) as exc:
+        return [f"picamera2: none listed ({exc})"]
+    lines = []
+    for index, info in enumerate(cameras):
+        sizes = ""
+        try:
+            cam = picamera2.Picamera2(index)
+            try:
+                modes = {tuple(m["size"]) for m in cam.sensor_modes}
+            finally:
+                cam.close()
+            sizes = ", " + " ".join(f"{w}x{h}" for w, h in sorted(modes))
+        except (RuntimeError, IndexError, ValueError, OSError, KeyError, TypeError, AttributeError):
+            sizes = ", sizes unknown"
+        lines.append(f"picamera2:{index}: {info.get('Model', 'camera')}"
+                     f"{' (USB: use its /dev/video node)' if 'usb' in str(info.get('Id', '')) else ''}"
+                     f"{sizes}")
+    return lines
+
+
+def list_cameras(out: TextIO) -> int:
+    """`pancake.py --list-cameras`: what this machine can open, one per line, as `source`
+    takes it; always `testsrc`. Exit code 0."""
+    lines = _picamera2_lines()
+    for path in sorted(glob.glob("/dev/video*"), key=lambda d: (len(d), d)):
+        line = _v4l2_device(path)
+        if line is not None:
+            lines.append(line)
+    lines.append("testsrc: a generated test picture (any size, any rate)")
+    for line in lines:
+        print(line, file=out)
+    return 0

@@ -10,6 +10,7 @@ import secrets
 import socket
 import ssl
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import tornado.httpserver
@@ -21,6 +22,8 @@ from raspberry_pancake.recorder.config import ConfigError, RecorderConfig
 from raspberry_pancake.recorder.state import RecorderState
 from raspberry_pancake.recorder.web import auth
 from raspberry_pancake.recorder.web.handlers import (
+    CameraHandler,
+    HealthHandler,
     IndexHandler,
     LiveSocket,
     Login,
@@ -30,6 +33,7 @@ from raspberry_pancake.recorder.web.handlers import (
 )
 from raspberry_pancake.recorder.web.jpeg import ImageEncoder
 from raspberry_pancake.recorder.web.live import Live
+from raspberry_pancake.recorder.web.review import Review, routes
 from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.statedir import state_dir
 
@@ -102,15 +106,24 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 
 
 def make_app(state: RecorderState, live: Live, login: Login | None, tls: bool,
-             cookie_secret: bytes | None) -> tornado.web.Application:
-    deps = {"state": state, "live": live, "login": login, "tls": tls}
+             cookie_secret: bytes | None,
+             lives: dict[str, Live] | None = None,
+             review: Review | None = None) -> tornado.web.Application:
+    """`state`/`live`: the first camera's; `lives`: every camera's Live by name, in order
+    (default: that one camera); `review`: the events and recordings pages (with a catalog)."""
+    if lives is None:
+        lives = {state.name: live} if state is not None else {}
+    deps = {"state": state, "live": live, "login": login, "tls": tls, "lives": lives}
     return tornado.web.Application(
         [
             (r"/", IndexHandler, deps),
             (r"/login", LoginHandler, deps),
             (r"/logout", LogoutHandler, deps),
             (r"/status", StatusHandler, deps),
+            (r"/api/health", HealthHandler, deps),
+            (r"/api/cameras/([a-z0-9_-]{1,32})", CameraHandler, deps),
             (r"/websocket", LiveSocket, deps),
+            *(routes(review, login, tls) if review is not None else []),
         ],
         template_path=str(ROOT),
         static_path=str(ROOT / "static"),
@@ -135,22 +148,25 @@ def listen(port: int, address: str = "") -> list[socket.socket]:
         raise ConfigError(f"--port {port}: cannot listen: {exc.strerror}") from None
 
 
-def run(state: RecorderState, stop: threading.Event, *, address: str = "",
-        sockets: list[socket.socket] | None = None,
+def run(state: RecorderState | Sequence[RecorderState], stop: threading.Event, *,
+        address: str = "", sockets: list[socket.socket] | None = None,
         encoder: ImageEncoder | None = None) -> None:
-    """Serve the live page on `sockets` (else cfg.port on `address`) until `stop` is set.
+    """Serve the live page of one camera or several (`state` a sequence, the first the
+    default) on `sockets` (else cfg.port on `address`) until `stop` is set.
 
     Runs the IOLoop in the calling thread (pancake's main thread) and returns promptly after
-    `stop`: the JPEG thread is joined and every websocket closed. A port that cannot be
+    `stop`: the JPEG threads are joined and every websocket closed. A port that cannot be
     bound raises ConfigError. `encoder` replaces the live view's JPEG encoder (tests).
     """
+    states = [state] if isinstance(state, RecorderState) else list(state)
     if sockets is None:
-        sockets = listen(state.cfg.port, address)
-    asyncio.run(_serve(state, stop, address, sockets, encoder))
+        sockets = listen(states[0].cfg.port, address)
+    asyncio.run(_serve(states, stop, address, sockets, encoder))
 
 
-async def _serve(state: RecorderState, stop: threading.Event, address: str,
+async def _serve(states: list[RecorderState], stop: threading.Event, address: str,
                  sockets: list[socket.socket], encoder: ImageEncoder | None) -> None:
+    state = states[0]
     cfg = state.cfg
     tls_ctx = _ssl_context(cfg)
     hashed = auth.load_hash(cfg.login) if cfg.login is not None else None
@@ -169,13 +185,21 @@ async def _serve(state: RecorderState, stop: threading.Event, address: str,
         revoked.load()
         login = Login(hashed, auth.session_tag(hashed), auth.LoginThrottle(), pool, revoked,
                       state_pool)
-    live = Live(state, tornado.ioloop.IOLoop.current(), encoder)
-    app = make_app(state, live, login, tls_ctx is not None, secret)
+    loop = tornado.ioloop.IOLoop.current()
+    lives = {s.name: Live(s, loop, encoder, cameras=len(states)) for s in states}
+    live = lives[state.name]
+    review = None
+    if cfg.catalog is not None:
+        rates = {s.name: s.cfg.fps for s in states}
+        review = Review(cfg.catalog, [d for s in states for d in s.cfg.record_dirs],
+                        lambda camera: rates.get(camera, cfg.fps))
+    app = make_app(state, live, login, tls_ctx is not None, secret, lives, review)
     # xheaders only with --trust-proxy: else any client could name its own address (and dodge
     # the login throttle) or claim HTTPS.
     server = tornado.httpserver.HTTPServer(app, ssl_options=tls_ctx, xheaders=cfg.trust_proxy)
     server.add_sockets(sockets)
-    live.producer.start()
+    for each in lives.values():
+        each.producer.start()
     log.info("live view on %s://%s:%d/%s%s", "https" if tls_ctx else "http", address or "*",
              cfg.port, " (login required)" if login else "",
              " (--trust-proxy: client address and scheme from the proxy's headers)"
@@ -189,13 +213,21 @@ async def _serve(state: RecorderState, stop: threading.Event, address: str,
         if stop.is_set():
             done.set()
 
+    def refresh() -> None:
+        for each in lives.values():
+            each.refresh_status()
+
     stopper = tornado.ioloop.PeriodicCallback(tick, STOP_POLL * 1000)
-    status = tornado.ioloop.PeriodicCallback(live.refresh_status, STATUS_TICK * 1000)
+    status = tornado.ioloop.PeriodicCallback(refresh, STATUS_TICK * 1000)
     callbacks = [stopper, status]
     if login is not None:
         ended = login.revoked
-        callbacks.append(tornado.ioloop.PeriodicCallback(
-            lambda: live.drop_revoked(ended.__contains__), REVOKED_TICK * 1000))
+
+        def drop() -> None:
+            for each in lives.values():
+                each.drop_revoked(ended.__contains__)
+
+        callbacks.append(tornado.ioloop.PeriodicCallback(drop, REVOKED_TICK * 1000))
     for callback in callbacks:
         callback.start()
     try:
@@ -204,11 +236,15 @@ async def _serve(state: RecorderState, stop: threading.Event, address: str,
         for callback in callbacks:
             callback.stop()
         server.stop()
-        live.close_all()
-        live.producer.stop()
+        for each in lives.values():
+            each.close_all()
+        for each in lives.values():
+            each.producer.stop()
         pool.shutdown(wait=False, cancel_futures=True)
         status_pool.shutdown(wait=False, cancel_futures=True)
         state_pool.shutdown(wait=True)  # a logout being written is finished, not lost
+        if review is not None:
+            review.close()
         try:
             await asyncio.wait_for(server.close_all_connections(), 0.5)
         except TimeoutError:

@@ -1,9 +1,11 @@
-"""The page's Tornado handlers: index, login, logout, /status, and the ack-paced websocket view."""
+"""The page's Tornado handlers: index, login, logout, /status, /api/*, and the ack-paced websocket view."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime
+import json
 import logging
 import secrets
 import struct
@@ -56,11 +58,13 @@ def _session(handler: tornado.web.RequestHandler, login: Login | None) -> str | 
 
 class Base(tornado.web.RequestHandler):
     def initialize(self, state: RecorderState, live: Live, login: Login | None,
-                   tls: bool) -> None:
+                   tls: bool, lives: dict[str, Live] | None = None) -> None:
         self.recorder = state
         self.live = live
         self.login = login
         self.tls = tls
+        # Every camera's live view by name, the first camera's first.
+        self.lives: dict[str, Live] = lives if lives is not None else {state.name: live}
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -88,8 +92,16 @@ class IndexHandler(Base):
             self.redirect("/login?next=" + quote(self.request.uri or "/", safe=""))
             return
         self.set_header("Cache-Control", "no-store")
+        cameras = [{"name": name, "title": live.state.title,
+                    "source": display_name(live.state.source_name),
+                    "continuous": live.state.cfg.record_continuous is not None}
+                   for name, live in self.lives.items()]
+        enlarged = self.get_argument("camera", "")
+        if enlarged not in self.lives:
+            enlarged = ""  # an unknown or stale bookmark: the grid
         self.render("index.html", source=display_name(self.recorder.source_name),
-                    login=self.login is not None)
+                    login=self.login is not None, cameras=cameras, enlarged=enlarged,
+                    multi=len(cameras) > 1, grid_fps=_grid_fps(self.lives))
 
 
 def _safe_next(target: str) -> str:
@@ -110,7 +122,8 @@ class LoginHandler(Base):
     def _page(self, target: str, error: str | None) -> None:
         self.set_header("Cache-Control", "no-store")
         self.render("login.html", next=target, error=error,
-                    source=display_name(self.recorder.source_name))
+                    source=display_name(self.recorder.source_name) if len(self.lives) == 1
+                    else f"{len(self.lives)} cameras")
 
     async def post(self) -> None:
         target = _safe_next(self.get_body_argument("next", "/"))
@@ -164,7 +177,8 @@ class LogoutHandler(Base):
             except OSError as exc:
                 log.error("logout not saved in %s (%s): that session ends now, but would work "
                           "again after a restart", self.login.revoked.path, exc.strerror)
-            self.live.end_session(sid)
+            for live in self.lives.values():
+                live.end_session(sid)
             log.info("logout from %s", self.request.remote_ip)
         self.clear_cookie(SESSION_COOKIE, httponly=True, samesite="Strict")
         self.redirect("/login" if self.login is not None else "/")
@@ -185,7 +199,106 @@ class StatusHandler(Base):
         status["jpeg_encodes"] = self.live.producer.encodes
         status["jpeg_failures"] = self.live.producer.failures
         status["max_stream_fps"] = self.recorder.cfg.max_stream_fps
+        if len(self.lives) > 1:
+            cameras: dict[str, Any] = {}
+            for name, live in self.lives.items():
+                one: dict[str, Any] = await loop.run_in_executor(None, live.state.snapshot)
+                one["source"] = display_name(str(one.get("source", "")))
+                one["title"] = live.state.title
+                one["health"] = live.state.health()[0]
+                one["viewers"] = len(live.viewers)
+                one["jpeg_encodes"] = live.producer.encodes
+                one["jpeg_failures"] = live.producer.failures
+                cameras[name] = one
+            # The top level keeps its keys: the first camera's, with the counts of all.
+            status["viewers"] = sum(c["viewers"] for c in cameras.values())
+            status["jpeg_encodes"] = sum(c["jpeg_encodes"] for c in cameras.values())
+            status["jpeg_failures"] = sum(c["jpeg_failures"] for c in cameras.values())
+            status["cameras"] = cameras
         self.finish(status)
+
+
+def _grid_fps(lives: dict[str, Live]) -> float:
+    first = next(iter(lives.values()), None)
+    return 1.0 / first.grid_interval if first is not None else 0.0
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="seconds")
+
+
+class HealthHandler(Base):
+    """GET /api/health: DESIGN.md "Health" (login required when --login)."""
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        if self.current_user is None:
+            self.set_status(401)
+            self.finish({"error": "login required"})
+            return
+        cameras = {name: live.state.health_entry() for name, live in self.lives.items()}
+        detections = [t for t in (live.state.last_detection() for live in self.lives.values())
+                      if t is not None]
+        self.finish({
+            "status": "healthy" if all(c["state"] == "live" for c in cameras.values())
+            else "degraded",
+            "active_streams": sum(c["state"] in ("live", "delay") for c in cameras.values()),
+            "total_cameras": len(cameras),
+            "last_detection": _iso(max(detections)) if detections else None,
+            "cameras": cameras,
+        })
+
+
+class CameraHandler(Base):
+    """POST /api/cameras/NAME with a JSON body {"armed": bool, "continuous": bool} (either or
+    both), the session cookie and the XSRF token (X-XSRFToken header): the camera's switches,
+    kept in the catalog. Answers the camera's /api/health entry."""
+
+    def check_xsrf_cookie(self) -> None:
+        # Tornado's check, but a JSON answer rather than its HTML page for a script.
+        try:
+            super().check_xsrf_cookie()
+        except tornado.web.HTTPError:
+            _limiter.log(log, logging.INFO, "api-xsrf", "camera switch without a valid XSRF "
+                         "token from %s", self.request.remote_ip)
+            self.set_status(403)
+            self.finish({"error": "XSRF token missing or wrong"})
+            raise tornado.web.Finish() from None
+
+    def post(self, name: str) -> None:
+        self.set_header("Cache-Control", "no-store")
+        if self.current_user is None:
+            self.set_status(401)
+            self.finish({"error": "login required"})
+            return
+        live = self.lives.get(name)
+        if live is None:
+            self.set_status(404)
+            self.finish({"error": f"no camera {name}"})
+            return
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict) or not body or set(body) - {"armed", "continuous"} or not all(
+                isinstance(v, bool) for v in body.values()):
+            self.set_status(400)
+            self.finish({"error": 'a JSON object {"armed": true|false, "continuous": true|false}'})
+            return
+        state = live.state
+        if body.get("continuous") and state.cfg.record_continuous is None:
+            self.set_status(409)
+            self.finish({"error": f"{name} has no record_continuous directory"})
+            return
+        if state.control is None:
+            self.set_status(503)
+            self.finish({"error": f"{name} cannot be switched here"})
+            return
+        state.control(body.get("armed"), body.get("continuous"))
+        live.refresh_status()
+        self.finish(state.health_entry())
 
 
 # The websocket protocol: LiveSocket's docstring.
@@ -212,9 +325,13 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
 
     server -> client, text: small JSON status objects, ``{"type": "status", ...}`` with
         ``source``, ``detection`` (bool), ``rec`` (number of recording files open),
-        ``capture_fps``, ``viewers``, ``max_stream_fps``. Sent only to a client that is waiting
-        for a frame: with the next frame when it changed, and at least once a second while the
-        client waits (so a stalled client is sent nothing at all).
+        ``capture_fps``, ``viewers``, ``max_stream_fps``, ``camera`` (its name), ``title``,
+        ``health`` (live, delay, error, offline), ``armed``, ``continuous``. Sent only to a
+        client that is waiting for a frame: with the next frame when it changed, and at least
+        once a second while the client waits (so a stalled client is sent nothing at all).
+
+    query: ``camera=NAME`` (default: the first camera; unknown: 404 before the upgrade);
+        ``view=grid``: a tile of the grid, paced to max(2, max_stream_fps / cameras).
 
     close: code 1008 (live.LOGGED_OUT) when the viewer's session logs out, in any tab.
 
@@ -224,9 +341,11 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
     """
 
     def initialize(self, state: RecorderState, live: Live, login: Login | None,
-                   tls: bool) -> None:
+                   tls: bool, lives: dict[str, Live] | None = None) -> None:
         self.live = live
+        self.lives: dict[str, Live] = lives if lives is not None else {state.name: live}
         self.login = login
+        self.interval = 0.0
         self.wants = False
         self.writing = False
         self.closed = False
@@ -246,6 +365,15 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         if self.current_user is None:
             raise tornado.web.HTTPError(403, "login required")
         self.session = self.current_user  # a logout of this session closes this socket
+        name = self.get_argument("camera", "")
+        if name:
+            live = self.lives.get(name)
+            if live is None:
+                raise tornado.web.HTTPError(404, "no such camera")
+            self.live = live
+        # A grid tile shares --max-stream-fps with the others; enlarged (or alone), the full rate.
+        if self.get_argument("view", "") == "grid":
+            self.interval = self.live.grid_interval
 
     def open(self, *args: str, **kwargs: str) -> None:
         self.wants = True  # opening is the first ack

@@ -110,6 +110,7 @@ class JpegProducer:
         max_fps: float,
         on_jpeg: Callable[[Jpeg], None],
         encoder: ImageEncoder | None = None,
+        name: str = "live-jpeg",
     ) -> None:
         self._hub = hub
         self._interval = 1.0 / max_fps
@@ -125,7 +126,7 @@ class JpegProducer:
         self._encodes = 0
         self._failures = 0
         self._last_seq = -1  # only the producer thread touches it
-        self._thread = threading.Thread(target=self._run, name="live-jpeg", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     @property
     def interval(self) -> float:
@@ -157,7 +158,7 @@ class JpegProducer:
         if self._thread.is_alive():
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.warning("live-jpeg thread did not stop within %.1f s", timeout)
+                log.warning("%s thread did not stop within %.1f s", self._thread.name, timeout)
 
     def request(self, after: int) -> None:
         """Ask for a JPEG of a frame with a sequence number above `after` (any thread)."""

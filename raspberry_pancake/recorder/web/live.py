@@ -14,6 +14,9 @@ from raspberry_pancake.recorder.web.jpeg import ImageEncoder, Jpeg, JpegProducer
 from raspberry_pancake.shared.credentials import redact_url
 
 STATUS_EVERY = 1.0  # a waiting viewer hears the status at least this often
+# A grid tile's JPEG rate: --max-stream-fps shared by the cameras, but never below this (a
+# picture refreshed less than twice a second no longer reads as live).
+GRID_MIN_FPS = 2.0
 LOGGED_OUT = 1008  # websocket close code (policy violation) for a session that logged out
 TIMER_SLACK = 0.002
 
@@ -34,6 +37,7 @@ class Viewer(Protocol):
     status_sent: str
     status_at: float
     session: str | None  # the login session it opened with (None: not yet open)
+    interval: float  # at least this long between two frames sent to it (its view's rate)
 
     def wake_at(self, when: float) -> None: ...
 
@@ -56,12 +60,16 @@ class Live:
     """
 
     def __init__(self, state: RecorderState, loop: tornado.ioloop.IOLoop,
-                 encoder: ImageEncoder | None = None) -> None:
+                 encoder: ImageEncoder | None = None, cameras: int = 1) -> None:
         self.state = state
         self.loop = loop
+        name = "live-jpeg" if cameras == 1 else f"live-jpeg-{state.name}"
         self.producer = JpegProducer(state.hub, state.cfg.max_stream_fps, self._from_thread,
-                                     encoder)
+                                     encoder, name)
         self.interval = self.producer.interval
+        # A tile of the grid: max(2, max_stream_fps / cameras), never above max_stream_fps.
+        max_fps = state.cfg.max_stream_fps
+        self.grid_interval = 1.0 / min(max_fps, max(GRID_MIN_FPS, max_fps / cameras))
         self.viewers: set[Viewer] = set()
         self.waiting: set[Viewer] = set()
         self.status_text = self._status_text()
@@ -88,7 +96,7 @@ class Live:
         if not viewer.wants or viewer.writing or viewer.closed:
             return
         now = time.monotonic()
-        due = viewer.last_sent + self.interval
+        due = viewer.last_sent + max(self.interval, viewer.interval)
         # A timer may fire a hair early (epoll rounds to milliseconds): without this slack a
         # woken viewer would find itself not yet due and re-arm the timer in a busy loop.
         if now < due - TIMER_SLACK:
@@ -103,6 +111,8 @@ class Live:
         self.producer.request(max(viewer.last_seq, cached.seq if cached is not None else -1))
 
     def _status_text(self) -> str:
+        health, _age = self.state.health()
+        armed, continuous = self.state.switches()
         return json.dumps({
             "type": "status",
             "source": display_name(self.state.source_name),
@@ -111,6 +121,13 @@ class Live:
             "capture_fps": round(self.state.capture_rate.rate(), 1),
             "viewers": len(self.viewers),
             "max_stream_fps": self.state.cfg.max_stream_fps,
+            "camera": self.state.name,
+            "title": self.state.title,
+            # No frame age here: it changes at every frame, and a changed status is resent
+            # with each; the page has the age from each frame's header.
+            "health": health,
+            "armed": armed,
+            "continuous": continuous,
         }, separators=(",", ":"))
 
     def refresh_status(self) -> None:

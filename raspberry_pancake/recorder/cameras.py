@@ -1,0 +1,258 @@
+"""The cameras of one pancake: a pipeline each, opened and retried on its own thread; their health."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from raspberry_pancake.recorder.catalog_writer import CatalogConfig, CatalogWriter
+from raspberry_pancake.recorder.config import RecorderConfig
+from raspberry_pancake.recorder.emitter import Emitter
+from raspberry_pancake.recorder.frames import LatestFrame
+from raspberry_pancake.recorder.pipeline import Pipeline
+from raspberry_pancake.recorder.sources.base import BACKOFF_MAX, BACKOFF_START, Camera, SourceError
+from raspberry_pancake.recorder.stage import Stage
+from raspberry_pancake.recorder.state import LIVE, RecorderState
+from raspberry_pancake.shared.events import Event
+from raspberry_pancake.shared.logs import RateLimiter
+
+log = logging.getLogger("pancake.cameras")
+_limit = RateLimiter(300.0)
+
+# DESIGN.md "Messages": a camera that has delivered nothing for this long is reported offline
+# (once), and live again at its next frame.
+HEALTH_OFFLINE_AFTER = 60.0
+# How often the health thread looks at every camera (and at catalogs not yet read).
+HEALTH_TICK = 1.0
+# Stopping: an opener stuck in a network open (up to the source's connect timeout) is left.
+OPENER_JOIN = 0.5
+STOP_JOIN = 5.0
+
+
+class _OwnCatalog(CatalogWriter):
+    """A camera's catalog writer, started before its camera opens (the page's switches and the
+    health notes need it while the camera is still unreachable): the pipeline's own start()
+    then finds it running and leaves it."""
+
+    def start(self) -> None:
+        if self.is_alive():
+            return
+        super().start()
+
+
+class CameraRun:
+    """One camera: its pipeline, and the thread that opens the camera until it opens.
+
+    A camera that opened at start (the single-camera command line, where a source that cannot
+    be opened is exit 2) starts at once; one that did not is retried with backoff on its own
+    thread, shown offline, and never delays the others. Once open, the source reopens itself
+    (sources/pyav.py, sources/picam.py)."""
+
+    def __init__(self, cfg: RecorderConfig, camera: Camera, opened: bool) -> None:
+        self.cfg = cfg
+        self.camera = camera
+        self.emitter = Emitter(cfg.emit, Emitter.camera_of(cfg.multi, cfg.name))
+        self.catalog: CatalogWriter | None = None
+        if cfg.catalog is not None:  # opened on its own thread: an unusable one never stops us
+            self.catalog = _OwnCatalog(CatalogConfig(cfg.catalog, cfg.state_dir, cfg.record_dirs,
+                                                     camera=cfg.name))
+        self.pipeline = Pipeline(cfg, camera, self.emitter, self.catalog)
+        self.state: RecorderState = self.pipeline.state
+        self.state.control = self.control
+        self._opened = opened
+        # Guards _started and _stopping: the opener starts the pipeline only if stop() has not
+        # begun, and stop() stops it only if the opener started it.
+        self._lock = threading.Lock()
+        self._started = False
+        self._stopping = False
+        self._stop = threading.Event()
+        self._opener: threading.Thread | None = None
+        self.settings_read = self.catalog is None
+        # The health thread's alone:
+        self.reported_offline = False
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    @property
+    def hub(self) -> LatestFrame:
+        return self.pipeline.hub
+
+    @property
+    def started(self) -> bool:
+        with self._lock:
+            return self._started
+
+    def start(self) -> None:
+        if self.catalog is not None:
+            self.catalog.start()
+        if self._opened:
+            self._start_pipeline()
+            return
+        self._opener = threading.Thread(target=self._open_loop, name=f"open-{self.name}",
+                                        daemon=True)
+        self._opener.start()
+
+    def _start_pipeline(self) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            self.pipeline.start()
+            self._started = True
+
+    def _open_loop(self) -> None:
+        backoff = BACKOFF_START
+        since = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.camera.open()
+            except SourceError as exc:
+                first = self.state.source_error is None
+                self.state.source_failed(str(exc))
+                if first:
+                    log.warning("camera %s: %s; retrying with backoff, shown offline meanwhile",
+                                self.name, exc)
+                    self.note(f"{self.name} cannot be opened ({exc}): retrying")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            if self.state.source_error is not None:
+                log.info("camera %s opened after %.0f s", self.name, time.monotonic() - since)
+                self.note(f"{self.name} opened after {time.monotonic() - since:.0f} s")
+            self.state.source_failed(None)
+            self._start_pipeline()
+            if not self.started:  # stop() came first: let go of the device
+                self.camera.stop()
+            return
+
+    def note(self, text: str) -> None:
+        if self.catalog is not None:
+            self.catalog.note("camera", text)
+
+    def control(self, armed: bool | None, continuous: bool | None) -> None:
+        """The page's switches (any thread): applied now, kept in the catalog for restarts."""
+        # The page's word is newer than what the catalog kept: never overwrite it with that.
+        self.settings_read = True
+        self._apply(armed, continuous)
+        if self.catalog is not None:
+            self.catalog.set_camera(armed=armed, continuous=continuous)
+        said = [f"detection {'armed' if armed else 'disarmed'}" if armed is not None else "",
+                f"continuous recording {'on' if continuous else 'off'}"
+                if continuous is not None else ""]
+        text = f"{self.name}: {', '.join(s for s in said if s)}"
+        log.info("camera %s", text)
+        self.note(text)
+
+    def _apply(self, armed: bool | None, continuous: bool | None) -> None:
+        # Pipeline.set_armed / set_continuous arrive with issue 12's pipeline work; until then
+        # the switch is kept and shown, and takes effect once the pipeline has them.
+        if armed is not None:
+            setter: Callable[[bool], None] | None = getattr(self.pipeline, "set_armed", None)
+            if setter is not None:
+                setter(armed)
+        if continuous is not None:
+            setter = getattr(self.pipeline, "set_continuous", None)
+            if setter is not None:
+                setter(continuous)
+        self.state.set_switches(armed, continuous)
+
+    def read_settings(self) -> None:
+        """What the page set before a restart (the catalog), once it is open."""
+        if self.settings_read or self.catalog is None or not self.catalog.wait_ready(0):
+            return
+        self.settings_read = True
+        saved = self.catalog.camera_settings()
+        if saved is None:
+            return
+        continuous = saved.continuous if self.cfg.record_continuous is not None else None
+        self._apply(saved.armed, continuous)
+
+    def stages(self) -> list[Stage]:
+        if self.started:
+            return self.pipeline.stages()
+        return [self.catalog] if self.catalog is not None else []
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._stopping = True
+            started = self._started
+        if self._opener is not None:
+            self._opener.join(OPENER_JOIN)
+        if started:
+            self.pipeline.stop()
+        else:
+            self.pipeline.hub.close()
+            if self.catalog is not None:
+                self.catalog.stop()
+                self.catalog.join(timeout=STOP_JOIN)
+        self.emitter.close()
+
+
+class Cameras:
+    """Every camera of the process, and the `camera-health` thread: each camera's offline
+    (no frame for HEALTH_OFFLINE_AFTER) and its return, as `health` messages and catalog notes."""
+
+    def __init__(self, runs: Sequence[CameraRun]) -> None:
+        self.runs = list(runs)
+        self._stop = threading.Event()
+        self._health = threading.Thread(target=self._watch, name="camera-health", daemon=True)
+        self._started_at = time.monotonic()
+
+    @property
+    def states(self) -> list[RecorderState]:
+        return [r.state for r in self.runs]
+
+    @property
+    def hubs(self) -> list[LatestFrame]:
+        return [r.hub for r in self.runs]
+
+    def start(self) -> None:
+        self._started_at = time.monotonic()
+        for run in self.runs:
+            run.start()
+        self._health.start()
+
+    def stages(self) -> list[Stage]:
+        return [s for run in self.runs for s in run.stages()]
+
+    def _watch(self) -> None:
+        while not self._stop.wait(HEALTH_TICK):
+            now = time.monotonic()
+            for run in self.runs:
+                run.read_settings()
+                self._check(run, now)
+
+    def _check(self, run: CameraRun, now: float) -> None:
+        state, age = run.state.health(now)
+        silent = now - self._started_at if age is None else age
+        if not run.reported_offline and silent >= HEALTH_OFFLINE_AFTER:
+            run.reported_offline = True
+            log.warning("camera %s offline: no frame for %.0f s", run.name, silent)
+            run.note(f"{run.name} offline: no frame for {silent:.0f} s")
+            run.emitter.emit(Event(health="offline", time=round(time.time(), 3)))
+        elif run.reported_offline and state == LIVE:
+            run.reported_offline = False
+            log.info("camera %s live again", run.name)
+            run.note(f"{run.name} live again")
+            run.emitter.emit(Event(health="live", time=round(time.time(), 3)))
+
+    def stop(self) -> None:
+        """Every camera at once: each pipeline's stop waits for its writers, and eight in a
+        row would outlast systemd's stop timeout."""
+        self._stop.set()
+        self._health.join(timeout=2 * HEALTH_TICK)
+        if len(self.runs) == 1:
+            self.runs[0].stop()
+            return
+        threads = [threading.Thread(target=run.stop, name=f"stop-{run.name}", daemon=True)
+                   for run in self.runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(STOP_JOIN)
+            if t.is_alive():
+                log.error("%s did not stop in time", t.name)
