@@ -697,3 +697,129 @@ def bot_api() -> Iterator[FakeBotApi]:
         yield api
     finally:
         api.stop()
+
+
+# ---------------------------------------------------------------- MQTT: Mosquitto
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+
+
+def mosquitto_available() -> bool:
+    return os.access(MOSQUITTO, os.X_OK) and os.access(MOSQUITTO_PASSWD, os.X_OK)
+
+
+class Mosquitto:
+    """Debian's mosquitto on a loopback port, logins from a password file only (no anonymous
+    clients), nothing persisted: a restart forgets every retained message, so what a client
+    sees retained after one was published again."""
+
+    def __init__(self, base: Path, users: dict[str, str], tls: TlsFiles | None = None) -> None:
+        base.mkdir(parents=True, exist_ok=True)
+        self.base = base
+        self.port = free_port()
+        # With `tls`, a second listener speaks MQTT over TLS (mqtts://) with that certificate.
+        self.tls_port = free_port() if tls is not None else None
+        self.log = base / "mosquitto.log"
+        passwd = base / "passwd"
+        for i, (user, password) in enumerate(users.items()):
+            subprocess.run([MOSQUITTO_PASSWD, *(["-c"] if i == 0 else []), "-b", str(passwd),
+                            user, password], check=True, capture_output=True)
+        passwd.chmod(0o600)
+        self.conf = base / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            + (f"listener {self.tls_port} 127.0.0.1\ncertfile {tls.server}\n"
+               f"keyfile {tls.server}\n" if tls is not None else "")
+            + "allow_anonymous false\n"
+            f"password_file {passwd}\n"
+            "persistence false\n"
+            f"log_dest file {self.log}\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            # Run as root by the tests' container: stay so, to read the files above.
+            + ("user root\n" if os.geteuid() == 0 else ""))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._listening, 10)
+
+    def _listening(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, self.log_text()
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+@dataclass
+class MqttMessage:
+    at: float  # time.monotonic() when it arrived
+    topic: str
+    payload: bytes
+    retain: bool
+    wall: float = 0.0  # time.time() when it arrived
+
+
+class MqttWatcher:
+    """A paho subscriber on the test's broker that keeps every message, and reconnects by
+    itself (paho's loop_start) when the broker comes back."""
+
+    def __init__(self, port: int, user: str, password: str, topics: list[str]) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages: list[MqttMessage] = []
+        self._lock = threading.Lock()
+        self.connects = 0
+        self._topics = topics
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id=f"test-watch-{uuid.uuid4().hex[:8]}")
+        self.client.username_pw_set(user, password)
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+        wait_for(lambda: self.connects, 10)
+
+    def _on_connect(self, client: Any, _userdata: Any, _flags: Any, reason: Any,
+                    _props: Any) -> None:
+        if not reason.is_failure:
+            for t in self._topics:
+                client.subscribe(t, qos=1)
+            self.connects += 1
+
+    def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append(MqttMessage(time.monotonic(), msg.topic, bytes(msg.payload),
+                                             bool(msg.retain), time.time()))
+
+    def on(self, topic: str) -> list[MqttMessage]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic]
+
+    def matching(self, prefix: str) -> list[MqttMessage]:
+        with self._lock:
+            return [m for m in self.messages if m.topic.startswith(prefix)]
+
+    def last(self, topic: str) -> bytes | None:
+        got = self.on(topic)
+        return got[-1].payload if got else None
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

@@ -52,7 +52,8 @@ def test_edge_text_photo_and_video(tmp_path: Path, api: FakeBotApi,
     n.edge(True, None, jpeg)
     n.clip(mp4)
     n.edge(False, None, None)
-    wait_for(lambda: n.sent == 4, 15)
+    n.clip(mp4, "Front door")
+    wait_for(lambda: n.sent == 5, 15)
     messages = api.calls_to("sendMessage")
     assert [m.fields["chat_id"] for m in messages] == ["42", "42"]
     assert messages[0].fields["text"].startswith("Detection at ")
@@ -60,7 +61,8 @@ def test_edge_text_photo_and_video(tmp_path: Path, api: FakeBotApi,
     photo = api.calls_to("sendPhoto")[0]
     assert photo.files["photo"] == 5004 and photo.fields["caption"].startswith("Detection at")
     video = api.calls_to("sendVideo")[0]
-    assert video.files["video"] == 20000 and mp4.name in video.fields["caption"]
+    assert video.files["video"] == 20000 and video.fields["caption"] == f"Clip {mp4.name}"
+    assert api.calls_to("sendVideo")[1].fields["caption"] == f"Clip {mp4.name} (Front door)"
     assert all(c.token == TOKEN for c in api.calls)
     assert n.join(0.1) is False, "still running until stopped"
     stop.set()
@@ -294,3 +296,81 @@ def test_unreadable_flood_reply_fails_that_alert_only(api: FakeBotApi, stop: thr
     assert not n.join(0), "the notifier thread goes on"
     assert [c.fields["text"] for c in api.calls_to("sendMessage")] == ["second"]
     assert "unreadable reply to 'first'" in caplog.text
+
+
+@pytest.mark.parametrize(("event", "place", "first_line"), [
+    ({"labels": ["motion"], "boxes": [[0.1, 0.1, 0.3, 0.4]]}, "front door",
+     "motion, 12 % of the picture, front door"),
+    ({"labels": ["motion"], "boxes": [[0.0, 0.0, 0.01, 0.01]]}, None,
+     "motion, 1 % of the picture"),
+    ({"labels": ["face"], "names": ["Anna"]}, "front door", "Anna at front door"),
+    ({"labels": ["face"], "names": ["Anna", "unknown", "Ben"]}, "hall",
+     "Anna, Ben and an unknown person at hall"),
+    ({"labels": ["face"], "names": ["unknown"]}, "front door", "Unknown person at front door"),
+    ({"labels": ["doorbell", "motion"]}, "gate", "doorbell, motion, gate"),
+])
+def test_caption_says_who_or_what_and_where(event: dict[str, object], place: str | None,
+                                            first_line: str) -> None:
+    text = notify.caption({**event, "detection": True, "time": 1719158711.0}, place)
+    head, when = text.split("\n")
+    assert head == first_line
+    assert when == dt.datetime.fromtimestamp(1719158711.0).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_caption_without_labels_is_the_original_text() -> None:
+    assert notify.caption({"detection": True, "time": 1719158711.0}, None) == \
+        notify.edge_text(True, 1719158711.0)
+    assert notify.caption({"detection": True, "time": 1719158711.0}, "front").endswith(
+        " (front)")
+
+
+def test_detection_sends_the_caption_and_records_the_alert(
+        tmp_path: Path, api: FakeBotApi, stop: threading.Event) -> None:
+    jpeg = tmp_path / "boxes.jpg"
+    jpeg.write_bytes(b"\xff\xd8" + b"b" * 3000 + b"\xff\xd9")
+    recorded: list[tuple[str, float, str]] = []
+    tries: list[int] = []
+
+    def record(camera: str, rise: float, channel: str) -> bool:
+        # The catalog has the event only from the second look on (pancake writes it late).
+        tries.append(1)
+        if len(tries) < 2:
+            return False
+        recorded.append((camera, rise, channel))
+        return True
+
+    n = Notifier(TelegramTarget(Secret(TOKEN, "test"), "42"), api.base_url, False, 8, stop,
+                 record=record)
+    n.start()
+    n.detection({"detection": True, "time": 1719158711.5, "labels": ["face"],
+                 "names": ["Anna"]}, "front", "Front door", jpeg)
+    n.detection({"detection": False, "time": 1719158720.0}, "front", "Front door", None)
+    wait_for(lambda: recorded, 15)
+    photo = api.calls_to("sendPhoto")[0]
+    assert photo.files["photo"] == 3004
+    assert photo.fields["caption"].startswith("Anna at Front door\n")
+    assert api.calls_to("sendMessage")[0].fields["text"].startswith("Detection over at ")
+    assert recorded == [("front", 1719158711.5, "telegram")]  # the fall is no new alert
+
+
+def test_health_is_one_message_per_camera_per_interval(api: FakeBotApi,
+                                                       stop: threading.Event) -> None:
+    n = Notifier(TelegramTarget(Secret(TOKEN, "test"), "42"), api.base_url, False, 8, stop,
+                 health_interval=1.5)
+    n.start()
+    n.health("front", "offline", "Front door", None)
+    n.health("back", "offline", "back", None)  # another camera: its own window
+    wait_for(lambda: n.sent == 2, 15)
+    n.health("front", "live", "Front door", None)  # held: within front's window
+    time.sleep(0.5)
+    texts = [c.fields["text"] for c in api.calls_to("sendMessage")]
+    assert len(texts) == 2 and all("no picture" in t for t in texts)
+    # When the window ends, the return is told (it still stands).
+    wait_for(lambda: n.sent == 3, 15)
+    assert "Front door: the camera delivers pictures again" in \
+        api.calls_to("sendMessage")[2].fields["text"]
+    # A flap that ends where it started, inside the window, says nothing.
+    n.health("front", "offline", "Front door", None)
+    n.health("front", "live", "Front door", None)
+    time.sleep(2.5)
+    assert n.sent == 3

@@ -147,3 +147,24 @@ def test_taken_socket_name_exits_with_a_clear_line(tmp_path: Path) -> None:
                                str(tmp_path), "12"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert "taken" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_snapshot_with_boxes_is_checked_like_the_snapshot(dirs: tuple[Path, Path, Path]) -> None:
+    from raspberry_pancake.postproc.receiver import PathPolicy, accept
+
+    h264, _, outside = dirs
+    inside = h264 / "20260101-101502-boxes.jpg"
+    inside.write_bytes(b"\xff\xd8\xff\xd9")
+    (outside / "x.jpg").write_bytes(b"\xff\xd8\xff\xd9")
+    policy = PathPolicy([h264])
+    uid = os.getuid()
+
+    def boxes(path: str) -> Path | None:
+        data = json.dumps({"detection": True, "jpeg_boxes": path}).encode()
+        return accept(data, uid, frozenset([uid]), policy).jpeg_boxes
+
+    assert boxes(str(inside)) == inside.resolve()
+    # Outside --h264-dir, a directory, not a JPEG: the picture is ignored, the edge still counts.
+    assert boxes(str(outside / "x.jpg")) is None
+    assert boxes(str(h264)) is None
+    assert boxes(str(h264 / "20260101-101502.h264")) is None

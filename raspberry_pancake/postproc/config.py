@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from raspberry_pancake.postproc.upload.ftp import tls_context
 from raspberry_pancake.postproc.upload.targets import FtpTarget, RcloneTarget, ScpTarget
@@ -30,6 +33,33 @@ class TelegramTarget:
     @property
     def label(self) -> str:
         return f"telegram chat {self.chat_id}"
+
+
+MQTT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+# Home Assistant's discovery ids take [a-zA-Z0-9_-] only.
+_NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class MqttTarget:
+    """--mqtt and its companions, checked."""
+
+    host: str
+    port: int
+    tls: bool
+    ca_file: Path | None  # None: the system's CA roots (with tls)
+    username: str | None
+    password: Secret | None
+    topic: str
+    client_id: str
+    node: str
+
+    @property
+    def label(self) -> str:
+        """The broker as log lines name it: never the password, which is not in the URL."""
+        user = f"{self.username}@" if self.username else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +91,7 @@ class PostprocConfig:
     upload_rclone: tuple[RcloneTarget, ...] = ()
     upload_attempts: int = MAX_ATTEMPTS
     upload_backoff_first: float = BACKOFF_FIRST
+    mqtt: MqttTarget | None = None
 
     @property
     def uploading(self) -> bool:
@@ -71,7 +102,9 @@ class PostprocConfig:
         return self.telegram_api_url == PUBLIC_BOT_API
 
     def secrets(self) -> list[Secret]:
-        return [d.password for d in self.upload_ftp] + [t.token for t in self.notify_telegram]
+        mqtt = [self.mqtt.password] if self.mqtt is not None and self.mqtt.password else []
+        return ([d.password for d in self.upload_ftp] + [t.token for t in self.notify_telegram]
+                + mqtt)
 
 
 def _minute(text: str) -> int:
@@ -154,6 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SSH host keys for --upload-scp (default ~/.ssh/known_hosts)")
     p.add_argument("--ssh-key", metavar="FILE",
                    help="SSH private key for --upload-scp (default: agent and ~/.ssh keys)")
+    p.add_argument("--mqtt", metavar="URL",
+                   help="publish events to this MQTT broker (Home Assistant discovery "
+                        "included): mqtt://[user@]host[:1883] or mqtts://[user@]host[:8883]")
+    p.add_argument("--mqtt-password", metavar="SECRET",
+                   help="the MQTT user's password: @/path/to/file or env:VARNAME")
+    p.add_argument("--mqtt-ca", metavar="FILE",
+                   help="CA certificates (PEM) that mqtts:// trusts instead of the system's")
+    p.add_argument("--mqtt-topic", default="pancake", metavar="TOPIC",
+                   help="the topic everything is published under (default pancake; one per "
+                        "Pi when several share a broker)")
+    p.add_argument("--mqtt-client-id", metavar="ID",
+                   help="the MQTT client id (default pancake-NODE-TOPIC)")
+    p.add_argument("--mqtt-node", metavar="NODE",
+                   help="this Pi's name in Home Assistant's unique ids (default the host name)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--catalog", metavar="PATH",
                        help="the catalog file pancake and postproc share (default "
@@ -295,6 +342,79 @@ def _rclone(specs: list[str], config: str | None) -> tuple[RcloneTarget, ...]:
     return tuple(targets)
 
 
+def default_node() -> str:
+    """The host name, in the characters Home Assistant's ids allow."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "pancake"
+
+
+def _mqtt(a: argparse.Namespace) -> MqttTarget | None:
+    if a.mqtt is None:
+        for flag, value in (("--mqtt-password", a.mqtt_password), ("--mqtt-ca", a.mqtt_ca),
+                            ("--mqtt-client-id", a.mqtt_client_id),
+                            ("--mqtt-node", a.mqtt_node)):
+            if value is not None:
+                raise ConfigError(f"{flag} is for --mqtt, and there is none")
+        return None
+    url = a.mqtt
+    if any(c in url for c in "\r\n\0"):
+        raise ConfigError("--mqtt: the URL contains a control character")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in MQTT_PORTS or not parts.netloc:
+        raise ConfigError(f"--mqtt: {url!r} is not mqtt://[user@]host[:port] or "
+                          "mqtts://[user@]host[:port]")
+    try:
+        if parts.password is not None:
+            # Never echoed: the message names the flag, not the URL.
+            raise ConfigError("--mqtt: the URL holds a password, which `ps` would show: give "
+                              "it with --mqtt-password @/path/to/file or env:VARNAME")
+        port = parts.port or MQTT_PORTS[scheme]
+    except ValueError:
+        raise ConfigError(f"--mqtt: {url!r} has a port that is not in 1..65535") from None
+    host = parts.hostname
+    if not host:
+        raise ConfigError(f"--mqtt: {url!r} names no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"--mqtt: {url!r}: a broker URL has no path (the topic is "
+                          "--mqtt-topic)")
+    user = unquote(parts.username) if parts.username else None
+    password = None
+    if a.mqtt_password is not None:
+        if user is None:
+            raise ConfigError("--mqtt-password needs a user name in the URL: mqtt://USER@host")
+        try:
+            password = resolve("--mqtt-password", a.mqtt_password)
+        except SecretError as exc:
+            raise ConfigError(str(exc)) from None
+    ca = None
+    if a.mqtt_ca is not None:
+        if scheme != "mqtts":
+            raise ConfigError("--mqtt-ca is for an mqtts:// broker")
+        ca = Path(a.mqtt_ca).expanduser().absolute()
+        if not ca.is_file() or not os.access(ca, os.R_OK):
+            raise ConfigError(f"--mqtt-ca: {a.mqtt_ca!r} is not a readable file")
+        try:
+            ssl.create_default_context(cafile=str(ca))
+        except ssl.SSLError:
+            raise ConfigError(f"--mqtt-ca: {a.mqtt_ca!r} holds no PEM certificate") from None
+    topic = a.mqtt_topic
+    if (not topic or len(topic) > 200 or any(c in topic for c in "+#\0")
+            or topic.startswith("/") or topic.endswith("/") or "//" in topic
+            or re.search(r"[\x00-\x1f\x7f]", topic)):
+        raise ConfigError(f"--mqtt-topic: {topic!r} is not a topic (no + or #, no leading or "
+                          "trailing /, at most 200 characters)")
+    if a.mqtt_node is not None and not _NODE.fullmatch(a.mqtt_node):
+        raise ConfigError(f"--mqtt-node: {a.mqtt_node!r}: letters, digits, _ and - only "
+                          "(1 to 64)")
+    node = a.mqtt_node or default_node()
+    client_id = a.mqtt_client_id
+    if client_id is None:
+        client_id = f"pancake-{node}-{re.sub(r'[^A-Za-z0-9_-]', '_', topic)}"[:128]
+    elif not 0 < len(client_id.encode()) <= 128 or re.search(r"[\x00-\x1f\x7f]", client_id):
+        raise ConfigError("--mqtt-client-id: 1 to 128 bytes, no control characters")
+    return MqttTarget(host, port, scheme == "mqtts", ca, user, password, topic, client_id, node)
+
+
 def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
     """Parse and check the command line; raise ConfigError for cross-flag and file problems."""
     a = build_parser().parse_args(argv)
@@ -350,6 +470,7 @@ def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
         ssh_key = Path(a.ssh_key).expanduser().absolute()
         if not ssh_key.is_file() or not os.access(ssh_key, os.R_OK):
             raise ConfigError(f"--ssh-key: {a.ssh_key!r} is not a readable file")
+    mqtt = _mqtt(a)
     catalog, home = _catalog(a.catalog, a.state_dir)
     return PostprocConfig(
         socket_name=a.socket_name,
@@ -373,4 +494,5 @@ def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
         catalog=catalog,
         state_dir=home,
         upload_rclone=rclone,
+        mqtt=mqtt,
     )

@@ -31,10 +31,12 @@ from raspberry_pancake.postproc.upload.worker import Mp4, UploadWorker
 from raspberry_pancake.shared.catalog import Catalog, CatalogError, read_journals
 from raspberry_pancake.shared.cli import ConfigError
 from raspberry_pancake.shared.credentials import install_redaction
+from raspberry_pancake.shared.events import Event
 from raspberry_pancake.shared.logs import setup_logging
 from raspberry_pancake.shared.signals import StopOnSignal
 
 if TYPE_CHECKING:
+    from raspberry_pancake.postproc.mqtt import Publisher
     from raspberry_pancake.postproc.notify import Notifier
 
 log = logging.getLogger("postproc")
@@ -62,7 +64,14 @@ class Postproc:
             from raspberry_pancake.postproc.notify import Notifier
 
             self.notifiers = [Notifier(t, cfg.telegram_api_url, cfg.public_bot_api,
-                                       cfg.notify_queue_size, stop) for t in cfg.notify_telegram]
+                                       cfg.notify_queue_size, stop, record=self._record_alert)
+                              for t in cfg.notify_telegram]
+        self.mqtt: Publisher | None = None
+        if cfg.mqtt is not None:
+            # Imported only when needed, like Telegram: paho is a few MB of RSS.
+            from raspberry_pancake.postproc.mqtt import Publisher
+
+            self.mqtt = Publisher(cfg.mqtt, stop, title=self._title, record=self._record_alert)
         dests: list[Destination] = [SftpDestination(d, cfg.known_hosts, cfg.ssh_key)
                                     for d in cfg.upload_scp]
         dests += [FtpDestination(d) for d in cfg.upload_ftp]
@@ -90,29 +99,87 @@ class Postproc:
                                  self._received, stop)
         self.supervisor = Supervisor(stop)
         for thread in [self.receiver.thread, self.converter.thread, self.trigger.thread,
-                       *(w.thread for w in self.workers), *(n.thread for n in self.notifiers)]:
+                       *(w.thread for w in self.workers), *(n.thread for n in self.notifiers),
+                       *([self.mqtt.thread] if self.mqtt is not None else [])]:
             self.supervisor.watch(thread)
+
+    def _title(self, camera: str) -> str | None:
+        """The camera's title for people ("Front door"), when pancake's page set one."""
+        settings = self.catalog.camera_settings(camera)
+        return settings.title if settings is not None and settings.title else None
+
+    def _place(self, event: Event) -> str | None:
+        """Where an alert says it happened: the camera's title, else its name; nothing for the
+        single camera of the original's command line, which has neither."""
+        return self._where(event.get("camera"))
+
+    def _where(self, camera: str | None) -> str | None:
+        try:
+            title = self._title(camera or ledger.DEFAULT_CAMERA)
+        except CatalogError as exc:
+            log.warning("no title for camera %s: %s", camera, exc)
+            title = None
+        return title or camera
+
+    def _record_alert(self, camera: str, rise: float, channel: str) -> bool:
+        """Runs on the alerting thread: the alert for the event that rose then is recorded;
+        False while the catalog has no such event yet (pancake writes it as it sends)."""
+        found = self.catalog.event_at(camera, rise)
+        if found is None:
+            return False
+        self.catalog.alert_sent(found.id, channel)
+        return True
 
     def _received(self, acc: Accepted) -> None:
         """Runs on the receiver thread: only hands work to queues, never waits."""
         event = acc.event
         if "disk" in event:
-            text = (f"Low disk: {event.get('dir')} has {event.get('free', 0) / 1e6:.0f} MB free")
+            place = self._place(event) if self.notifiers else None
+            text = (f"Low disk: {event.get('dir')} has {event.get('free', 0) / 1e6:.0f} MB free"
+                    + (f" ({place})" if place else ""))
             for n in self.notifiers:
                 n.text(text)
+        mqtt = self.mqtt
+        camera = event.get("camera", ledger.DEFAULT_CAMERA)
+        if "health" in event:
+            if mqtt is not None:
+                mqtt.health(event)
+            if self.notifiers:
+                where = self._place(event) or camera
+                for n in self.notifiers:
+                    n.health(camera, event["health"], where, event.get("time"))
+            return
         if acc.h264 is not None:
             self.converter.submit(Job(acc.h264, acc.pts, clip="detection" in event,
-                                      camera=str(event.get("camera", ledger.DEFAULT_CAMERA))))
+                                      camera=camera))
+            if mqtt is not None:
+                mqtt.seen(event)
+        elif event.get("update"):
+            # New labels or names during a detection: MQTT only (the photo went at the edge).
+            if mqtt is not None:
+                mqtt.update(event)
         elif "detection" in event:
-            for n in self.notifiers:
-                n.edge(event["detection"], event.get("time"), acc.jpeg)
+            if mqtt is not None:
+                mqtt.edge(event, acc.jpeg)
+            if self.notifiers:
+                place = self._place(event)
+                photo = acc.jpeg_boxes or acc.jpeg
+                for n in self.notifiers:
+                    n.detection(event, camera, place, photo)
+        elif mqtt is not None:
+            mqtt.seen(event)
 
     def _converted(self, job: Job, recording: int, mp4: Path) -> None:
         """Runs on the converter thread."""
         self.trigger.converted(Mp4(recording, mp4))
         if job.clip:
-            for n in self.notifiers:
-                n.clip(mp4)
+            if self.mqtt is not None:
+                self.mqtt.clip({"camera": job.camera, "h264": str(job.h264)}, mp4)
+            if self.notifiers:
+                # A camera other than the original's single one is named (its title).
+                place = self._where(None if job.camera == ledger.DEFAULT_CAMERA else job.camera)
+                for n in self.notifiers:
+                    n.clip(mp4, place)
 
     def start(self) -> None:
         remove_stale_temporaries(self.cfg.mp4_dir)
@@ -120,6 +187,15 @@ class Postproc:
             ledger.import_old_journals(self.catalog, self.cfg.mp4_dir)
         for n in self.notifiers:
             n.start()
+        if self.mqtt is not None:
+            try:
+                cameras = self.catalog.cameras()
+            except CatalogError as exc:
+                log.error("MQTT: the catalog's cameras: %s (each is announced when heard of)",
+                          exc)
+                cameras = []
+            self.mqtt.cameras(cameras)
+            self.mqtt.start()
         for w in self.workers:
             w.start()
             # mp4s converted before this start but never uploaded there (dropped from a full
@@ -151,6 +227,8 @@ class Postproc:
                                             ("upload clock", self.trigger)]
         stages += [(w.dest.label, w) for w in self.workers]
         stages += [(n.target.label, n) for n in self.notifiers]
+        if self.mqtt is not None:
+            stages.append(("MQTT", self.mqtt))
         clean = True
         for name, stage in stages:
             left = max(0.0, deadline - time.monotonic())
@@ -172,6 +250,8 @@ def _describe(cfg: PostprocConfig) -> None:
         log.info("upload to %s", label)
     for t in cfg.notify_telegram:
         log.info("alerts to %s", t.label)
+    if cfg.mqtt is not None:
+        log.info("MQTT to %s, topic %s, node %s", cfg.mqtt.label, cfg.mqtt.topic, cfg.mqtt.node)
     for secret in cfg.secrets():
         if secret.from_command_line:
             log.warning("a secret was given on the command line, where `ps` shows it: "

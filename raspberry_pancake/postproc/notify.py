@@ -13,7 +13,7 @@ import ssl
 import threading
 import time
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -34,6 +34,7 @@ from telegram.request import HTTPXRequest
 from raspberry_pancake.postproc.config import TelegramTarget
 from raspberry_pancake.postproc.supervise import StageThread
 from raspberry_pancake.shared.credentials import RedactingFilter
+from raspberry_pancake.shared.logs import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,34 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 MEDIA_WRITE_TIMEOUT = 120.0
 POLL = 0.1
+# A camera's outage and its return: at most one message per camera in this many seconds. A
+# change held back is sent when the window ends, if it still stands.
+HEALTH_INTERVAL = 600.0
+# pancake records the event in the catalog as it sends the edge; an alert that went out
+# first looks for it again for this long before giving up on recording it.
+RECORD_WITHIN = 10.0
 # The system's hashed CA directory (Debian and Pi OS keep it with update-ca-certificates).
 SYSTEM_CA_DIR = Path("/etc/ssl/certs")
 _HASHED = re.compile(r"[0-9a-f]{8}\.\d+")
 
 
+# Records that an alert for the event that rose at `rise` on `camera` went out on `channel`;
+# False when the catalog has no such event (yet).
+Recorder = Callable[[str, float, str], bool]
+CHANNEL = "telegram"
+
+
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """One message: `photo` or `video` with `text` as its caption, or `text` alone."""
+    """One message: `photo` or `video` with `text` as its caption, or `text` alone.
+    `event`: (camera, rise time) of the detection it announces, recorded once sent.
+    `health`: (camera, state) of a camera's outage or return, rate-limited per camera."""
 
     text: str
     photo: Path | None = None
     video: Path | None = None
+    event: tuple[str, float] | None = None
+    health: tuple[str, str] | None = None
 
 
 class EntityTooLarge(TelegramError):
@@ -109,8 +126,60 @@ def _when(epoch: float | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def edge_text(detecting: bool, epoch: float | None) -> str:
-    return f"{'Detection' if detecting else 'Detection over'} at {_when(epoch)}"
+def edge_text(detecting: bool, epoch: float | None, place: str | None = None) -> str:
+    where = f" ({place})" if place else ""
+    return f"{'Detection' if detecting else 'Detection over'} at {_when(epoch)}{where}"
+
+
+def _words(value: object) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _and(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _area(boxes: object) -> float:
+    """How much of the picture the boxes cover (their areas summed, at most all of it)."""
+    total = 0.0
+    for box in boxes if isinstance(boxes, list) else []:
+        if isinstance(box, list) and len(box) == 4 and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in box):
+            total += max(0.0, float(box[2])) * max(0.0, float(box[3]))
+    return min(total, 1.0)
+
+
+def caption(event: Mapping[str, object], place: str | None) -> str:
+    """What a rising edge says: who was seen ("Anna at front door", "Unknown person at front
+    door"), else what ("motion, 12 % of the picture, front door"), else the original's
+    "Detection at …"; the time follows on a second line."""
+    names = list(dict.fromkeys(_words(event.get("names"))))
+    known = [n for n in names if n != "unknown"]
+    labels = list(dict.fromkeys(_words(event.get("labels"))))
+    when = event.get("time")
+    epoch = float(when) if isinstance(when, int | float) and not isinstance(when, bool) else None
+    at = f" at {place}" if place else ""
+    if known:
+        who = known + (["an unknown person"] if "unknown" in names else [])
+        head = f"{_and(who)}{at}"
+    elif names:
+        head = f"Unknown person{at}"
+    elif labels:
+        parts = []
+        for label in labels:
+            area = _area(event.get("boxes")) if label == "motion" else 0.0
+            parts.append(f"{label}, {max(1, round(area * 100))} % of the picture" if area
+                         else label)
+        head = ", ".join(parts + ([place] if place else []))
+    else:
+        return edge_text(True, epoch, place)
+    return f"{head}\n{_when(epoch)}"
+
+
+def health_text(place: str, state: str, epoch: float | None) -> str:
+    if state == "live":
+        return f"{place}: the camera delivers pictures again ({_when(epoch)})"
+    return f"{place}: no picture from the camera for a minute ({state}, {_when(epoch)})"
 
 
 def _retry_after_seconds(exc: RetryAfter) -> float | None:
@@ -136,7 +205,8 @@ class Notifier:
     """
 
     def __init__(self, target: TelegramTarget, api_url: str, public_api: bool, queue_size: int,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, record: Recorder | None = None,
+                 health_interval: float = HEALTH_INTERVAL) -> None:
         self.target = target
         self._api_url = api_url
         self._limit = PUBLIC_UPLOAD_LIMIT if public_api else None
@@ -145,6 +215,14 @@ class Notifier:
         # Exception texts can quote a URL, and a Bot API URL holds the token.
         self._redact = RedactingFilter([target.token]).redact
         self._thread = StageThread(f"telegram-{target.chat_id}"[:40], self._run)
+        self._record = record
+        self._limiter = RateLimiter()
+        self._unrecorded: list[tuple[str, float, float]] = []  # camera, rise, give up at
+        self._health_interval = health_interval
+        # Per camera: when the last health message went, with which state; and the newest
+        # one held back meanwhile. Only the notifier's thread touches these.
+        self._health_sent: dict[str, tuple[float, str]] = {}
+        self._health_held: dict[str, Alert] = {}
         self.sent = 0
         self.dropped = 0
         self.failed = 0
@@ -172,11 +250,27 @@ class Notifier:
     def edge(self, detecting: bool, epoch: float | None, jpeg: Path | None) -> bool:
         return self.submit(Alert(edge_text(detecting, epoch), photo=jpeg))
 
+    def detection(self, event: Mapping[str, object], camera: str, place: str | None,
+                  photo: Path | None) -> bool:
+        """An edge message: at the rise, the caption and the photo (the one with boxes when
+        there is one), recorded in the catalog once sent; at the fall, a line."""
+        when = event.get("time")
+        epoch = float(when) if isinstance(when, int | float) and not isinstance(when, bool) \
+            else None
+        if event.get("detection") is not True:
+            return self.submit(Alert(edge_text(False, epoch, place)))
+        return self.submit(Alert(caption(event, place), photo=photo,
+                                 event=(camera, epoch) if epoch is not None else None))
+
+    def health(self, camera: str, state: str, place: str, epoch: float | None) -> bool:
+        return self.submit(Alert(health_text(place, state, epoch), health=(camera, state)))
+
     def text(self, text: str) -> bool:
         return self.submit(Alert(text))
 
-    def clip(self, mp4: Path) -> bool:
-        return self.submit(Alert(f"Clip {mp4.name}", video=mp4))
+    def clip(self, mp4: Path, place: str | None = None) -> bool:
+        return self.submit(Alert(f"Clip {mp4.name}" + (f" ({place})" if place else ""),
+                                 video=mp4))
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -189,9 +283,16 @@ class Notifier:
         try:
             loop.run_until_complete(request.initialize())
             while not self._stop.is_set():
+                self._record_pending()
+                held = self._health_due()
+                if held is not None:
+                    loop.run_until_complete(self._until_stopped(self._deliver(bot, held)))
+                    continue
                 try:
                     alert = self._queue.get(timeout=POLL * 2)
                 except queue.Empty:
+                    continue
+                if alert.health is not None and not self._health_now(alert):
                     continue
                 loop.run_until_complete(self._until_stopped(self._deliver(bot, alert)))
         finally:
@@ -200,6 +301,63 @@ class Notifier:
             left = self._queue.qsize()
             if left:
                 log.info("%s: %d alert(s) not sent at stop", self.target.label, left)
+
+    def _health_now(self, alert: Alert) -> bool:
+        """Whether a health alert goes now; if not, it is held until its camera's window
+        ends (replacing an older one held)."""
+        assert alert.health is not None
+        camera, state = alert.health
+        last = self._health_sent.get(camera)
+        now = time.monotonic()
+        if last is not None and now - last[0] < self._health_interval:
+            self._health_held[camera] = alert
+            return False
+        self._health_sent[camera] = (now, state)
+        return True
+
+    def _health_due(self) -> Alert | None:
+        """A held health alert whose window has ended, if it still says something new."""
+        now = time.monotonic()
+        for camera, alert in list(self._health_held.items()):
+            sent_at, sent_state = self._health_sent[camera]
+            if now - sent_at < self._health_interval:
+                continue
+            del self._health_held[camera]
+            assert alert.health is not None
+            if alert.health[1] == sent_state:
+                continue  # back as it was when we last said: nothing to tell
+            self._health_sent[camera] = (now, alert.health[1])
+            return alert
+        return None
+
+    def _sent(self, alert: Alert) -> None:
+        self.sent += 1
+        if alert.event is not None and self._record is not None:
+            camera, rise = alert.event
+            self._unrecorded.append((camera, rise, time.monotonic() + RECORD_WITHIN))
+            self._record_pending()
+
+    def _record_pending(self) -> None:
+        """Record the alerts sent in the catalog; an event pancake has not written yet is
+        looked for again on the next turn, for RECORD_WITHIN seconds."""
+        if not self._unrecorded or self._record is None:
+            return
+        left = []
+        for camera, rise, give_up in self._unrecorded:
+            try:
+                done = self._record(camera, rise, CHANNEL)
+            except Exception as exc:  # noqa: BLE001 - the catalog's trouble: the alert went
+                log.warning("%s: alert not recorded in the catalog: %s", self.target.label, exc)
+                continue
+            if done:
+                continue
+            if time.monotonic() < give_up:
+                left.append((camera, rise, give_up))
+            else:
+                self._limiter.log(log, logging.WARNING, "unrecorded", "%s: alert not "
+                                  "recorded: the catalog has no event of camera %s at %s",
+                                  self.target.label, camera, _when(rise))
+        self._unrecorded = left
 
     async def _until_stopped(self, work: Awaitable[None]) -> None:
         """Run `work`, cancelling it when the stop event is set (shutdown within seconds)."""
@@ -252,7 +410,7 @@ class Notifier:
             def call() -> Awaitable[object]:
                 return bot.send_message(chat, alert.text)
         if await self._send(call, alert.text):
-            self.sent += 1
+            self._sent(alert)
             return
         self.failed += 1
         if alert.video is not None or alert.photo is not None:
@@ -260,7 +418,7 @@ class Notifier:
             what = alert.video.name if alert.video is not None else "snapshot"
             if await self._send(lambda: bot.send_message(chat, f"{alert.text} ({what} not "
                                                                 "sent)"), alert.text):
-                self.sent += 1
+                self._sent(alert)
 
     async def _send_video(self, bot: Bot, video: Path, caption: str) -> object:
         """Opened anew for every attempt. read_file_handle=False: httpx streams the file in

@@ -41,6 +41,7 @@ class Accepted:
     jpeg: Path | None
     pts: Path | None
     sender_uid: int
+    jpeg_boxes: Path | None = None  # the snapshot with the detector's boxes drawn
 
 
 def open_socket(name: str) -> socket.socket:
@@ -94,7 +95,7 @@ def accept(data: bytes, uid: int, allowed: frozenset[int], paths: PathPolicy) ->
     if uid not in allowed:
         raise Rejected(f"sender uid {uid} not allowed")
     event = decode(data)
-    h264 = jpeg = pts = None
+    h264 = jpeg = pts = boxes = None
     if "h264" in event:
         h264 = paths.check("h264", event["h264"], (".h264",))
     if "jpeg" in event:
@@ -103,12 +104,17 @@ def accept(data: bytes, uid: int, allowed: frozenset[int], paths: PathPolicy) ->
         except Rejected as exc:
             # The edge still matters without its picture.
             log.warning("event's snapshot ignored: %s", exc)
+    if "jpeg_boxes" in event:
+        try:
+            boxes = paths.check("jpeg_boxes", event["jpeg_boxes"], (".jpg", ".jpeg"))
+        except Rejected as exc:
+            log.warning("event's snapshot with boxes ignored: %s", exc)
     if "pts" in event:
         try:
             pts = paths.check("pts", event["pts"], (".pts", ".txt"))
         except Rejected as exc:
             log.warning("event's timestamps ignored: %s", exc)
-    return Accepted(event, h264, jpeg, pts, uid)
+    return Accepted(event, h264, jpeg, pts, uid, boxes)
 
 
 def sender_uid(ancdata: list[tuple[int, int, bytes]]) -> int | None:
