@@ -67,6 +67,10 @@ def test_a_list_of_detectors_with_their_options(tmp_path: Path) -> None:
         (png, 1.5, 8, 0.5)
     assert (c.faces_dir, c.face_match) == (tmp_path / "state" / "faces", 0.5)
     assert (c.detect_gpio, c.detect_gpio_kind) == (17, "button")
+    # Faces are searched twice a second unless told otherwise; motion alone on every frame.
+    assert c.detect_interval == 0.5
+    assert cfg(tmp_path, "--detect", "faces", "--detect-interval", "0.2").detect_interval == 0.2
+    assert cfg(tmp_path, "--detect", "motion", "--fps", "10").detect_interval == 0.1
 
 
 def test_motion_alone_needs_no_customize_py(tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_recordings_and_events_are_catalogued_as_they_happen(
         *BASE, "--record-continuous", str(seg_dir), "--record-split", "3",
         "--record-detection", "edge", str(clip_dir), "--detect", "no-image",
         "--detect-interval", "0.2", "--customize", str(custom), "--emit", listener.name,
-        "--catalog", str(db)], tmp_path)
+        "--catalog", str(db), "--title", "Front door"], tmp_path)
     while time.time() < t0 + 14.0 and p.proc.poll() is None:
         time.sleep(0.2)
     rc, _ = p.stop()
@@ -87,6 +87,9 @@ def test_recordings_and_events_are_catalogued_as_they_happen(
     with Catalog.open(db) as c:
         events = c.events("cam", *EVER)
         lines = c.log_lines(1000, "cam")
+        settings = c.camera_settings("cam")
+    # The title is kept for postproc's captions and Home Assistant's device name.
+    assert settings is not None and settings.title == "Front door", settings
     assert len(events) == 1, events
     # The page's log: each file's start and end, the detection's edges.
     texts = [ln.text for ln in lines]

@@ -103,8 +103,10 @@ class PostprocConfig:
 
     def secrets(self) -> list[Secret]:
         mqtt = [self.mqtt.password] if self.mqtt is not None and self.mqtt.password else []
+        # A connection string's own secrets (`:sftp,pass=…:`): masked in the log like the rest.
+        rclone = [Secret(v, "the command line") for d in self.upload_rclone for v in d.secrets()]
         return ([d.password for d in self.upload_ftp] + [t.token for t in self.notify_telegram]
-                + mqtt)
+                + mqtt + rclone)
 
 
 def _minute(text: str) -> int:

@@ -246,7 +246,8 @@ def _describe(cfg: PostprocConfig) -> None:
         log.info("accepting .h264 in %s", ", ".join(str(d) for d in cfg.h264_dirs))
     else:
         log.warning("no --h264-dir: accepting any .h264 file the allowed uids name, no catch-up")
-    for label in [d.label for d in cfg.upload_scp] + [d.label for d in cfg.upload_ftp]:
+    for label in ([d.label for d in cfg.upload_scp] + [d.label for d in cfg.upload_ftp]
+                  + [d.label for d in cfg.upload_rclone]):
         log.info("upload to %s", label)
     for t in cfg.notify_telegram:
         log.info("alerts to %s", t.label)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from raspberry_pancake.recorder.catalog_writer import CatalogConfig, CatalogWriter
 from raspberry_pancake.recorder.config import RecorderConfig
@@ -89,6 +89,8 @@ class CameraRun:
     def start(self) -> None:
         if self.catalog is not None:
             self.catalog.start()
+            # The title people read, for postproc's captions and Home Assistant's device name.
+            self.catalog.set_camera(title=self.cfg.title)
         if self._opened:
             self._start_pipeline()
             return
@@ -147,16 +149,10 @@ class CameraRun:
         self.note(text)
 
     def _apply(self, armed: bool | None, continuous: bool | None) -> None:
-        # Pipeline.set_armed / set_continuous arrive with issue 12's pipeline work; until then
-        # the switch is kept and shown, and takes effect once the pipeline has them.
         if armed is not None:
-            setter: Callable[[bool], None] | None = getattr(self.pipeline, "set_armed", None)
-            if setter is not None:
-                setter(armed)
+            self.pipeline.set_armed(armed)
         if continuous is not None:
-            setter = getattr(self.pipeline, "set_continuous", None)
-            if setter is not None:
-                setter(continuous)
+            self.pipeline.set_continuous(continuous)
         self.state.set_switches(armed, continuous)
 
     def read_settings(self) -> None:

@@ -190,10 +190,11 @@ class CatalogWriter(Stage):
             self._put(_Write(f"snapshot {path.name}", lambda c: self._event_do(
                 c, token, lambda eid: c.event_boxes_snapshot(eid, path))))
 
-    def set_camera(self, armed: bool | None = None, continuous: bool | None = None) -> None:
-        """What the page set for this camera (queued; a restart reads it back)."""
+    def set_camera(self, armed: bool | None = None, continuous: bool | None = None,
+                   title: str | None = None) -> None:
+        """What the page set for this camera, or its title (queued; a restart reads it back)."""
         self._put(_Write("camera settings", lambda c: c.set_camera(
-            self.cfg.camera, armed=armed, continuous=continuous)))
+            self.cfg.camera, title=title, armed=armed, continuous=continuous)))
 
     def save_learned(self, key: str, value: str) -> None:
         """A detector's learned state (queued)."""
