@@ -68,6 +68,13 @@ class RecorderState:
         # Set by whoever runs the camera (recorder.cameras): the page's armed/continuous
         # switches go through it; None: this camera cannot be controlled (a web unit test).
         self.control: Control | None = None
+        # Set the same way: an external trigger (label, seconds) for POST /api/trigger, and a
+        # new motion mask (a PNG's bytes; ValueError when unusable) for the page's mask editor.
+        self.trigger: Callable[[str, float], None] | None = None
+        self.set_mask: Callable[[bytes], None] | None = None
+        # Set by the pipeline: the camera's H.264 access units for the live view's H.264
+        # viewers (recorder.frames' packet hub), None when the camera has none.
+        self.packets: Any = None
 
     @property
     def name(self) -> str:
