@@ -256,6 +256,11 @@ def test_continuous_off_closes_the_file_and_on_starts_a_new_one(tmp_path: Path,
     run.stop()
     files = sorted(tmp_path.glob("*.h264"))
     assert len(files) == 2 and all(f.stat().st_size > 0 for f in files)
+    # The last file's message was sent as the pipeline stopped: the listener's thread may not
+    # have read it yet.
+    deadline = time.monotonic() + 5
+    while len(h264_messages(listener)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert sorted(h264_messages(listener)) == [str(f) for f in files]
 
 
