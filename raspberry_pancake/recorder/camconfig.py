@@ -26,7 +26,7 @@ __all__ = ["MAX_CAMERAS", "PROCESS_KEYS", "load", "split_argv"]
 MAX_CAMERAS = 8
 # Top-level keys: what the process has once (one port, one login, one catalog, one log).
 PROCESS_KEYS = ("port", "bind", "login", "emit", "certfile", "keyfile", "log", "min_free",
-                "catalog", "state_dir", "max_stream_fps", "trust_proxy")
+                "catalog", "state_dir", "max_stream_fps", "trust_proxy", "trigger_token")
 # Flags that are no key at all: the table's name is the camera's name; the rest are actions.
 NOT_KEYS = ("help", "name", "self_check", "config", "list_cameras")
 

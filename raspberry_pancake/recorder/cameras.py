@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from raspberry_pancake.recorder.catalog_writer import CatalogConfig, CatalogWriter
-from raspberry_pancake.recorder.config import RecorderConfig
+from raspberry_pancake.recorder.config import RecorderConfig, read_mask_bytes
 from raspberry_pancake.recorder.emitter import Emitter
 from raspberry_pancake.recorder.frames import LatestFrame
 from raspberry_pancake.recorder.pipeline import Pipeline
@@ -17,6 +20,8 @@ from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.recorder.state import LIVE, RecorderState
 from raspberry_pancake.shared.events import Event
 from raspberry_pancake.shared.logs import RateLimiter
+from raspberry_pancake.shared.statedir import MODE as STATE_MODE
+from raspberry_pancake.shared.statedir import ensure as ensure_state_dir
 
 log = logging.getLogger("pancake.cameras")
 _limit = RateLimiter(300.0)
@@ -61,6 +66,12 @@ class CameraRun:
         self.pipeline = Pipeline(cfg, camera, self.emitter, self.catalog)
         self.state: RecorderState = self.pipeline.state
         self.state.control = self.control
+        self.state.trigger = self.pipeline.trigger
+        # No motion detector, no mask to edit: the page says motion detection is off.
+        self.state.set_mask = self.set_mask if "motion" in cfg.detectors else None
+        # Held across a mask's write and its swap into the detector: with two saves at once,
+        # the file kept and the mask in use are the same one.
+        self._mask_lock = threading.Lock()
         self._opened = opened
         # Guards _started and _stopping: the opener starts the pipeline only if stop() has not
         # begun, and stop() stops it only if the opener started it.
@@ -148,6 +159,23 @@ class CameraRun:
         log.info("camera %s", text)
         self.note(text)
 
+    def set_mask(self, data: bytes) -> None:
+        """A motion mask from the page (a PNG's bytes, any thread): checked, kept in the state
+        directory (masks/NAME.png, 0600; it replaces --motion-mask at the next start), then
+        applied to the running detector. ValueError (MaskError: one line saying why) when it
+        cannot be used, OSError when it cannot be kept (then it is not applied either)."""
+        grey = read_mask_bytes(data)
+        self.pipeline.detector.check_mask(grey)
+        path = self.cfg.stored_mask
+        if path is None:
+            raise ValueError("no state directory to keep the mask in")
+        with self._mask_lock:
+            _write_private(path, data)
+            self.pipeline.detector.set_mask(grey)
+        log.info("camera %s: motion mask saved from the page (%s), applied now and at every "
+                 "start in place of --motion-mask", self.name, path)
+        self.note(f"{self.name}: motion mask saved from the page")
+
     def _apply(self, armed: bool | None, continuous: bool | None) -> None:
         if armed is not None:
             self.pipeline.set_armed(armed)
@@ -186,6 +214,28 @@ class CameraRun:
                 self.catalog.stop()
                 self.catalog.join(timeout=STOP_JOIN)
         self.emitter.close()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """`data` as `path`, 0600, whole or not at all (a temporary file, fsynced, renamed); its
+    directory made 0700 (the state directory's rules) if missing."""
+    ensure_state_dir(path.parent.parent)
+    path.parent.mkdir(mode=STATE_MODE, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:  # mkstemp makes it 0600
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)  # the rename itself survives a power cut
+    finally:
+        os.close(dirfd)
 
 
 class Cameras:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import inspect
+import io
 import os
 import re
 import sys
@@ -27,7 +28,7 @@ from raspberry_pancake.shared.statedir import catalog_path
 from raspberry_pancake.shared.statedir import state_dir as default_state_dir
 
 __all__ = ["ConfigError", "MaskError", "RecorderConfig", "Size", "load_detect", "mask_grey",
-           "parse", "read_mask"]
+           "parse", "read_mask", "read_mask_bytes"]
 
 DEFAULT_SPLIT = 900.0
 CAMERA_NAME = re.compile(r"[a-z0-9_-]{1,32}")
@@ -45,6 +46,11 @@ FACE_MATCH = 0.6
 # A gpiozero pin: a BCM number, or a name gpiozero knows ("GPIO17", "BOARD11", "J8:11").
 GPIO_PIN = re.compile(r"[A-Za-z0-9:_]{1,16}")
 FACES_MODULE = "raspberry_pancake.recorder.detect.faces"
+# A mask larger than this a side is refused before it is decoded: an upload of a few bytes
+# can claim a picture of gigabytes.
+MAX_MASK_SIDE = 8192
+# --trigger-token: shorter is guessable over the LAN (401s are not throttled).
+TRIGGER_TOKEN_MIN = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,15 @@ class RecorderConfig:
     # A PIR or door sensor (gpiozero): the pin as a BCM number or a gpiozero pin name.
     detect_gpio: int | str | None = None
     detect_gpio_kind: str = "motion"  # "motion" (MotionSensor) or "button" (Button)
+    # POST /api/trigger's bearer token (a Secret: never printed), None: no token accepted.
+    trigger_token: Secret | None = None
+    # Where the page's masks are kept (DESIGN.md "State"), masks/ in the state directory.
+    masks_dir: Path | None = None
+
+    @property
+    def stored_mask(self) -> Path | None:
+        """The mask saved from the page for this camera (it may not exist)."""
+        return self.masks_dir / f"{self.name}.png" if self.masks_dir is not None else None
 
     @property
     def frame_size(self) -> Size:
@@ -306,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of --source and the other camera flags")
     p.add_argument("--list-cameras", action="store_true",
                    help="print the cameras this machine can open (picamera2, V4L2) and exit")
+    p.add_argument("--trigger-token", metavar="@FILE|env:VAR",
+                   help="a token that lets other programs POST /api/trigger "
+                        "(Authorization: Bearer TOKEN), read from a file or the environment")
     p.add_argument("--trust-proxy", action="store_true",
                    help="behind a reverse proxy: take the client's address and scheme from its "
                         "X-Forwarded-For / X-Real-Ip and X-Forwarded-Proto headers")
@@ -341,6 +359,27 @@ def _source(text: str) -> Secret:
     if not text.strip():
         raise ConfigError("--source: empty (auto, testsrc, a device, a URL or a file)")
     return Secret(text, "the command line")
+
+
+def _trigger_token(text: str) -> Secret:
+    """--trigger-token from `@/path` or `env:VAR` only: a literal would show in the process list,
+    and this flag is new, so no old command line depends on one."""
+    flag = "--trigger-token"
+    if not text.startswith(("@", "env:")):
+        raise ConfigError(f"{flag}: give @/path/to/file or env:VARNAME, not the token itself "
+                          "(every user can read a command line)")
+    try:
+        token = resolve_secret(flag, text)
+    except SecretError as exc:  # its message names the file or variable, never the value
+        raise ConfigError(str(exc)) from None
+    value = token.reveal()
+    if len(value) < TRIGGER_TOKEN_MIN:
+        raise ConfigError(f"{flag}: the token in {token.source} is shorter than "
+                          f"{TRIGGER_TOKEN_MIN} characters")
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ConfigError(f"{flag}: the token in {token.source} must be printable ASCII "
+                          "without spaces (it travels in an HTTP header)")
+    return token
 
 
 def _catalog(catalog: str | None, state: str | None) -> tuple[Path, Path | None]:
@@ -437,6 +476,7 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
                 raise ConfigError(f"{flag}: '{shown}' is not a UTF-8 name, and --emit's messages "
                                   "can only carry UTF-8 paths: rename the directory")
     catalog, state_dir = _catalog(a.catalog, a.state_dir)
+    trigger_token = _trigger_token(a.trigger_token) if a.trigger_token is not None else None
     if not CAMERA_NAME.fullmatch(a.name):
         raise ConfigError(f"--name: {a.name!r} is not a camera name (a-z, 0-9, _ and -, 1..32)")
     title = a.name if a.title is None else a.title
@@ -505,6 +545,10 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         face_match=a.face_match if a.face_match is not None else FACE_MATCH,
         detect_gpio=a.detect_gpio,
         detect_gpio_kind=a.detect_gpio_kind or "motion",
+        trigger_token=trigger_token,
+        # --state-dir's even with --catalog elsewhere (state_dir above is None then).
+        masks_dir=default_state_dir(Path(a.state_dir).absolute() if a.state_dir else None)
+        / "masks",
     )
 
 
@@ -518,24 +562,43 @@ def read_mask(path: str | Path) -> npt.NDArray[np.uint8]:
     motion detector check a mask by the same rules."""
     p = Path(path)
     try:
-        with av.open(str(p)) as container:
-            if not container.streams.video:
-                raise MaskError(f"motion mask {p}: not an image (no picture in it)")
-            frame = next(container.decode(video=0), None)
+        return _decode_mask(str(p), f"motion mask {p}")
     except FileNotFoundError:
         raise MaskError(f"motion mask {p}: no such file") from None
     except IsADirectoryError:
         raise MaskError(f"motion mask {p}: is a directory, not an image") from None
     except PermissionError:
         raise MaskError(f"motion mask {p}: cannot be read (permission denied)") from None
+
+
+def read_mask_bytes(data: bytes, shown: str = "the uploaded mask") -> npt.NDArray[np.uint8]:
+    """A mask sent to the page (a PNG's bytes) by read_mask's rules; MaskError naming `shown`."""
+    if not data:
+        raise MaskError(f"{shown}: empty, not an image")
+    return _decode_mask(io.BytesIO(data), shown)
+
+
+def _decode_mask(source: str | io.BytesIO, shown: str) -> npt.NDArray[np.uint8]:
+    """The first picture of `source` as grey levels; FileNotFoundError and its kin pass."""
+    try:
+        with av.open(source, "r") as container:
+            if not container.streams.video:
+                raise MaskError(f"{shown}: not an image (no picture in it)")
+            ctx = container.streams.video[0].codec_context
+            if max(ctx.width, ctx.height) > MAX_MASK_SIDE:
+                raise MaskError(f"{shown}: {ctx.width}x{ctx.height} is larger than "
+                                f"{MAX_MASK_SIDE} pixels a side")
+            frame = next(container.decode(video=0), None)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
     except (av.FFmpegError, OSError, StopIteration) as e:
         # FFmpeg opens anything its probes recognise; a text file or a truncated PNG lands here.
-        raise MaskError(f"motion mask {p}: not an image ({type(e).__name__})") from None
+        raise MaskError(f"{shown}: not an image ({type(e).__name__})") from None
     if frame is None:
-        raise MaskError(f"motion mask {p}: not an image (no picture in it)")
+        raise MaskError(f"{shown}: not an image (no picture in it)")
     grey = mask_grey(frame)
     if not (grey >= 128).any():
-        raise MaskError(f"motion mask {p}: all black, so nothing would be watched "
+        raise MaskError(f"{shown}: all black, so nothing would be watched "
                         "(white = watch, black = ignore)")
     return grey
 

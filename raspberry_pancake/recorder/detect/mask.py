@@ -6,9 +6,9 @@ import numpy as np
 import numpy.typing as npt
 
 # The file is read by the command line's rules (config.py sits below every stage).
-from raspberry_pancake.recorder.config import MaskError, mask_grey, read_mask
+from raspberry_pancake.recorder.config import MaskError, mask_grey, read_mask, read_mask_bytes
 
-__all__ = ["MaskError", "Watch", "mask_grey", "read_mask", "scale_mask"]
+__all__ = ["MaskError", "Watch", "mask_grey", "read_mask", "read_mask_bytes", "scale_mask"]
 
 Watch = npt.NDArray[np.bool_]
 

@@ -133,13 +133,14 @@ class MotionDetector:
     from the new frame and re-learnt, nothing fires. Changed pixels are counted in 4x4 cells
     (lone pixels are noise), grouped into boxes, and their area compared with the bar.
 
-    Not thread-safe: one detector per camera, called from one thread.
+    Not thread-safe: one detector per camera, called from one thread (check_mask excepted).
     """
 
     def __init__(self, config: MotionConfig | None = None,
                  stats: Mapping[str, Any] | None = None) -> None:
         self.config = config if config is not None else MotionConfig()
-        self._mask = read_mask(self.config.mask) if self.config.mask is not None else None
+        self._mask: npt.NDArray[np.uint8] | None = (read_mask(self.config.mask)
+                                                    if self.config.mask is not None else None)
         s = self.config.sensitivity
         self._k = 5.0 - 0.3 * (s - 1)  # 5.0 deviations at 1 .. 2.3 at 10
         self._floor = 12.0 - s  # grey levels: 11 at 1 .. 2 at 10
@@ -220,28 +221,62 @@ class MotionDetector:
 
     def _setup(self, width: int, height: int) -> None:
         """State for a new input size: the scale, the watched pixels, a fresh background."""
+        watch, factor, scale = self._watch_for(self._mask, width, height)
         self._input = (width, height)
-        self._factor = max(1, round(width / SMALL_WIDTH))
-        sw, sh = width // self._factor, height // self._factor
+        self._factor = factor
+        self._scale = scale
+        self._use(watch)
+        self._bg = None
+        self._dev = np.full(watch.shape, 1.0, np.float32)
+
+    def _use(self, watch: Watch) -> None:
+        self._watch = watch
+        self._weights = watch.astype(np.float32).ravel()
+        self._floors = np.where(watch, np.float32(self._floor), np.float32(1e9))
+        self._watched = int(watch.sum())
+        self._bg_stats = None  # the light is matched over the watched pixels: new ones now
+
+    def _watch_for(self, mask: npt.NDArray[np.uint8] | None, width: int,
+                   height: int) -> tuple[Watch, int, tuple[float, float]]:
+        """The watched small pixels of a width x height input through `mask` (the clock left
+        out), the sampling factor and the input pixels per small pixel. Reads only the frozen
+        config: safe from any thread. MaskError when nothing is left to watch."""
+        factor = max(1, round(width / SMALL_WIDTH))
+        sw, sh = width // factor, height // factor
         if sw < _CELL or sh < _CELL:
             raise ValueError(f"motion: a {width}x{height} picture is too small to analyse")
-        self._scale = (width / sw, height / sh)
-        watch = (scale_mask(self._mask, sw, sh) if self._mask is not None
-                 else np.ones((sh, sw), bool))
-        box = self._stamp_box(width, height)
+        scale = (width / sw, height / sh)
+        watch = scale_mask(mask, sw, sh) if mask is not None else np.ones((sh, sw), bool)
+        box = self._stamp_box(width, height, scale)
         if box is not None:
             x0, y0, x1, y1 = box
             watch[y0:y1, x0:x1] = False
         if not watch.any():
             raise MaskError("motion mask: nothing left to watch once the clock is left out")
-        self._watch = watch
-        self._weights = watch.astype(np.float32).ravel()
-        self._floors = np.where(watch, np.float32(self._floor), np.float32(1e9))
-        self._watched = int(watch.sum())
-        self._bg = None
-        self._dev = np.full((sh, sw), 1.0, np.float32)
+        return watch, factor, scale
 
-    def _stamp_box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
+    def check_mask(self, grey: npt.NDArray[np.uint8], width: int, height: int) -> None:
+        """MaskError (one line) if `grey` would leave nothing to watch in a width x height
+        picture; any thread (set_mask, which is not, then cannot fail on it)."""
+        self._watch_for(grey, width, height)
+
+    def set_mask(self, grey: npt.NDArray[np.uint8] | None) -> None:
+        """Watch through `grey` (mask_grey's levels; None: everything) from the next frame on.
+        The background is kept: every pixel's was learnt, watched or not, so nothing re-learns
+        and a detection that is on goes on or ends as the new mask sees it. MaskError when the
+        mask leaves nothing to watch (the old one stays). The detector's thread only."""
+        if self._input is not None:
+            watch, _, _ = self._watch_for(grey, *self._input)
+            self._use(watch)
+        self._mask = grey
+
+    @property
+    def mask(self) -> npt.NDArray[np.uint8] | None:
+        """The mask's grey levels in use, None when everything is watched."""
+        return self._mask
+
+    def _stamp_box(self, width: int, height: int,
+                   scale: tuple[float, float]) -> tuple[int, int, int, int] | None:
         """The clock's box in small pixels (x0, y0, x1, y1), rounded outwards, or None."""
         th = self.config.stamp_height
         if th <= 0:
@@ -249,11 +284,11 @@ class MotionDetector:
         pw, ph = self.config.stamp_picture or (width, height)
         placed = layout(pw, ph, th)  # the rules the sources draw it by (recorder/stamp.py)
         if placed is not None:
-            form, scale = placed
-            sw, sh = stamp_size(len(time.strftime(form, time.localtime(0))), scale)
+            form, factor = placed
+            sw, sh = stamp_size(len(time.strftime(form, time.localtime(0))), factor)
             # One picture pixel of slack around it, and one small pixel for the block average
             # that smears its edge into the next small pixel.
-            fx, fy = width / pw / self._scale[0], height / ph / self._scale[1]
+            fx, fy = width / pw / scale[0], height / ph / scale[1]
             x1 = math.ceil((MARGIN + sw + 1) * fx) + 1
             y1 = math.ceil((MARGIN + sh + 1) * fy) + 1
             return 0, 0, x1, y1

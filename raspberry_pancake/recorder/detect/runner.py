@@ -121,6 +121,9 @@ class Detector(Stage):
         self._stop_event = stop
         self._wake = threading.Event()  # a trigger or a disarm: look again now
         self._trigger = _Trigger()
+        # Guards _new_mask: set by the page's thread, taken by this one between two frames.
+        self._mask_lock = threading.Lock()
+        self._new_mask: npt.NDArray[np.uint8] | None = None
         self._armed = True
         self.state = False
         self.current: Detection = NOTHING  # what the detection that is on has seen so far
@@ -152,6 +155,39 @@ class Detector(Stage):
         self._trigger.add(label, seconds, time.monotonic())
         self._wake.set()
 
+    def check_mask(self, grey: npt.NDArray[np.uint8]) -> None:
+        """MaskError (one line) when `grey` would leave nothing to watch in the camera's
+        picture; ValueError when there is no motion detector. Any thread."""
+        motion = self._cfg.motion
+        if motion is None:
+            raise ValueError("motion detection is off for this camera (--detect motion)")
+        frame = self._hub.latest()
+        if frame is not None:  # the picture it will see; before the first, it checks itself
+            motion.check_mask(grey, frame.image.width, frame.image.height)
+
+    def set_mask(self, grey: npt.NDArray[np.uint8]) -> None:
+        """The motion detector watches through `grey` (mask_grey's levels) from the next frame
+        on; check_mask's errors first. Any thread: the swap itself happens on this detector's
+        thread, between two frames (MotionDetector is not thread-safe)."""
+        self.check_mask(grey)
+        with self._mask_lock:
+            self._new_mask = grey
+        self._wake.set()
+
+    def _swap_mask(self) -> None:
+        with self._mask_lock:
+            grey, self._new_mask = self._new_mask, None
+        motion = self._cfg.motion
+        if grey is None or motion is None:
+            return
+        try:
+            motion.set_mask(grey)
+        except ValueError as exc:  # checked by set_mask: only a picture that changed size since
+            log.error("motion mask not applied, the old one stays: %s", exc)
+        else:
+            log.info("motion mask applied (%d%% of the picture watched)",
+                     round(100 * float((grey >= 128).mean())))
+
     # -- the thread ----------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -175,6 +211,7 @@ class Detector(Stage):
         due = time.monotonic()
         while not self._stop_event.is_set():
             self._wake.clear()
+            self._swap_mask()
             frame: Frame | None = None
             if self._armed and self._frames:
                 frame = self._hub.wait_newer(seq, timeout=0.5)
@@ -330,14 +367,7 @@ def build_checks(cfg: RecorderConfig,
     checks: list[Check] = []
     motion: MotionDetector | None = None
     if "motion" in cfg.detectors:
-        try:
-            motion = MotionDetector(MotionConfig(
-                sensitivity=cfg.motion_sensitivity, min_area=cfg.motion_min_area,
-                min_duration=cfg.motion_min_duration, mask=cfg.motion_mask,
-                # The frames it sees are the ones the clock was burned into.
-                stamp_height=cfg.annotate_text_size))
-        except ValueError as exc:  # MaskError among them: the file changed since parse
-            raise ConfigError(f"--detect motion: {exc}") from None
+        motion = _motion(cfg)
         # The luma plane straight from the frame, every few pixels: cheaper than any scaler.
         checks.append(Check("motion", _motion_check(motion), True))
     if cfg.detect is not None and cfg.detect_fn is not None:
@@ -355,6 +385,39 @@ def build_checks(cfg: RecorderConfig,
     if "faces" in cfg.detectors:
         checks.append(_faces(cfg, pictures, "motion" if motion is not None else None))
     return checks, motion
+
+
+def _motion(cfg: RecorderConfig) -> MotionDetector:
+    """The motion detector, with the mask saved from the page when there is one (it replaces
+    --motion-mask: the page's is the newer word), else --motion-mask's."""
+    def made(mask: Path | None) -> MotionDetector:
+        return MotionDetector(MotionConfig(
+            sensitivity=cfg.motion_sensitivity, min_area=cfg.motion_min_area,
+            min_duration=cfg.motion_min_duration, mask=mask,
+            # The frames it sees are the ones the clock was burned into.
+            stamp_height=cfg.annotate_text_size))
+
+    stored = cfg.stored_mask
+    try:
+        saved = stored is not None and stored.is_file()
+    except OSError:  # a state directory we may not look into: as if none were saved
+        saved = False
+    if stored is not None and saved:
+        instead = (f", instead of --motion-mask {cfg.motion_mask}"
+                   if cfg.motion_mask is not None else "")
+        try:
+            motion = made(stored)
+        except ValueError as exc:  # MaskError: damaged since; the flag's mask still works
+            log.warning("camera %s: the motion mask saved from the page is not used (%s)%s",
+                        cfg.name, exc, "; --motion-mask instead" if instead else "")
+        else:
+            log.info("camera %s: motion mask %s, saved from the page%s", cfg.name, stored,
+                     instead)
+            return motion
+    try:
+        return made(cfg.motion_mask)
+    except ValueError as exc:  # MaskError among them: the file changed since parse
+        raise ConfigError(f"--detect motion: {exc}") from None
 
 
 def _motion_check(motion: MotionDetector) -> Callable[[Frame | None], Any]:

@@ -21,6 +21,12 @@ import tornado.web
 from raspberry_pancake.recorder.config import ConfigError, RecorderConfig
 from raspberry_pancake.recorder.state import RecorderState
 from raspberry_pancake.recorder.web import auth
+from raspberry_pancake.recorder.web.control import (
+    MaskHandler,
+    MaskPage,
+    SnapshotHandler,
+    TriggerHandler,
+)
 from raspberry_pancake.recorder.web.handlers import (
     CameraHandler,
     HealthHandler,
@@ -122,6 +128,10 @@ def make_app(state: RecorderState, live: Live, login: Login | None, tls: bool,
             (r"/status", StatusHandler, deps),
             (r"/api/health", HealthHandler, deps),
             (r"/api/cameras/([a-z0-9_-]{1,32})", CameraHandler, deps),
+            (r"/api/trigger", TriggerHandler, deps),
+            (r"/mask", MaskPage, deps),
+            (r"/api/cameras/([a-z0-9_-]{1,32})/snapshot\.jpg", SnapshotHandler, deps),
+            (r"/api/cameras/([a-z0-9_-]{1,32})/mask\.png", MaskHandler, deps),
             (r"/websocket", LiveSocket, deps),
             *(routes(review, login, tls) if review is not None else []),
         ],
