@@ -284,6 +284,16 @@ def test_revocations_are_shared_by_pancakes_on_one_state_directory(tmp_path: Pat
     assert "session-three" not in a
 
 
+def test_logouts_are_kept_in_the_state_dir_even_with_the_catalog_elsewhere(
+        tmp_path: Path) -> None:
+    state, elsewhere = tmp_path / "state", tmp_path / "db"
+    elsewhere.mkdir()
+    cfg = recorder_config.parse(["--source", "testsrc", "--catalog", str(elsewhere / "p.db"),
+                                 "--state-dir", str(state)])
+    assert web._revocations(cfg).path.parent == state
+    assert cfg.masks_dir == state / "masks"
+
+
 # --- XSRF, origin, passwords ---------------------------------------------------------------
 
 

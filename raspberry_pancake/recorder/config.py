@@ -121,6 +121,9 @@ class RecorderConfig:
     trigger_token: Secret | None = None
     # Where the page's masks are kept (DESIGN.md "State"), masks/ in the state directory.
     masks_dir: Path | None = None
+    # The state directory itself (--state-dir, else the default), --catalog or not: the
+    # logouts, the masks. None only in configs made by hand (tests).
+    state_home: Path | None = None
 
     @property
     def stored_mask(self) -> Path | None:
@@ -547,8 +550,9 @@ def parse(argv: Sequence[str] | None = None) -> RecorderConfig:
         detect_gpio_kind=a.detect_gpio_kind or "motion",
         trigger_token=trigger_token,
         # --state-dir's even with --catalog elsewhere (state_dir above is None then).
-        masks_dir=default_state_dir(Path(a.state_dir).absolute() if a.state_dir else None)
-        / "masks",
+        state_home=(home := default_state_dir(Path(a.state_dir).absolute()
+                                              if a.state_dir else None)),
+        masks_dir=home / "masks",
     )
 
 

@@ -66,8 +66,8 @@ def prepare(cfg: RecorderConfig) -> None:
 
 def _revocations(cfg: RecorderConfig) -> auth.Revocations:
     """Where logouts are kept: the state directory (DESIGN.md "State"), --state-dir's when
-    given (with --catalog elsewhere, the default one)."""
-    return auth.Revocations(cfg.state_dir or state_dir())
+    given, with --catalog elsewhere or not."""
+    return auth.Revocations(cfg.state_home or cfg.state_dir or state_dir())
 
 
 def _is_loopback(address: str) -> bool:
