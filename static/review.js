@@ -22,6 +22,10 @@ function post(url, fields) {
   return api(url, { method: "POST", body: data });
 }
 
+function del(url) {
+  return api(url, { method: "DELETE", headers: { "X-XSRFToken": xsrf() } });
+}
+
 function el(tag, cls, text) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
@@ -62,7 +66,7 @@ function eventsPage() {
   const url = new URLSearchParams(location.search);
   const camera = $("camera"), q = $("q"), day = $("day");
   fillCameras(camera, url.get("camera") || "");
-  q.value = url.get("q") || "";
+  q.value = url.get("label") || url.get("q") || "";
   day.value = url.get("day") || "";
   let next = null, loading = false, generation = 0;
   const list = $("events");
@@ -101,7 +105,7 @@ function eventsPage() {
     const mine = reset ? ++generation : generation;
     loading = true;
     if (reset) { list.textContent = ""; next = null; }
-    const params = { camera: camera.value, q: q.value.trim(), day: day.value };
+    const params = { camera: camera.value, label: q.value.trim(), day: day.value };
     setQuery(params);
     if (!reset && next) params.before = next;
     try {
@@ -150,7 +154,7 @@ function eventsPage() {
   dialog.addEventListener("cancel", (e) => { e.preventDefault(); close(); });
   $("p-keep").addEventListener("click", async () => {
     const { ev } = current;
-    const body = await post("/api/recordings/" + ev.clip + "/keep", { kept: ev.kept ? "0" : "1" });
+    const body = await post("/api/events/" + ev.id + "/keep", { kept: ev.kept ? "0" : "1" });
     ev.kept = body.kept;
     $("p-keep").textContent = ev.kept ? "Release" : "Keep";
     current.node.replaceWith(current.node = card(ev));
@@ -159,7 +163,7 @@ function eventsPage() {
     const { ev, node } = current;
     if (!confirm("Delete this event's clip and snapshots? This cannot be undone.")) return;
     try {
-      await post("/api/events/" + ev.id + "/delete");
+      await del("/api/events/" + ev.id);
       node.remove();
       close();
     } catch (err) {
@@ -252,7 +256,7 @@ function recordingsPage() {
 
   async function load() {
     setQuery({ camera: camera.value, day: day.value });
-    data = await api("/api/day?" + new URLSearchParams({ camera: camera.value, day: day.value }));
+    data = await api("/api/recordings?" + new URLSearchParams({ camera: camera.value, day: day.value }));
     if (!camera.value && data.camera) {
       for (const o of camera.options) o.selected = o.value === data.camera;
     }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,7 +79,8 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
     # Nothing without the session: pages go to the login, data and media are refused.
     status, headers, _ = raw(port, "/events")
     assert status == 302 and headers["location"].startswith("/login"), (status, headers)
-    for path in ("/api/events", "/api/day", "/api/log", "/media/r1.mp4", "/media/e1.jpg"):
+    for path in ("/api/events", "/api/events/1", "/api/recordings", "/api/log",
+                 "/media/r1.mp4", "/media/e1.jpg"):
         assert raw(port, path)[0] == 401, path
 
     # Wait for both events' clips to be finished (each edge's pre/post roll) in the catalog.
@@ -139,11 +142,20 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
                 "/media/r1.h264", "/media/x.mp4", "/media/cut.mp4?camera=cam&from=1&to=0"):
         assert api.get(base + bad).status == 404, bad
 
-    # Filters: a day with nothing, a word nobody said.
+    # Filters: a day with nothing, a word nobody said, a page of one; one event by id.
     assert api.get(base + "/api/events?day=2001-01-01").json()["events"] == []
-    assert api.get(base + "/api/events?q=nobody").json()["events"] == []
-    assert len(api.get(base + "/api/events?q=detection").json()["events"]) == 2
-    assert api.get(base + "/api/events?day=tomorrow").status == 400
+    assert api.get(base + "/api/events?label=nobody").json()["events"] == []
+    assert len(api.get(base + "/api/events?label=Detection").json()["events"]) == 2
+    one = api.get(base + "/api/events?limit=1").json()
+    assert [e["id"] for e in one["events"]] == [newest["id"]] and one["next"]
+    rest = api.get(base + "/api/events?limit=1&before=" + one["next"]).json()
+    assert [e["id"] for e in rest["events"]] == [oldest["id"]]
+    assert api.get(base + f"/api/events/{oldest['id']}").json() == oldest
+    assert api.get(base + "/api/events/999999").status == 404
+    for bad in ("day=tomorrow", "limit=0", "before=x"):
+        assert api.get(base + "/api/events?" + bad).status == 400, bad
+    # A change without the page's XSRF token is refused.
+    assert api.delete(base + f"/api/events/{oldest['id']}").status == 403
 
     # The page shows both cards; opening one plays its clip with the snapshot as the poster.
     page.wait_for_selector(".card")
@@ -204,7 +216,7 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
 
     # The day: the continuous recordings on the timeline, events marked; a click plays from
     # that moment; the player goes on into the next segment by itself.
-    day = api.get(base + "/api/day").json()
+    day = api.get(base + "/api/recordings").json()
     recs = [r for r in day["recordings"] if r["kind"] == "continuous"]
     assert len(recs) >= 2, day
     assert all(day["start"] <= r["end"] and r["start"] < day["end"] for r in recs)
@@ -244,5 +256,11 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
     assert 28 <= frames <= 42, frames
     assert errors == [], errors
     context.close()
+
+    # The kept clip survives retention that would delete every clip (the catalog says kept).
+    subprocess.run([sys.executable, str(ROOT / "util" / "limit_files_by_number.py"),
+                    str(clip_dir), "0", "--catalog", str(db)], check=True, cwd=tmp_path,
+                   capture_output=True, timeout=60)
+    assert Path(rec.path).exists() and Path(rec.path).with_suffix(".jpg").exists()
     rc, _ = daemon.stop()
     assert rc == 0 and "Traceback" not in daemon.log(), daemon.log()

@@ -903,18 +903,23 @@ class Catalog:
 
     def event_views(self, camera: str | None = None, word: str | None = None,
                     t0: float | None = None, t1: float | None = None,
-                    before: tuple[float, int] | None = None, limit: int = 50) -> list[EventView]:
+                    before: tuple[float, int] | None = None, limit: int = 50,
+                    ident: int | None = None) -> list[EventView]:
         """Events newest first, each with its clip's state: of one camera, with a label or
-        name (`word`), rising in [t0, t1), and older than `before` (rise, id: the last row of
-        the previous page)."""
+        name (`word`, any case), rising in [t0, t1), older than `before` (rise, id: the last
+        row of the previous page), or the one event `ident`."""
         where: list[str] = ["1"]
         params: list[Any] = []
+        if ident is not None:
+            where.append("e.id = ?")
+            params.append(ident)
         if camera is not None:
             where.append("e.camera = ?")
             params.append(camera)
         if word is not None:
-            where.append("(EXISTS (SELECT 1 FROM json_each(e.labels) WHERE value = ?) OR "
-                         "EXISTS (SELECT 1 FROM json_each(e.names) WHERE value = ?))")
+            where.append("(EXISTS (SELECT 1 FROM json_each(e.labels) WHERE lower(value) = "
+                         "lower(?)) OR EXISTS (SELECT 1 FROM json_each(e.names) WHERE "
+                         "lower(value) = lower(?)))")
             params += [word, word]
         if t0 is not None:
             where.append("e.rise >= ?")

@@ -33,6 +33,7 @@ _limit = RateLimiter()
 T = TypeVar("T")
 
 PAGE = 50  # events per page of the list
+MAX_PAGE = 200
 LOG_LINES = 1000
 CHUNK = 256 * 1024
 # A cut longer than this is refused: a day in one file is what the segments are for.
@@ -139,12 +140,16 @@ class Review:
 
     # ---- changes
 
-    def keep(self, rid: int, kept: bool) -> bool:
+    def keep_event(self, eid: int, kept: bool) -> str:
+        """Keep (or release) the event's clip; "" when done, else why not."""
         c = self.catalog()
-        if c.recording(rid) is None:
-            return False
-        c.set_kept(rid, kept)
-        return True
+        event = c.event(eid)
+        if event is None:
+            return "no such event"
+        if event.clip is None:
+            return "the event has no clip of its own"
+        c.set_kept(event.clip, kept)
+        return ""
 
     def delete_event(self, eid: int) -> str:
         """Remove the event's clip (h264, sidecar, mp4) and snapshots; "" when done, else why
@@ -277,16 +282,20 @@ class ReviewPage(ReviewBase):
 
 
 class EventsApi(ReviewBase):
-    """GET /api/events?camera=&q=&day=YYYY-MM-DD&before=RISE:ID → a page of events."""
+    """GET /api/events?camera=&label=&day=YYYY-MM-DD&before=RISE:ID&limit=N → a page of
+    events, newest first (`q` is `label`'s other name: a label or a name, any case)."""
 
     async def get(self) -> None:
         if self.refuse():
             return
         camera = self.get_argument("camera", "") or None
-        word = self.get_argument("q", "").strip().lower() or None
+        word = (self.get_argument("label", "") or self.get_argument("q", "")).strip() or None
         t0 = t1 = None
         before = None
         try:
+            limit = int(self.get_argument("limit", str(PAGE)))
+            if not 1 <= limit <= MAX_PAGE:
+                raise ValueError(limit)
             if self.get_argument("day", ""):
                 t0, t1, _ = day_bounds(self.get_argument("day"))
             if self.get_argument("before", ""):
@@ -294,19 +303,50 @@ class EventsApi(ReviewBase):
                 before = (float(rise), int(eid))
         except ValueError:
             self.set_status(400)
-            self.finish({"error": "day is YYYY-MM-DD, before is RISE:ID"})
+            self.finish({"error": f"day is YYYY-MM-DD, before is RISE:ID, limit 1..{MAX_PAGE}"})
             return
         views = await self.catalog_call(lambda: self.review.catalog().event_views(
-            camera, word, t0, t1, before, PAGE))
+            camera, word, t0, t1, before, limit))
         if views is None:
             return
-        last = views[-1].event if len(views) == PAGE else None
+        last = views[-1].event if len(views) == limit else None
         self.finish({"events": [_event_json(v) for v in views],
                      "next": f"{last.rise!r}:{last.id}" if last else None})
 
 
+class EventApi(ReviewBase):
+    """GET /api/events/ID: one event; DELETE /api/events/ID (XSRF token): remove its clip,
+    snapshots and row."""
+
+    async def get(self, eid: str) -> None:
+        if self.refuse():
+            return
+        views = await self.catalog_call(lambda: self.review.catalog().event_views(
+            ident=int(eid), limit=1))
+        if views is None:
+            return
+        if not views:
+            self.set_status(404)
+            self.finish({"error": "no such event"})
+            return
+        self.finish(_event_json(views[0]))
+
+    async def delete(self, eid: str) -> None:
+        if self.refuse():
+            return
+        why = await self.catalog_call(lambda: self.review.delete_event(int(eid)))
+        if why is None:  # the catalog could not be read: answered
+            return
+        if why:
+            self.set_status(404 if why == "no such event" else 409)
+            self.finish({"error": why})
+            return
+        self.finish({"deleted": int(eid)})
+
+
 class DayApi(ReviewBase):
-    """GET /api/day?camera=&day=YYYY-MM-DD → the day's recordings and events of a camera."""
+    """GET /api/recordings?camera=&day=YYYY-MM-DD → a camera's recordings and events of that
+    day (today when omitted; the first camera the catalog knows when `camera` is not one)."""
 
     async def get(self) -> None:
         if self.refuse():
@@ -351,34 +391,21 @@ class LogApi(ReviewBase):
 
 
 class KeepApi(ReviewBase):
-    """POST /api/recordings/ID/keep (kept=1|0): protect a recording from every retention rule."""
-
-    async def post(self, rid: str) -> None:
-        if self.refuse():
-            return
-        kept = self.get_argument("kept", "1") not in ("0", "false", "")
-        done = await self.catalog_call(lambda: self.review.keep(int(rid), kept))
-        if done is None:
-            return
-        if not done:
-            self.set_status(404)
-        self.finish({"kept": kept} if done else {"error": "no such recording"})
-
-
-class DeleteApi(ReviewBase):
-    """POST /api/events/ID/delete: remove the event's clip and snapshots."""
+    """POST /api/events/ID/keep (kept=1|0, XSRF token): protect the event's clip from every
+    retention rule, or release it."""
 
     async def post(self, eid: str) -> None:
         if self.refuse():
             return
-        why = await self.catalog_call(lambda: self.review.delete_event(int(eid)))
-        if why is None:  # the catalog could not be read: answered
+        kept = self.get_argument("kept", "1") not in ("0", "false", "")
+        done = await self.catalog_call(lambda: self.review.keep_event(int(eid), kept))
+        if done is None:
             return
-        if why:
-            self.set_status(404 if why == "no such event" else 409)
-            self.finish({"error": why})
+        if done:
+            self.set_status(404 if done == "no such event" else 409)
+            self.finish({"error": done})
             return
-        self.finish({"deleted": int(eid)})
+        self.finish({"kept": kept})
 
 
 class MediaHandler(ReviewBase):
@@ -491,9 +518,9 @@ def routes(review: Review, login: Login | None, tls: bool) -> list[tuple[str, ty
         (r"/events", ReviewPage, {**deps, "template": "events.html"}),
         (r"/recordings", ReviewPage, {**deps, "template": "recordings.html"}),
         (r"/api/events", EventsApi, deps),
-        (r"/api/day", DayApi, deps),
+        (r"/api/events/(\d{1,12})", EventApi, deps),
+        (r"/api/events/(\d{1,12})/keep", KeepApi, deps),
+        (r"/api/recordings", DayApi, deps),
         (r"/api/log", LogApi, deps),
-        (r"/api/recordings/(\d{1,12})/keep", KeepApi, deps),
-        (r"/api/events/(\d{1,12})/delete", DeleteApi, deps),
         (r"/media/([A-Za-z0-9._-]{1,40})", MediaHandler, deps),
     ]
