@@ -1,5 +1,4 @@
-"""Live view: frame age at the client (loopback, and read at 2 Mbit/s beside a push MJPEG
-stream of the same frames), and pancake's CPU with two viewers against one."""
+"""Live view: frame age (loopback, 2 Mbit/s, beside push MJPEG), CPU per viewer, JPEG against H.264."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +28,10 @@ WIDTH, HEIGHT, FPS, MAX_STREAM_FPS = 1280, 720, 25, 10
 THROTTLE_BPS = 2_000_000
 SMALL_RCVBUF = 16 * 1024
 RUN_A, RUN_B, RUN_CPU = 15.0, 20.0, 8.0
+# (d) JPEG against H.264: a recording camera (the H.264 exists anyway) at 720p and 10 fps, so
+# both viewers get the same 10 pictures a second.
+H264_FPS = 10
+RUN_SLOW = 20.0
 HEADER = struct.Struct("!Qdff")  # web/handlers.py's HEADER: seq, capture wall, age at send, hold
 ACK = b"read_frame"
 
@@ -95,11 +99,13 @@ class Viewer:
     ages: list[tuple[float, float]] = field(default_factory=list)  # (time.time(), age s)
     stop: threading.Event = field(default_factory=threading.Event)
     on_frame: object = None
+    path: str = "/websocket"  # "/websocket?codec=h264": H.264 access units
+    received: int = 0  # bytes of binary messages (header + picture)
 
     def run(self) -> None:
         sock = connect(self.port, self.rcvbuf)
         key = base64.b64encode(os.urandom(16)).decode()
-        sock.sendall((f"GET /websocket HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
+        sock.sendall((f"GET {self.path} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
                       "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                       f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
         r = ThrottledSocket(sock, self.bps)
@@ -114,6 +120,7 @@ class Viewer:
                     return
                 if opcode != 2:
                     continue  # status text
+                self.received += len(payload)
                 _seq, wall, _age, _hold = HEADER.unpack_from(payload)
                 now = time.time()
                 self.ages.append((now, now - wall))
@@ -237,6 +244,101 @@ def after_warmup(ages: list[tuple[float, float]], t0: float) -> list[float]:
     return [a for at, a in ages if at >= t0 + 1.0]
 
 
+def start_pancake(port: int, log: Path, extra: list[str]) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, str(ROOT / "pancake.py"), "--source", "testsrc", "--port", str(port),
+            "--bind", "127.0.0.1", "--resolution", str(WIDTH), str(HEIGHT), *extra]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection((HOST, port), 0.5).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit(f"pancake did not start; see {log}") from None
+            time.sleep(0.1)
+
+
+def stop_pancake(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+H264_PATH = "/websocket?codec=h264"
+
+
+def jpeg_vs_h264() -> list[tuple[str, str, str]]:
+    """(d): one pancake recording 720p at 10 fps; CPU and bytes a second with one JPEG viewer,
+    one H.264 viewer and two H.264 viewers, runs alternated; then H.264 read at 2 Mbit/s."""
+    port = free_port()
+    log = ROOT / "bench" / "out" / "bench_live-h264-pancake.log"
+    with tempfile.TemporaryDirectory(prefix="bench-live-") as rec:
+        proc = start_pancake(port, log, ["--fps", str(H264_FPS), "--max-stream-fps",
+                                         str(H264_FPS), "--record-continuous", rec])
+        try:
+            time.sleep(2.0)
+            cpu: dict[str, list[float]] = {"none": [], "jpeg": [], "h264": [], "h264x2": []}
+            rate: dict[str, list[float]] = {k: [] for k in cpu}
+            fps: dict[str, list[float]] = {k: [] for k in cpu}
+            kinds = {"none": [], "jpeg": ["/websocket"], "h264": [H264_PATH],
+                     "h264x2": [H264_PATH, H264_PATH]}
+            for kind in ("none", "jpeg", "h264", "h264x2", "jpeg", "h264", "h264x2"):
+                viewers = [Viewer(port, path=path) for path in kinds[kind]]
+                time.sleep(0.5)
+                c0, w0 = cpu_seconds(proc.pid), time.monotonic()
+                run_viewers(viewers, RUN_CPU) if viewers else time.sleep(RUN_CPU)
+                wall = time.monotonic() - w0
+                cpu[kind].append((cpu_seconds(proc.pid) - c0) / wall)
+                if viewers:
+                    rate[kind].append(viewers[0].received / wall)
+                    fps[kind].append(len(viewers[0].ages) / wall)
+            slow = Viewer(port, bps=THROTTLE_BPS, rcvbuf=SMALL_RCVBUF, path=H264_PATH)
+            t0 = time.time()
+            run_viewers([slow], RUN_SLOW)
+            slow_ages = after_warmup(slow.ages, t0)
+            loop = Viewer(port, path=H264_PATH)
+            t1 = time.time()
+            run_viewers([loop], RUN_CPU)
+            loop_ages = after_warmup(loop.ages, t1)
+        finally:
+            stop_pancake(proc)
+    m = {k: statistics.mean(v) if v else 0.0 for k, v in cpu.items()}
+    b = {k: statistics.mean(v) if v else 0.0 for k, v in rate.items()}
+    f = {k: statistics.mean(v) if v else 0.0 for k, v in fps.items()}
+    early = [a for at, a in slow.ages if t0 + 1 <= at < t0 + 6]
+    late = [a for at, a in slow.ages if at >= t0 + RUN_SLOW - 5]
+    print(f"(d) CPU none {m['none'] * 100:.1f} %, JPEG {m['jpeg'] * 100:.1f} %, H.264 "
+          f"{m['h264'] * 100:.1f} %, 2 H.264 {m['h264x2'] * 100:.1f} %; bytes/s JPEG "
+          f"{b['jpeg'] / 1024:.0f} KiB, H.264 {b['h264'] / 1024:.0f} KiB; 2 Mbit/s H.264 p95 "
+          f"{pct(slow_ages, 95) * 1000:.0f} ms", flush=True)
+    interval_ms = 1000 / H264_FPS
+    return [
+        ("(d) pancake CPU, no viewer (recording)", f"{m['none'] * 100:.1f} %", ""),
+        ("(d) pancake CPU, 1 JPEG viewer", f"{m['jpeg'] * 100:.1f} %", ""),
+        ("(d) pancake CPU, 1 H.264 viewer", f"{m['h264'] * 100:.1f} %", ""),
+        ("(d) pancake CPU, 2 H.264 viewers", f"{m['h264x2'] * 100:.1f} %", ""),
+        ("(d) CPU, 1 H.264 viewer ÷ 1 JPEG viewer", f"{m['h264'] / m['jpeg']:.3f}", "≤ 0.7"),
+        ("(d) CPU, 2 H.264 viewers ÷ 1", f"{m['h264x2'] / m['h264']:.3f}", "≤ 1.02"),
+        ("(d) frames a second, JPEG / H.264 viewer", f"{f['jpeg']:.1f} / {f['h264']:.1f}", ""),
+        ("(d) bytes a second to the JPEG viewer", f"{b['jpeg'] / 1024:.0f} KiB", ""),
+        ("(d) bytes a second to the H.264 viewer", f"{b['h264'] / 1024:.0f} KiB", ""),
+        ("(d) bytes a second, H.264 ÷ JPEG", f"{b['h264'] / b['jpeg']:.3f}", "≤ 0.5"),
+        ("(d) H.264 loopback: frame age p95", f"{pct(loop_ages, 95) * 1000:.0f} ms",
+         f"≤ {interval_ms + 40:.0f} ms (1 frame interval + 40 ms)"),
+        ("(d) H.264 at 2 Mbit/s: frame age p95", f"{pct(slow_ages, 95) * 1000:.0f} ms",
+         "≤ 1200 ms"),
+        ("(d) H.264 at 2 Mbit/s: median age, first 5 s / last 5 s",
+         f"{statistics.median(early) * 1000:.0f} / {statistics.median(late) * 1000:.0f} ms",
+         "not growing"),
+        ("(d) H.264 at 2 Mbit/s: frames a second", f"{len(slow_ages) / (RUN_SLOW - 1):.1f}", ""),
+    ]
+
+
 def main() -> int:
     port = free_port()
     log = ROOT / "bench" / "out" / "bench_live-pancake.log"
@@ -317,6 +419,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
 
+    h264_rows = jpeg_vs_h264()
     interval_ms = 1000 / MAX_STREAM_FPS
     body = (
         f"pancake.py --source testsrc --resolution {WIDTH} {HEIGHT} --fps {FPS} "
@@ -351,6 +454,12 @@ def main() -> int:
             ("(c) pancake CPU, 2 viewers", f"{two * 100:.1f} %", ""),
             ("(c) CPU 2 viewers ÷ 1 viewer", f"{two / one:.3f}", "≤ 1.05"),
         ])
+        + f"\n\n(d) JPEG against H.264 (/websocket?codec=h264): a second pancake, recording "
+        f"(--record-continuous, so its encoder runs either way), {WIDTH}x{HEIGHT} at "
+        f"{H264_FPS} fps with --max-stream-fps {H264_FPS}, so both viewers get every frame; "
+        f"runs alternated, each {RUN_CPU:g} s, twice. Bytes: the websocket binary messages "
+        f"(header + picture). H.264 at 2 Mbit/s: one viewer read as in (b), {RUN_SLOW:g} s.\n\n"
+        + table(h264_rows)
     )
     write_section("live", "Live view (pancake.py web page)", body)
     return 0

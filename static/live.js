@@ -1,8 +1,13 @@
-// Pancake live view: each tile shows a JPEG, then acks with "read_frame" (protocol: recorder/web/handlers.py).
+// Pancake live view: each tile shows a picture (H.264 or JPEG), then acks with "read_frame" (protocol: recorder/web/handlers.py).
 "use strict";
 
 (function () {
   const HEADER_BYTES = 24; // u64 seq, f64 capture wall, f32 age at send, f32 hold
+  const H264 = window.PancakeH264; // static/fmp4.js
+  const PATH_NAMES = { webcodecs: "H.264 (WebCodecs)", mse: "H.264 (MSE)", jpeg: "JPEG" };
+  // Units the decoder may hold before we stop acking: a slow device then skips to the next
+  // IDR (the server's doing) instead of showing ever older pictures.
+  const BACKLOG = 2;
   const ACK = "read_frame";
   const LOGGED_OUT = 1008; // close code: recorder/web/live.py LOGGED_OUT
   // A stall (no frame for STALE_MS after asking) is met first by asking again — an ack is
@@ -34,6 +39,249 @@
     return `${Math.round(seconds / 3600)} h`;
   }
 
+  function mseClass() {
+    return window.ManagedMediaSource || window.MediaSource || null;
+  }
+
+  // The best path this browser has: WebCodecs (a secure context only: HTTPS or localhost),
+  // else MSE, else JPEG. ?codec=jpeg or ?codec=mse forces one (tests, a misbehaving browser).
+  function pickPath() {
+    const forced = new URLSearchParams(location.search).get("codec");
+    if (forced === "jpeg" || !H264) return "jpeg";
+    const webcodecs = window.isSecureContext && typeof window.VideoDecoder === "function" &&
+      typeof window.EncodedVideoChunk === "function";
+    if (forced !== "mse" && webcodecs) return "webcodecs";
+    if (mseClass()) return "mse";
+    return "jpeg";
+  }
+
+  // The next path to try when `path` fails in this browser.
+  function fallback(path) {
+    if (path === "webcodecs" && mseClass()) return "mse";
+    return "jpeg";
+  }
+
+  // WebCodecs: Annex B units straight into a VideoDecoder, each picture drawn on a canvas.
+  // `shown(meta)` is called as each picture is drawn; `fail(why)` when this path cannot work.
+  function WebCodecsPlayer(canvas, shown, fail) {
+    const ctx = canvas.getContext("2d");
+    let decoder = null;
+    let codec = "";
+    let needKey = true;
+    let failures = 0;
+    const pending = new Map(); // chunk timestamp (the unit's seq) -> meta
+
+    function output(frame) {
+      const meta = pending.get(frame.timestamp);
+      pending.delete(frame.timestamp);
+      if (canvas.width !== frame.displayWidth || canvas.height !== frame.displayHeight) {
+        canvas.width = frame.displayWidth;
+        canvas.height = frame.displayHeight;
+      }
+      ctx.drawImage(frame, 0, 0);
+      frame.close();
+      failures = 0;
+      if (meta) shown(meta);
+    }
+
+    function error(e) {
+      decoder = null;
+      needKey = true;
+      pending.clear();
+      failures += 1;
+      if (failures >= 3) fail(`decoder: ${e && e.message ? e.message : e}`);
+    }
+
+    function feed(bytes, meta) {
+      const unit = H264.inspect(bytes);
+      if (needKey && !unit.idr) return;
+      try {
+        if (unit.idr && unit.sps) {
+          const c = H264.codecString(unit.sps);
+          if (!decoder || decoder.state === "closed" || c !== codec) {
+            if (decoder && decoder.state !== "closed") decoder.close();
+            try {
+              decoder = new VideoDecoder({ output, error });
+              // No description: the units stay Annex B, SPS/PPS in band before each IDR.
+              decoder.configure({ codec: c, optimizeForLatency: true });
+            } catch (e) {
+              // Refused outright (this codec, this browser): no use trying the next IDR.
+              decoder = null;
+              fail(`decoder: ${e && e.message ? e.message : e}`);
+              return;
+            }
+            codec = c;
+          }
+        }
+        if (!decoder) return;
+        pending.set(meta.seq, meta);
+        decoder.decode(new EncodedVideoChunk({ type: unit.idr ? "key" : "delta", timestamp: meta.seq, data: bytes }));
+        needKey = false;
+      } catch (e) {
+        error(e);
+      }
+    }
+
+    return {
+      feed,
+      backlog: () => (decoder ? decoder.decodeQueueSize : 0),
+      reset() { needKey = true; pending.clear(); },
+      close() { if (decoder && decoder.state !== "closed") decoder.close(); decoder = null; },
+    };
+  }
+
+  // Media Source Extensions: each unit packed as one fragment of MP4 (static/fmp4.js), played
+  // by a muted <video> kept at the live edge.
+  function MsePlayer(video, shown, fail, drained) {
+    const MS = mseClass();
+    let source = null;
+    let buffer = null;
+    let codec = "";
+    let needKey = true;
+    let queue = [];
+    let sequence = 0;
+    let dts = 0;
+    let lastWall = null;
+    let duration = H264.TIMESCALE / 15;
+    let url = null;
+    let metas = []; // {start (s), meta}, in order, for the pictures shown
+    let pruneAt = 0;
+
+    function open(init) {
+      close();
+      codec = init.codec;
+      const mime = `video/mp4; codecs="${codec}"`;
+      if (!MS.isTypeSupported(mime)) { fail(`${mime} not supported`); return; }
+      source = new MS();
+      video.disableRemotePlayback = true; // ManagedMediaSource requires it (Safari)
+      video.muted = true;
+      video.playsInline = true;
+      url = URL.createObjectURL(source);
+      video.src = url;
+      queue = [init.bytes];
+      dts = 0;
+      metas = [];
+      lastWall = null;
+      source.addEventListener("sourceopen", () => {
+        try {
+          buffer = source.addSourceBuffer(mime);
+          buffer.mode = "segments";
+          buffer.addEventListener("updateend", pump);
+          buffer.addEventListener("error", () => close());
+          pump();
+        } catch (e) {
+          fail(`MSE: ${e.message || e}`);
+        }
+      }, { once: true });
+    }
+
+    function pump() {
+      if (!buffer || buffer.updating) return;
+      if (!queue.length) { drained(); return; }
+      try {
+        buffer.appendBuffer(queue.shift());
+      } catch (e) {
+        // QuotaExceededError or a closed source: a new source at the next IDR.
+        close();
+        return;
+      }
+      keepLive();
+    }
+
+    function keepLive() {
+      const b = video.buffered;
+      if (!b.length) return;
+      const end = b.end(b.length - 1);
+      // Behind by more than a few frames (a tab in the background, a stall): jump to the edge.
+      const behind = end - video.currentTime;
+      if (behind > Math.max(0.5, 4 * duration / H264.TIMESCALE)) {
+        video.currentTime = Math.max(b.start(b.length - 1), end - 0.05);
+      }
+      // A little behind: play a little faster until at the edge (a live view, not a film).
+      video.playbackRate = behind > 0.1 + duration / H264.TIMESCALE ? 1.25 : 1;
+      if (video.paused) video.play().catch(() => {});
+      // Keep about 10 s buffered: a live page may stay open for days.
+      const now = performance.now();
+      if (now > pruneAt && video.currentTime > 15 && !buffer.updating) {
+        pruneAt = now + 10000;
+        try { buffer.remove(0, video.currentTime - 10); } catch (e) { /* next time */ }
+      }
+    }
+
+    function feed(bytes, meta) {
+      const unit = H264.inspect(bytes);
+      if (needKey && !unit.idr) return;
+      try {
+        if (unit.idr && unit.sps && unit.pps && (!source || H264.codecString(unit.sps) !== codec)) {
+          open(H264.initSegment(unit.sps, unit.pps));
+          if (!source) return;
+        }
+        if (!source) return;
+        // Each sample lasts as long as the gap before it: a skip to the next IDR shows the
+        // last picture meanwhile instead of leaving a hole in the timeline.
+        if (lastWall !== null) {
+          const gap = Math.round((meta.wall - lastWall) * H264.TIMESCALE);
+          if (gap > 0 && gap < 2 * H264.TIMESCALE) duration = gap;
+        }
+        lastWall = meta.wall;
+        sequence += 1;
+        metas.push({ start: dts / H264.TIMESCALE, meta });
+        if (metas.length > 120) metas = metas.slice(-60);
+        queue.push(H264.fragment(sequence, unit.units, unit.idr, dts, duration));
+        dts += duration;
+        needKey = false;
+        if (queue.length > 30) { reset(); return; }
+        pump();
+      } catch (e) {
+        fail(`MSE: ${e.message || e}`);
+      }
+    }
+
+    // Pictures shown: requestVideoFrameCallback where there is one, else timeupdate.
+    let lastShown = -1;
+    function onPicture(mediaTime) {
+      let found = null;
+      for (const m of metas) {
+        if (m.start <= mediaTime + 0.001) found = m; else break;
+      }
+      if (found && found.meta.seq !== lastShown) {
+        lastShown = found.meta.seq;
+        shown(found.meta);
+      }
+    }
+    if ("requestVideoFrameCallback" in HTMLVideoElement.prototype) {
+      const each = (now, info) => { onPicture(info.mediaTime); video.requestVideoFrameCallback(each); };
+      video.requestVideoFrameCallback(each);
+    } else {
+      video.addEventListener("timeupdate", () => onPicture(video.currentTime));
+    }
+
+    // Drop what waits to be appended and start again at the next IDR (the socket was closed,
+    // or we fell behind); the source and what it holds stay.
+    function reset() {
+      needKey = true;
+      queue = buffer ? [] : queue.slice(0, 1); // before sourceopen, the init segment stays
+    }
+
+    function close() {
+      buffer = null;
+      if (source && source.readyState === "open") {
+        try { source.endOfStream(); } catch (e) { /* already ended */ }
+      }
+      source = null;
+      if (url) { URL.revokeObjectURL(url); url = null; }
+      queue = [];
+      needKey = true;
+    }
+
+    return {
+      feed,
+      backlog: () => queue.length,
+      reset,
+      close() { close(); video.removeAttribute("src"); video.load(); codec = ""; },
+    };
+  }
+
   async function loggedOut() {
     // A refused websocket tells the page nothing; /status says whether the session ended.
     try {
@@ -51,6 +299,10 @@
     const img = q("frame");
     const conn = q("conn");
     const badge = q("badge");
+    let path = pickPath();
+    let player = null; // the H.264 path's WebCodecsPlayer or MsePlayer
+    let surface = null; // its canvas or video, in front of the <img>
+    let pendingAck = false; // an ack held back while the decoder catches up
     let ws = null;
     let wanted = false; // should this tile stream now
     let view = "";
@@ -91,6 +343,55 @@
       if (el) el.textContent = fps.toFixed(1);
     }
 
+    function showPath(note) {
+      const el = q("path");
+      if (el) {
+        el.textContent = PATH_NAMES[path];
+        el.title = note || "how the picture reaches this page";
+      }
+      root.dataset.path = path;
+    }
+
+    // The element the picture is shown in: the <img> for JPEG, else a canvas or a video.
+    function setUp() {
+      if (player) { player.close(); player = null; }
+      if (surface) { surface.remove(); surface = null; }
+      img.hidden = path !== "jpeg";
+      if (path === "webcodecs") {
+        surface = document.createElement("canvas");
+        player = WebCodecsPlayer(surface, shownUnit, (why) => switchPath(why));
+      } else if (path === "mse") {
+        surface = document.createElement("video");
+        surface.muted = true;
+        surface.autoplay = true;
+        player = MsePlayer(surface, shownUnit, (why) => switchPath(why), () => {
+          if (pendingAck) ack();
+        });
+      }
+      if (surface) {
+        surface.className = "frame h264";
+        surface.setAttribute("aria-label", img.alt);
+        img.after(surface);
+      }
+      showPath();
+    }
+
+    // This path does not work here: the next one, on a new socket.
+    function switchPath(why) {
+      const expected = why === "no H.264"; // a camera that records nothing: not a fault
+      const next = expected ? "jpeg" : fallback(path);
+      (expected ? console.info : console.warn)(
+        `live view: ${PATH_NAMES[path]} ${expected ? "not offered" : "failed"} (${why}); using ${PATH_NAMES[next]}`);
+      path = next;
+      setUp();
+      showPath(`${why}: fell back to ${PATH_NAMES[next]}`);
+      if (wanted) {
+        drop();
+        backoff = 500;
+        connect();
+      }
+    }
+
     function pill(cls, on, onText, offText) {
       const el = q(cls);
       if (!el) return;
@@ -114,6 +415,11 @@
         cont.checked = msg.continuous;
       }
       root.classList.toggle("disarmed", msg.armed === false);
+      if (path !== "jpeg" && msg.h264 === false) {
+        // A camera that records nothing encodes no H.264: JPEG for this one.
+        switchPath("no H.264");
+        return;
+      }
       if (health === "offline" && (!lastFrameAt || performance.now() - lastFrameAt > STALE_MS)) {
         setConn("camera offline", false, true);
       }
@@ -128,6 +434,14 @@
       const wall = head.getFloat64(8);
       const ageAtSend = head.getFloat32(16);
       const hold = head.getFloat32(20);
+      if (path !== "jpeg") {
+        const roundTrip = Math.max(0, (receivedAt - ackAt) / 1000 - hold);
+        // Ack at once, so that the next unit finds us waiting; but not while the decoder
+        // is behind: then the server skips us to the next IDR rather than queue.
+        player.feed(new Uint8Array(buf, HEADER_BYTES), { seq, wall, ageAtSend, roundTrip, receivedAt });
+        if (player.backlog() > BACKLOG) pendingAck = true; else ack();
+        return;
+      }
       const url = URL.createObjectURL(new Blob([new Uint8Array(buf, HEADER_BYTES)], { type: "image/jpeg" }));
       img.src = url;
       try {
@@ -137,12 +451,26 @@
       }
       if (shownUrl) URL.revokeObjectURL(shownUrl);
       shownUrl = url;
-      const shownAt = performance.now();
       const roundTrip = Math.max(0, (receivedAt - ackAt) / 1000 - hold);
-      const age = ageAtSend + roundTrip / 2 + (shownAt - receivedAt) / 1000;
+      shown(img, { seq, wall, ageAtSend, roundTrip, receivedAt });
+      ack();
+    }
+
+    // An H.264 picture was drawn (the players call this).
+    function shownUnit(meta) {
+      shown(surface, meta);
+      if (pendingAck && player && player.backlog() <= BACKLOG) ack();
+    }
+
+    // The bookkeeping of a picture shown in `el`: counters, age, fps, clock, badge.
+    function shown(el, meta) {
+      const shownAt = performance.now();
+      const age = meta.ageAtSend + meta.roundTrip / 2 + (shownAt - meta.receivedAt) / 1000;
+      const seq = meta.seq;
+      const wall = meta.wall;
       frames += 1;
       recent.push(shownAt);
-      img.dataset.seq = String(seq);
+      if (el) { el.dataset.seq = String(seq); el.classList.add("shown"); }
       root.dataset.frames = String(frames);
       if (q("frames")) q("frames").textContent = frames;
       if (q("age")) q("age").textContent = Math.round(age * 1000);
@@ -154,10 +482,10 @@
       backoff = 500;
       setConn("live", true);
       showBadge();
-      ack();
     }
 
     function ack() {
+      pendingAck = false;
       if (ws && ws.readyState === WebSocket.OPEN) {
         ackAt = performance.now();
         ws.send(ACK);
@@ -168,7 +496,12 @@
       retry = null;
       if (!wanted) return;
       const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-      const query = multi ? `?camera=${encodeURIComponent(name)}${view ? "&view=" + view : ""}` : "";
+      const params = new URLSearchParams();
+      if (multi) params.set("camera", name);
+      if (multi && view) params.set("view", view);
+      if (path !== "jpeg") params.set("codec", "h264");
+      const query = params.toString() ? "?" + params : "";
+      if (player) player.reset(); // a new socket starts at an IDR
       ws = new WebSocket(`${scheme}//${location.host}/websocket${query}`);
       ws.binaryType = "arraybuffer";
       ws.onopen = () => {
@@ -203,6 +536,7 @@
 
     function drop() {
       if (retry) { clearTimeout(retry); retry = null; }
+      pendingAck = false;
       if (!ws) return;
       const old = ws;
       ws = null;
@@ -253,6 +587,7 @@
       }
     }
 
+    setUp();
     return { name, root, want, tick, close: drop };
   }
 
@@ -274,6 +609,13 @@
       box.checked = !box.checked;
       err.textContent = String(e.message || e);
     }
+  }
+
+  // A URL of this page that keeps its ?codec= (a forced path stays forced).
+  function withCodec(url) {
+    const codec = new URLSearchParams(location.search).get("codec");
+    if (!codec) return url;
+    return url + (url.includes("?") ? "&" : "?") + "codec=" + encodeURIComponent(codec);
   }
 
   const tiles = [];
@@ -314,7 +656,7 @@
 
     function enlarge(name, push) {
       enlarged = name;
-      if (push) history.pushState({ camera: name }, "", name ? `/?camera=${encodeURIComponent(name)}` : "/");
+      if (push) history.pushState({ camera: name }, "", withCodec(name ? `/?camera=${encodeURIComponent(name)}` : "/"));
       apply();
     }
 
@@ -324,7 +666,7 @@
         history.back(); // popstate does the rest
       } else {
         enlarge("", false);
-        history.replaceState(null, "", "/");
+        history.replaceState(null, "", withCodec("/"));
       }
     }
 

@@ -129,8 +129,9 @@ def test_grid_enlarge_and_back_stream_only_what_is_shown(
     after = encodes(p.port)
     assert after["yard"] - before["yard"] <= 1, (before, after)
     assert after["garden"] == 0
-    assert after["front"] - before["front"] >= 6, (before, after)
-    assert frames(page, "front") > shown
+    # The front camera records, so its tile streams the recording's H.264: no JPEG at all.
+    assert after["front"] == before["front"] == 0, (before, after)
+    assert frames(page, "front") - shown >= 6
     page.screenshot(path=str(ARTIFACTS / "cameras-enlarged.png"))
 
     # Esc: the grid again, and the yard streams again.

@@ -84,3 +84,114 @@ class LatestFrame:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+
+
+# H.264 NAL unit types the live view looks for (ITU-T H.264 table 7-1).
+NAL_IDR, NAL_SPS, NAL_PPS, NAL_AUD = 5, 7, 8, 9
+START_CODE = b"\x00\x00\x00\x01"
+
+
+def nal_units(data: bytes) -> list[bytes]:
+    """The NAL units of an Annex-B byte string, without their start codes."""
+    units = []
+    for chunk in data.split(b"\x00\x00\x01"):
+        # A four-byte start code leaves its leading zero on the previous unit: trailing zero
+        # bytes are never part of a NAL unit (it ends with the RBSP stop bit).
+        unit = chunk.rstrip(b"\x00")
+        if unit:
+            units.append(unit)
+    return units
+
+
+def nal_types(data: bytes) -> list[int]:
+    """The NAL unit types of an Annex-B byte string, in order (emulation prevention means
+    00 00 01 only ever starts a unit)."""
+    types = []
+    i = data.find(b"\x00\x00\x01")
+    while 0 <= i < len(data) - 3:
+        types.append(data[i + 3] & 0x1F)
+        i = data.find(b"\x00\x00\x01", i + 3)
+    return types
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One access unit for the live view, in Annex B; an IDR always has SPS/PPS in front.
+
+    `seq` counts the units the hub published, from 1 with no gaps: a viewer that got seq N and
+    then N+1 has missed nothing. (mono, wall) are the capture time of the frame it encodes.
+    """
+
+    seq: int
+    data: bytes
+    idr: bool
+    mono: float
+    wall: float
+
+
+# Called on the publisher's thread for every unit; must not block (IOLoop.add_callback).
+UnitListener = Callable[[Unit], None]
+
+
+class PacketHub:
+    """The newest H.264 access unit of a camera, and its last IDR, for the live view.
+
+    The pipeline publishes every packet its recordings get (the encoder's, a passthrough
+    camera's, picamera2's hardware encoder's) from that producer's thread. Nothing queues: a
+    viewer that was not ready when a unit arrived has missed it and waits for the next IDR.
+    An IDR whose packet lacks SPS/PPS gets the last ones seen, so that a viewer may start at
+    any IDR.
+    """
+
+    def __init__(self) -> None:
+        # Guards every field below; held only to swap references, never while calling out.
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._latest: Unit | None = None
+        self._last_idr: Unit | None = None
+        self._sets: list[bytes] = []
+        self._listeners: list[UnitListener] = []
+
+    def listen(self, listener: UnitListener) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def unlisten(self, listener: UnitListener) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+    def publish(self, packet: Packet) -> None:
+        data = packet.data
+        types = nal_types(data)  # without copying the slices: most packets need no more
+        idr = NAL_IDR in types
+        with self._lock:
+            if NAL_SPS in types:
+                # A new SPS invalidates the old PPS as well: keep only this packet's sets.
+                self._sets = [u for u in nal_units(data) if u[0] & 0x1F in (NAL_SPS, NAL_PPS)]
+            elif idr and self._sets:
+                units = nal_units(data)
+                data = self._with_sets(units, [u[0] & 0x1F for u in units], self._sets)
+            self._seq += 1
+            unit = Unit(self._seq, data, idr, packet.mono, packet.wall)
+            self._latest = unit
+            if idr:
+                self._last_idr = unit
+            listeners = tuple(self._listeners)
+        for listener in listeners:
+            listener(unit)
+
+    @staticmethod
+    def _with_sets(units: list[bytes], types: list[int], sets: list[bytes]) -> bytes:
+        # The access unit delimiter, when there is one, must stay first.
+        head = 1 if types and types[0] == NAL_AUD else 0
+        ordered = units[:head] + sets + units[head:]
+        return b"".join(START_CODE + u for u in ordered)
+
+    def latest(self) -> Unit | None:
+        with self._lock:
+            return self._latest
+
+    def last_idr(self) -> Unit | None:
+        with self._lock:
+            return self._last_idr

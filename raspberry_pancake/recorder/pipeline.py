@@ -17,7 +17,7 @@ from raspberry_pancake.recorder.detect.result import Box, Detection
 from raspberry_pancake.recorder.detect.runner import Detector, DetectorConfig, build_checks
 from raspberry_pancake.recorder.diskguard import DiskGuard, DiskGuardConfig
 from raspberry_pancake.recorder.emitter import Emitter
-from raspberry_pancake.recorder.frames import Frame, LatestFrame, Packet
+from raspberry_pancake.recorder.frames import Frame, LatestFrame, Packet, PacketHub
 from raspberry_pancake.recorder.recording.clips import PRE_ROLL, ClipConfig, ClipWriter, Edge
 from raspberry_pancake.recorder.recording.encode import EncoderThread
 from raspberry_pancake.recorder.recording.segments import SegmentWriter, WriterHooks
@@ -109,6 +109,11 @@ class Pipeline:
         self.catalog = catalog  # None: no catalog kept (an in-process test)
         self.hub = LatestFrame()
         self.state = RecorderState(cfg, camera.name, self.hub)
+        # The H.264 live view: every packet the recordings get, as it comes. A camera that
+        # records nothing encodes nothing (its viewers get JPEG), and says so.
+        self.packets = PacketHub()
+        if cfg.recording:
+            self.state.packets = self.packets
         self._stop = threading.Event()
         self._event: int | None = None  # the catalog's token of the detection on now
         hooks = WriterHooks(self.state.file_opened, self.state.file_closed, self._emit, catalog)
@@ -197,6 +202,7 @@ class Pipeline:
         self.state.capture_rate.tick(frame.mono)
 
     def _on_packet(self, packet: Packet) -> None:
+        self.packets.publish(packet)
         segments = self.segments  # read once: set_continuous() may change it meanwhile
         if segments is not None:
             segments.put(packet)

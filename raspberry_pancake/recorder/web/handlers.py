@@ -17,10 +17,11 @@ from urllib.parse import quote
 import tornado.web
 import tornado.websocket
 
+from raspberry_pancake.recorder.frames import Unit
 from raspberry_pancake.recorder.state import RecorderState
 from raspberry_pancake.recorder.web import auth
 from raspberry_pancake.recorder.web.jpeg import Jpeg
-from raspberry_pancake.recorder.web.live import STATUS_EVERY, Live, display_name
+from raspberry_pancake.recorder.web.live import H264, JPEG, STATUS_EVERY, Live, display_name
 from raspberry_pancake.shared.logs import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,8 @@ class Base(tornado.web.RequestHandler):
         self.set_header("X-Frame-Options", "DENY")
         self.set_header("Content-Security-Policy",
                         "default-src 'self'; img-src 'self' blob: data:; "
+                        # blob: for the H.264 view's MediaSource (a <video> with a blob: URL)
+                        "media-src 'self' blob:; "
                         "connect-src 'self'; frame-ancestors 'none'; form-action 'self'")
 
     def get_current_user(self) -> str | None:
@@ -307,7 +310,7 @@ ACK = "read_frame"
 
 
 class LiveSocket(tornado.websocket.WebSocketHandler):
-    """One viewer on /websocket (one JPEG in flight per viewer, never a queue). The protocol:
+    """One viewer on /websocket (one picture in flight per viewer, never a queue). The protocol:
 
     client -> server, text
         ``read_frame``: the ack. "I have shown the last frame; send the next." Opening the
@@ -323,15 +326,26 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         The page needs no clock agreement: round trip = (ack -> frame at the client) - hold, and
         the frame's age when shown = age + round trip / 2 + the client's own decode time.
 
+    with ``codec=h264``, server -> client, binary: the same header, then one H.264 access unit
+        in Annex B instead of a JPEG. ``seq`` then counts the camera's units with no gap, so a
+        client sees a skip as a jump. The first unit, and the first after a skip, is an IDR
+        with SPS/PPS in front. A client that is waiting when a unit arrives gets it at once;
+        one that acks later gets it then if no newer unit has come meanwhile, and otherwise
+        has missed it and is sent the next IDR (at most a second away). --max-stream-fps and
+        ``view=grid`` do not apply: a dropped P-frame would break the pictures after it.
+
     server -> client, text: small JSON status objects, ``{"type": "status", ...}`` with
         ``source``, ``detection`` (bool), ``rec`` (number of recording files open),
         ``capture_fps``, ``viewers``, ``max_stream_fps``, ``camera`` (its name), ``title``,
-        ``health`` (live, delay, error, offline), ``armed``, ``continuous``. Sent only to a
+        ``health`` (live, delay, error, offline), ``armed``, ``continuous``, ``h264`` (false:
+        the camera has no H.264 units, since it records nothing and so encodes nothing; a
+        page that asked for H.264 then asks for JPEG). Sent only to a
         client that is waiting for a frame: with the next frame when it changed, and at least
         once a second while the client waits (so a stalled client is sent nothing at all).
 
     query: ``camera=NAME`` (default: the first camera; unknown: 404 before the upgrade);
-        ``view=grid``: a tile of the grid, paced to max(2, max_stream_fps / cameras).
+        ``view=grid``: a tile of the grid, paced to max(2, max_stream_fps / cameras);
+        ``codec=jpeg`` (the default) or ``codec=h264`` (anything else: 400 before the upgrade).
 
     close: code 1008 (live.LOGGED_OUT) when the viewer's session logs out, in any tab.
 
@@ -346,6 +360,7 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         self.lives: dict[str, Live] = lives if lives is not None else {state.name: live}
         self.login = login
         self.interval = 0.0
+        self.codec = JPEG
         self.wants = False
         self.writing = False
         self.closed = False
@@ -371,6 +386,10 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
             if live is None:
                 raise tornado.web.HTTPError(404, "no such camera")
             self.live = live
+        codec = self.get_argument("codec", JPEG)
+        if codec not in (JPEG, H264):
+            raise tornado.web.HTTPError(400, "codec must be jpeg or h264")
+        self.codec = codec
         # A grid tile shares --max-stream-fps with the others; enlarged (or alone), the full rate.
         if self.get_argument("view", "") == "grid":
             self.interval = self.live.grid_interval
@@ -418,16 +437,17 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         except tornado.websocket.WebSocketClosedError:
             self.closed = True
 
-    def send(self, jpeg: Jpeg, status: str) -> None:
+    def send(self, item: Jpeg | Unit, status: str) -> None:
+        """One picture: a JPEG, or (codec=h264) an access unit."""
         now = time.monotonic()
         if status != self.status_sent or now - self.status_at >= STATUS_EVERY:
             self.send_status(status)
-        header = HEADER.pack(jpeg.seq, jpeg.wall, now - jpeg.mono, now - self.ack_at)
+        header = HEADER.pack(item.seq, item.wall, now - item.mono, now - self.ack_at)
         self.wants = False
-        self.last_seq = jpeg.seq
+        self.last_seq = item.seq
         self.last_sent = now
         try:
-            future = self.write_message(header + jpeg.data, binary=True)
+            future = self.write_message(header + item.data, binary=True)
         except tornado.websocket.WebSocketClosedError:
             self.closed = True
             return

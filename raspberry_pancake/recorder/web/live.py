@@ -9,6 +9,7 @@ from typing import Protocol
 
 import tornado.ioloop
 
+from raspberry_pancake.recorder.frames import PacketHub, Unit
 from raspberry_pancake.recorder.state import RecorderState
 from raspberry_pancake.recorder.web.jpeg import ImageEncoder, Jpeg, JpegProducer
 from raspberry_pancake.shared.credentials import redact_url
@@ -18,6 +19,7 @@ STATUS_EVERY = 1.0  # a waiting viewer hears the status at least this often
 # picture refreshed less than twice a second no longer reads as live).
 GRID_MIN_FPS = 2.0
 LOGGED_OUT = 1008  # websocket close code (policy violation) for a session that logged out
+JPEG, H264 = "jpeg", "h264"  # a viewer's codec (/websocket?codec=)
 TIMER_SLACK = 0.002
 
 
@@ -38,10 +40,11 @@ class Viewer(Protocol):
     status_at: float
     session: str | None  # the login session it opened with (None: not yet open)
     interval: float  # at least this long between two frames sent to it (its view's rate)
+    codec: str  # JPEG or H264
 
     def wake_at(self, when: float) -> None: ...
 
-    def send(self, jpeg: Jpeg, status: str) -> None: ...
+    def send(self, item: Jpeg | Unit, status: str) -> None: ...
 
     def send_status(self, text: str) -> None: ...
 
@@ -56,6 +59,14 @@ class Live:
     Pacing: after an ack, the client gets the newest JPEG it has not seen, no sooner than
     1/--max-stream-fps after the previous frame sent to it. JPEGs are encoded by jpeg.py's
     thread only while some viewer waits, once per frame, shared by all viewers.
+
+    H.264 viewers are sent the camera's access units (state.packets, a PacketHub) as they
+    come, at the camera's rate: a viewer that is waiting (acked, its previous unit written)
+    when a unit arrives gets it at once. One that acks later still gets the newest unit if it
+    follows the last one it got; once a newer unit has replaced it, the viewer has missed one
+    and waits for the next IDR, since a P-frame after a gap decodes to garbage. Only the
+    newest unit is held, never a queue. A new viewer starts at the last IDR. They never ask
+    the JPEG producer for anything.
     (The wire protocol itself is in handlers.LiveSocket's docstring.)
     """
 
@@ -72,7 +83,22 @@ class Live:
         self.grid_interval = 1.0 / min(max_fps, max(GRID_MIN_FPS, max_fps / cameras))
         self.viewers: set[Viewer] = set()
         self.waiting: set[Viewer] = set()
+        self.h264: set[Viewer] = set()
+        hub = state.packets
+        self.packets: PacketHub | None = hub if isinstance(hub, PacketHub) else None
+        if self.packets is not None:
+            self.packets.listen(self._unit_from_thread)
         self.status_text = self._status_text()
+
+    def _unit_from_thread(self, unit: Unit) -> None:
+        # On the publisher's thread. Only while some H.264 viewer is connected: one that joins
+        # between this test and the next unit is pumped by LiveSocket.open itself.
+        if self.h264:
+            self.loop.add_callback(self._deliver_unit)
+
+    def _deliver_unit(self) -> None:
+        for viewer in list(self.h264):
+            self.pump(viewer)
 
     def _from_thread(self, jpeg: Jpeg) -> None:
         self.loop.add_callback(self._deliver, jpeg)
@@ -84,16 +110,38 @@ class Live:
 
     def join(self, viewer: Viewer) -> None:
         self.viewers.add(viewer)
+        if viewer.codec == H264:
+            self.h264.add(viewer)
         self.refresh_status()
 
     def leave(self, viewer: Viewer) -> None:
         self.viewers.discard(viewer)
         self.waiting.discard(viewer)
+        self.h264.discard(viewer)
         self.refresh_status()
+
+    def next_unit(self, viewer: Viewer) -> Unit | None:
+        """The unit `viewer` may be sent now: the newest one if it follows the last one it
+        got (it missed nothing) or is an IDR; for a new viewer, the last IDR. Else None."""
+        hub = self.packets
+        latest = hub.latest() if hub is not None else None
+        if hub is None or latest is None:
+            return None
+        if viewer.last_seq < 0:
+            return latest if latest.idr else hub.last_idr()
+        if latest.seq == viewer.last_seq + 1 or (latest.idr and latest.seq > viewer.last_seq):
+            return latest
+        return None
 
     def pump(self, viewer: Viewer) -> None:
         """Send `viewer` a frame if it asked for one and may have one now; else arrange to."""
         if not viewer.wants or viewer.writing or viewer.closed:
+            return
+        if viewer.codec == H264:
+            # No pacing: dropping a P-frame would break every picture up to the next IDR.
+            unit = self.next_unit(viewer)
+            if unit is not None:
+                viewer.send(unit, self.status_text)
             return
         now = time.monotonic()
         due = viewer.last_sent + max(self.interval, viewer.interval)
@@ -128,6 +176,9 @@ class Live:
             "health": health,
             "armed": armed,
             "continuous": continuous,
+            # False: this camera has no H.264 (it records nothing, so it encodes nothing); a
+            # page that asked for H.264 then asks for JPEG.
+            "h264": self.packets is not None,
         }, separators=(",", ":"))
 
     def refresh_status(self) -> None:
@@ -153,5 +204,7 @@ class Live:
                 viewer.close(LOGGED_OUT, "logged out")
 
     def close_all(self) -> None:
+        if self.packets is not None:
+            self.packets.unlisten(self._unit_from_thread)
         for viewer in list(self.viewers):
             viewer.close(1001, "server stopping")
