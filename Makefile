@@ -71,8 +71,11 @@ lint: $(VENV)/.installed-test
 	$(VENV)/bin/mypy raspberry_pancake pancake.py postproc.py customize.py util bench
 	$(VENV)/bin/lint-imports --no-logo
 
+# Two workers, one per core: most tests wait on real daemons, so two run side by side in
+# about half the time. --dist loadfile keeps a file's tests (and its shared broker, browser)
+# on one worker. The slowest tests are listed, to keep the whole under CI's 15 minutes.
 unit: $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test: apt-test lint unit
 
