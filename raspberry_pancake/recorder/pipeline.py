@@ -339,11 +339,13 @@ class Pipeline:
                 if writer is not None:
                     writer.start()
         wanted = self.camera.encoder_config()
-        outputs = Outputs(self._on_frame, self._on_packet)
+        failed = self.state.source_failed
+        outputs = Outputs(self._on_frame, self._on_packet, failed=failed)
         if wanted is not None:
             self.encoder = EncoderThread(wanted, [self._on_packet])
             self.encoder.start()
-            outputs = Outputs(self._on_frame, self._on_packet, self.encoder.put, self.encoder.restart)
+            outputs = Outputs(self._on_frame, self._on_packet, self.encoder.put,
+                              self.encoder.restart, failed)
         self.camera.start(outputs)
         if self.detector is not None:
             self.detector.start()

@@ -35,6 +35,10 @@ def _nothing() -> None:
     pass
 
 
+def _no_report(_why: str | None) -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Outputs:
     """Where a started source delivers, from its own threads. What it records goes either to
@@ -45,6 +49,9 @@ class Outputs:
     packet: PacketSink
     encode: FrameSink | None = None
     reopened: Callable[[], None] = _nothing  # the source is back after an outage: a new segment
+    # The source failed and is being reopened (the reason), or delivers again (None): the
+    # camera's health is "error" meanwhile (DESIGN.md "Health"), until it goes offline.
+    failed: Callable[[str | None], None] = _no_report
 
 
 class Camera(Protocol):

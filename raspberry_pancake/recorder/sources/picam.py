@@ -533,8 +533,13 @@ class Picamera2Camera:
                 self.outages += 1
                 log.warning("%s failed (no frame for %.1f s); reopening with backoff", self.name,
                             silent)
+                out = self._out
+                if out is not None:
+                    out.failed(f"no frame for {silent:.1f} s")
                 if not self._reopen():
                     return
+                if out is not None:
+                    out.failed(None)
 
     def _reopen(self) -> bool:
         """Reopen until the camera delivers a frame again (one that opens and stays silent is

@@ -215,6 +215,7 @@ class CaptureThread(threading.Thread):
                     outage_since, backoff = None, BACKOFF_START
                     self._pacer.reset()
                     self._out.reopened()
+                    self._out.failed(None)
                 self._pump()
                 return
             except SourceError as exc:
@@ -226,8 +227,10 @@ class CaptureThread(threading.Thread):
                     if self._source.spec.kind == "file" and str(exc).endswith("ended"):
                         log.info("%s ended: playing it again", self._source.spec)
                     else:
+                        reason = str(exc).partition(": ")[2] or str(exc)
                         log.warning("%s failed (%s); reopening with backoff", self._source.spec,
-                                    str(exc).partition(": ")[2])
+                                    reason)
+                        self._out.failed(reason)
                 self._stop_event.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
