@@ -151,6 +151,25 @@ class Pancake:
         raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.log()}")
 
 
+# Debian's chromium, which Playwright drives (make test installs both); one per test file.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless chromium for the page tests of one file (its pages, contexts are theirs)."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: make test installs it (apt)")
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
 @pytest.fixture
 def pancakes() -> Iterator[list[Pancake]]:
     """Collects the daemons a test starts, and kills any still running at the end."""

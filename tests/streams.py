@@ -8,6 +8,7 @@ import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import av
 from av.video.frame import PictureType
@@ -65,7 +66,7 @@ class StreamHandler(http.server.BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, av.FFmpegError, ValueError):
             return
 
-    def _as_camera(self, packet: av.Packet, sent: Sent) -> av.Packet:
+    def _as_camera(self, packet: av.Packet[Any], sent: Sent) -> av.Packet[Any]:
         """Note what goes out; with `headers_once`, drop SPS/PPS after the first keyframe, as
         cameras do that announce them only at the start (or only in their RTSP SDP)."""
         units = nal_units(bytes(packet))

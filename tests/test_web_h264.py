@@ -241,26 +241,11 @@ def test_the_hub_puts_the_last_sps_pps_before_an_idr_that_lacks_them() -> None:
 # asyncio.run, which the websocket tests use, refuses to start.)
 # ---- the page, in Debian's chromium ---------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run",
-        "--autoplay-policy=no-user-gesture-required"]
 NO_WEBCODECS = "delete window.VideoDecoder;"
 NO_H264 = NO_WEBCODECS + "delete window.MediaSource; delete window.ManagedMediaSource;"
 REFUSING_WEBCODECS = ("window.VideoDecoder = class { constructor() {} "
                       "configure() { throw new Error('not this one'); } };")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="make test installs playwright")
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is missing: make test installs it (apt)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def _wait(page: Any, condition: Callable[[], bool], timeout: float = 15.0) -> None:

@@ -6,9 +6,7 @@ import http.client
 import json
 import logging
 import re
-import shutil
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +31,7 @@ from raspberry_pancake.recorder.web import auth
 
 PEOPLE = ROOT / "tests" / "data" / "people.mp4"  # 4 s empty square, 8 s people walking, 4 s empty
 ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "pancakes for breakfast"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def png(grey: npt.NDArray[np.uint8]) -> bytes:
@@ -185,17 +180,6 @@ def test_a_damaged_saved_mask_is_skipped_at_start_for_the_flags_one(
     assert "; --motion-mask instead" in caplog.text
 
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="make test installs playwright")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        pytest.fail("Debian's chromium is missing: make test installs it (apt)")
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def test_a_stroke_painted_in_chromium_is_saved_white_where_painted(

@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import http.client
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import av
-import pytest
 from conftest import Pancake, schedule_customize
 from web_helpers import HOST, ROOT, make_hash_file, start_pancake
 
 from raspberry_pancake.recorder.web import auth
 from raspberry_pancake.shared.catalog import Catalog
 
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "tests" / "artifacts"
 DOCS = ROOT / "docs"
 PASSWORD = "pancakes for breakfast"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="make test installs playwright")
 
 
 def raw(port: int, path: str, headers: dict[str, str] | None = None,
@@ -38,16 +31,6 @@ def raw(port: int, path: str, headers: dict[str, str] | None = None,
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
         conn.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
-        pytest.fail("Debian's chromium is missing: make test installs it (apt)")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def _wait(page: Any, condition: Any, timeout: float = 15.0) -> None:
