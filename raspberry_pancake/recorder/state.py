@@ -72,6 +72,9 @@ class RecorderState:
         # new motion mask (a PNG's bytes; ValueError when unusable) for the page's mask editor.
         self.trigger: Callable[[str, float], None] | None = None
         self.set_mask: Callable[[bytes], None] | None = None
+        # Set the same way when the camera searches faces: the faces in its newest frame, for
+        # the Faces page's "add from camera" (a list of dicts: box, name, a JPEG crop).
+        self.faces_in_view: Callable[[], list[dict[str, Any]]] | None = None
         # Set by the pipeline: the camera's H.264 access units for the live view's H.264
         # viewers (recorder.frames' packet hub), None when the camera has none.
         self.packets: Any = None
