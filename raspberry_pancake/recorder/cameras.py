@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -9,6 +10,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from raspberry_pancake.recorder.catalog_writer import CatalogConfig, CatalogWriter
 from raspberry_pancake.recorder.config import RecorderConfig, read_mask_bytes
@@ -19,6 +21,7 @@ from raspberry_pancake.recorder.sources.base import BACKOFF_MAX, BACKOFF_START, 
 from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.recorder.state import LIVE, RecorderState
 from raspberry_pancake.shared.events import Event
+from raspberry_pancake.shared.faces import UNKNOWN
 from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.statedir import MODE as STATE_MODE
 from raspberry_pancake.shared.statedir import ensure as ensure_state_dir
@@ -69,6 +72,10 @@ class CameraRun:
         self.state.trigger = self.pipeline.trigger
         # No motion detector, no mask to edit: the page says motion detection is off.
         self.state.set_mask = self.set_mask if "motion" in cfg.detectors else None
+        # The Faces page's "add from camera" (the web may not import the detectors: a hook).
+        self.state.faces_in_view = self.faces_in_view if "faces" in cfg.detectors else None
+        self._faces: Any = None  # a FaceDetector of our own, made at the page's first look
+        self._faces_lock = threading.Lock()
         # Held across a mask's write and its swap into the detector: with two saves at once,
         # the file kept and the mask in use are the same one.
         self._mask_lock = threading.Lock()
@@ -176,6 +183,50 @@ class CameraRun:
                  "start in place of --motion-mask", self.name, path)
         self.note(f"{self.name}: motion mask saved from the page")
 
+    def faces_in_view(self) -> list[dict[str, Any]]:
+        """The faces in the camera's newest frame, largest first (any thread but the loop:
+        a face costs ~0.1 s): each {box: [x, y, w, h] as fractions, name (a known person or
+        "unknown"), crop: JPEG bytes, embedding: 128 floats, or None for a face too small to
+        enrol}. The models are the process's, already loaded by the detector; ValueError
+        (one line) if they cannot be loaded."""
+        # Imported here: the face stack is an extra, and only a camera that searches faces
+        # gets this hook.
+        from raspberry_pancake.recorder.detect import faces as face_stack
+
+        frame = self.hub.latest()
+        if frame is None:
+            return []
+        with self._faces_lock:
+            if self._faces is None:
+                # Our own detector (the models are shared, loaded once per process): it names
+                # faces from the same store, with the same threshold, as the camera's.
+                faces_dir = self.cfg.faces_dir or Path("faces").absolute()
+                try:
+                    self._faces = face_stack.FaceDetector(
+                        face_stack.FaceConfig(faces_dir, self.cfg.face_match))
+                except face_stack.FaceError as exc:  # the web knows no detector's errors
+                    raise ValueError(str(exc)) from None
+            detector = self._faces
+            # Always re-read: the user may have just added someone (the detector's own
+            # check is throttled to a stat a second).
+            detector.reload(force=True)
+            rgb = frame.image.reformat(format="rgb24").to_ndarray()
+            h, w = rgb.shape[:2]
+            found = sorted(detector.models.find(rgb), key=lambda f: -f.w * f.h)
+            out: list[dict[str, Any]] = []
+            for face in found[:face_stack.MAX_EMBED]:
+                box = face_stack._fraction(face, w, h)
+                if box is None:
+                    continue
+                name, embedding = UNKNOWN, None
+                if face.size >= detector.cfg.min_size:
+                    vec = detector.models.embed(rgb, face)
+                    name = detector.name_of(vec)[0]
+                    embedding = [float(v) for v in vec]
+                out.append({"box": list(box), "name": name, "crop": _face_crop(rgb, face),
+                            "embedding": embedding, "score": round(face.score, 3)})
+            return out
+
     def _apply(self, armed: bool | None, continuous: bool | None) -> None:
         if armed is not None:
             self.pipeline.set_armed(armed)
@@ -214,6 +265,26 @@ class CameraRun:
                 self.catalog.stop()
                 self.catalog.join(timeout=STOP_JOIN)
         self.emitter.close()
+
+
+# A face's crop for the page and the store: the face with a margin, at most this many pixels.
+CROP_SIDE = 160
+
+
+def _face_crop(rgb: Any, face: Any) -> bytes:
+    """The face with a quarter of its size around it, at most CROP_SIDE px, as JPEG (what
+    util/faces.py keeps for a photo)."""
+    from PIL import Image
+
+    im = Image.fromarray(rgb)
+    m = 0.25 * max(face.w, face.h)
+    box = (max(0, round(face.x - m)), max(0, round(face.y - m)),
+           min(im.width, round(face.x + face.w + m)), min(im.height, round(face.y + face.h + m)))
+    crop = im.crop(box)
+    crop.thumbnail((CROP_SIDE, CROP_SIDE))
+    buf = io.BytesIO()
+    crop.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
 
 
 def _write_private(path: Path, data: bytes) -> None:

@@ -233,6 +233,23 @@ class FaceStore:
         key = name.strip().casefold()
         return next((p for p in self.people() if p.name.casefold() == key), None)
 
+    def crop(self, face_id: str) -> bytes | None:
+        """The JPEG crop a face came from, found by the face's id in the index (never by a
+        path someone gave: the page serves these); None when there is no such face or crop."""
+        for p in self.people():
+            for f in p.faces:
+                if f.id == face_id:
+                    rel = self._own_crop(f.crop)
+                    if rel is None:
+                        return None
+                    try:
+                        fd = os.open(self.directory / rel, os.O_RDONLY | os.O_NOFOLLOW)
+                    except OSError:
+                        return None
+                    with os.fdopen(fd, "rb") as fh:
+                        return fh.read()
+        return None
+
     # -- writing ---------------------------------------------------------------------------
 
     def add(self, name: str, embedding: Sequence[float], crop_jpeg: bytes, source: str) -> Person:
@@ -326,10 +343,19 @@ class FaceStore:
                 return p
         raise StoreError(f"nobody called {name.strip()!r} in the store")
 
-    def _unlink_crop(self, crop: str) -> None:
-        # Only our own crops/<hex>.jpg: a hand-edited index must not delete other files.
+    @staticmethod
+    def _own_crop(crop: str) -> Path | None:
+        """crops/<name>.jpg as a relative path, or None: a hand-edited index must make us
+        neither read (the page serves crops) nor delete other files."""
         rel = Path(crop)
-        if rel.parent != Path(CROPS) or not rel.name.endswith(".jpg") or "/" in rel.name:
+        if (rel.parent != Path(CROPS) or not rel.name.endswith(".jpg") or "/" in rel.name
+                or rel.name.startswith(".")):
+            return None
+        return rel
+
+    def _unlink_crop(self, crop: str) -> None:
+        rel = self._own_crop(crop)
+        if rel is None:
             return
         with contextlib.suppress(FileNotFoundError):
             (self.directory / rel).unlink()

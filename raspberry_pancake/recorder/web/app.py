@@ -27,6 +27,7 @@ from raspberry_pancake.recorder.web.control import (
     SnapshotHandler,
     TriggerHandler,
 )
+from raspberry_pancake.recorder.web.faces_page import faces_routes, make_faces
 from raspberry_pancake.recorder.web.handlers import (
     CameraHandler,
     HealthHandler,
@@ -134,6 +135,7 @@ def make_app(state: RecorderState, live: Live, login: Login | None, tls: bool,
             (r"/api/cameras/([a-z0-9_-]{1,32})/mask\.png", MaskHandler, deps),
             (r"/websocket", LiveSocket, deps),
             *(routes(review, login, tls) if review is not None else []),
+            *faces_routes(make_faces(lives), deps),
         ],
         template_path=str(ROOT),
         static_path=str(ROOT / "static"),
