@@ -13,8 +13,8 @@ import pytest
 from av.video.frame import PictureType
 
 from raspberry_pancake.shared.catalog import Catalog
-from raspberry_pancake.shared.playback import Piece, RemuxCache, cut
-from raspberry_pancake.shared.remux import EmptyRecording
+from raspberry_pancake.shared.playback import Piece, RemuxCache, Remuxing, cut
+from raspberry_pancake.shared.remux import ConversionError, EmptyRecording
 from tests.postproc_servers import frame_digests, make_recording, mp4_packets, write_sidecar
 
 FPS = 12
@@ -168,3 +168,45 @@ def test_a_range_cut_from_two_segments_starts_at_a_keyframe_and_is_continuous(
     with pytest.raises(EmptyRecording):
         cut(pieces, 2000.0, 2010.0, tmp_path / "none.mp4")
     assert not (tmp_path / "none.mp4").exists()
+
+
+def test_a_remux_under_way_is_joined_read_while_it_grows_and_stopped_on_close(
+        tmp_path: Path) -> None:
+    one = segment(tmp_path / "one.h264", 10 * FPS).read_bytes()
+    long = tmp_path / "long.h264"
+    long.write_bytes(one * 200)  # 33 minutes: its remux takes a while
+    cache = RemuxCache(tmp_path / "cache", files=1)
+    first = cache.begin("r1", long, FPS)
+    assert isinstance(first, Remuxing) and cache.begin("r1", long, FPS) is first  # joined
+    first.started(30.0)
+    with first.reader() as f:
+        assert f.read(8)[4:] == b"ftyp"
+    # A prune meanwhile (one file kept, another one there) leaves the file being written alone.
+    (tmp_path / "cache" / "r0.mp4").write_bytes(b"old")
+    assert not first.done  # (else the prune below would not be tested)
+    cache.prune(now=time.time() + 3600)
+    assert first.wait(60.0) and first.error is None and first.out.exists()
+    assert len(mp4_packets(first.out)) == 200 * 10 * FPS
+    assert cache.begin("r1", long, FPS) == first.out  # then the cached file
+    # Shutting down stops a remux midway: its readers see why, no temporary file stays.
+    os.utime(long, (time.time() + 5, time.time() + 5))
+    again = cache.begin("r1", long, FPS)
+    assert isinstance(again, Remuxing)
+    cache.close()
+    assert again.done and isinstance(again.error, ConversionError)
+    with pytest.raises(ConversionError):
+        again.reader()
+    assert not again.tmp.exists()
+    with pytest.raises(ConversionError):
+        cache.begin("r2", long, FPS)
+    # Nothing to play is said before any byte: an empty file, garbage.
+    (tmp_path / "empty.h264").touch()
+    (tmp_path / "junk.h264").write_bytes(b"not video" * 100)
+    fresh = RemuxCache(tmp_path / "cache2")
+    for name in ("empty", "junk"):
+        got = fresh.begin(name, tmp_path / f"{name}.h264", FPS)
+        assert isinstance(got, Remuxing)
+        with pytest.raises(EmptyRecording):
+            got.started(30.0)
+    assert [p.name for p in (tmp_path / "cache2").iterdir()] == []
+    fresh.close()

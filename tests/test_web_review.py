@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import subprocess
 import sys
 import time
@@ -10,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import av
+from av.video.frame import PictureType
 from conftest import Pancake, schedule_customize
 from web_helpers import HOST, ROOT, make_hash_file, start_pancake
 
 from raspberry_pancake.recorder.web import auth
 from raspberry_pancake.shared.catalog import Catalog
+from raspberry_pancake.shared.remux import SIDECAR_HEADER
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 DOCS = ROOT / "docs"
@@ -107,9 +110,15 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
     assert snap.status == 200 and snap.headers["content-type"] == "image/jpeg"
     assert snap.body()[:2] == b"\xff\xd8"
     assert "private" in snap.headers["cache-control"]
+    # The clip's first request may stream its remux as it is written (a clip this short is
+    # usually remuxed before the answer starts); the next one is the cached file, the same
+    # bytes, with its length and ranges.
+    streamed = api.get(base + newest["video"])
+    assert streamed.status == 200 and streamed.headers["content-type"] == "video/mp4"
     whole = api.get(base + newest["video"])
     assert whole.status == 200 and whole.headers["content-type"] == "video/mp4"
     data = whole.body()
+    assert data == streamed.body()
     assert int(whole.headers["content-length"]) == len(data) and whole.headers[
         "accept-ranges"] == "bytes"
     mp4 = tmp_path / "clip.mp4"
@@ -245,5 +254,130 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
                     str(clip_dir), "0", "--catalog", str(db)], check=True, cwd=tmp_path,
                    capture_output=True, timeout=60)
     assert Path(rec.path).exists() and Path(rec.path).with_suffix(".jpg").exists()
+    rc, _ = daemon.stop()
+    assert rc == 0 and "Traceback" not in daemon.log(), daemon.log()
+
+
+def long_h264(path: Path, fps: int, repeats: int) -> int:
+    """A long recording, fast: 10 s of lossless 320x240 (a keyframe a second, about 1 MB)
+    written `repeats` times over (each copy starts at a keyframe and decodes on its own), and
+    its sidecar. Returns the frame count."""
+    one = path.with_suffix(".one")
+    with av.open(str(one), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": str(fps), "bf": "0", "qp": "0"}
+        with av.open(f"testsrc2=size=320x240:rate={fps}", format="lavfi") as src:
+            for n, frame in enumerate(src.decode(video=0)):
+                if n >= 10 * fps:
+                    break
+                frame.pict_type = PictureType.NONE
+                out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    data = one.read_bytes()
+    one.unlink()
+    with path.open("wb") as f:
+        for _ in range(repeats):
+            f.write(data)
+    frames = 10 * fps * repeats
+    path.with_suffix(".pts").write_text(
+        SIDECAR_HEADER + "\n" + "".join(f"{n * 1000 / fps:.3f}\n" for n in range(frames)))
+    return frames
+
+
+def test_a_long_remux_streams_from_its_first_fragment_and_the_cache_seeks(
+        browser: Any, tmp_path: Path, pancakes: list[Pancake]) -> None:
+    fps = 10
+    rec, db = tmp_path / "h264", tmp_path / "cat.db"
+    rec.mkdir()
+    # 25 minutes, about 150 MB: its remux takes most of a second, where the first bytes need
+    # a few milliseconds.
+    frames = long_h264(rec / "20260101-1000.h264", fps, 150)
+    os.link(rec / "20260101-1000.h264", rec / "20260101-1030.h264")
+    os.link(rec / "20260101-1000.pts", rec / "20260101-1030.pts")
+    with Catalog.open(db, owner=True) as c:
+        rids = []
+        for n, name in enumerate(("20260101-1000.h264", "20260101-1030.h264")):
+            start = time.time() - 86400 + 1800 * n
+            rid = c.recording_opened("cam", "continuous", rec / name, start)
+            c.recording_closed(rid, start + frames / fps, frames)
+            rids.append(rid)
+    daemon = start_pancake(pancakes, [
+        "--fps", str(fps), "--record-continuous", str(rec), "--catalog", str(db)],
+        tmp_path, env={"TMPDIR": str(tmp_path)})
+    port = daemon.port
+
+    def cached(rid: int) -> list[Path]:
+        return list(tmp_path.glob(f"pancake-review-*/r{rid}.mp4"))
+
+    # The first request: answered while the remux runs (the cache has no file yet), chunked,
+    # not rangeable; every frame of the recording decodes from what was streamed.
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    conn.request("GET", f"/media/r{rids[0]}.mp4", headers={"Range": "bytes=0-"})
+    r = conn.getresponse()
+    first = r.read(64 * 1024)
+    assert len(first) == 64 * 1024 and cached(rids[0]) == [], "the first bytes waited for the remux"
+    headers = {k.lower(): v for k, v in r.getheaders()}
+    assert r.status == 200 and headers["transfer-encoding"] == "chunked", (r.status, headers)
+    assert "content-length" not in headers and headers["accept-ranges"] == "none"
+    # Meanwhile a second player joins the same remux; a seek (a range past 0) and a HEAD wait
+    # for the cache and are answered from it.
+    joined = http.client.HTTPConnection(HOST, port, timeout=60)
+    joined.request("GET", f"/media/r{rids[0]}.mp4")
+    seek = http.client.HTTPConnection(HOST, port, timeout=60)
+    seek.request("GET", f"/media/r{rids[0]}.mp4", headers={"Range": "bytes=1000-1999"})
+    head = http.client.HTTPConnection(HOST, port, timeout=60)
+    head.request("HEAD", f"/media/r{rids[0]}.mp4")
+    streamed = tmp_path / "streamed.mp4"
+    streamed.write_bytes(first + r.read())
+    conn.close()
+    other = joined.getresponse()
+    assert other.status == 200 and other.getheader("Content-Length") is None
+    assert other.read() == streamed.read_bytes()
+    part = seek.getresponse()
+    assert part.status == 206 and part.read() == streamed.read_bytes()[1000:2000]
+    size = head.getresponse().getheader("Content-Length")
+    assert size is not None and int(size) == streamed.stat().st_size
+    for each in (joined, seek, head):
+        each.close()
+    with av.open(str(streamed)) as got:
+        assert sum(1 for _ in got.decode(video=0)) == frames
+    # Then the cache: the same bytes, with a length and byte ranges.
+    assert len(cached(rids[0])) == 1
+    status, headers, body = raw(port, f"/media/r{rids[0]}.mp4")
+    assert status == 200 and int(headers["content-length"]) == len(body)
+    assert body == streamed.read_bytes() and headers["accept-ranges"] == "bytes"
+    status, headers, body = raw(port, f"/media/r{rids[0]}.mp4", {"Range": "bytes=1000-1999"})
+    assert status == 206 and body == streamed.read_bytes()[1000:2000]
+
+    # In Chromium: the other recording plays from the stream before its remux is done; once
+    # cached, a fresh player seeks near the end of it (206 answers) and plays there.
+    context = browser.new_context()
+    page = context.new_page()
+    statuses: list[int] = []
+    page.on("response", lambda resp: statuses.append(resp.status)
+            if "/media/" in resp.url else None)
+    page.goto(f"http://{HOST}:{port}/events")
+    page.evaluate("""(src) => { const v = document.createElement('video');
+        v.id = 'probe'; v.muted = true; v.src = src; document.body.append(v);
+        v.addEventListener('playing', () => { window.playingAt = Date.now(); }, {once: true});
+        v.play(); }""", f"/media/r{rids[1]}.mp4")
+    _wait(page, lambda: page.evaluate("document.getElementById('probe').currentTime > 0.3"))
+    deadline = time.monotonic() + 30
+    while not cached(rids[1]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done_at = cached(rids[1])[0].stat().st_mtime * 1000  # the remux's last write
+    assert page.evaluate("window.playingAt") < done_at, "Chromium waited for the whole remux"
+    assert statuses[0] == 200
+    statuses.clear()
+    page.evaluate("""(src) => { const v = document.getElementById('probe'); v.src = src;
+        v.addEventListener('loadedmetadata', () => { v.currentTime = v.duration - 20; v.play(); },
+        {once: true}); }""", f"/media/r{rids[1]}.mp4")
+    duration = frames / fps
+    _wait(page, lambda: page.evaluate("document.getElementById('probe').currentTime")
+          > duration - 19.5, timeout=30)
+    assert abs(page.evaluate("document.getElementById('probe').duration") - duration) < 1
+    assert 206 in statuses, statuses
+    context.close()
     rc, _ = daemon.stop()
     assert rc == 0 and "Traceback" not in daemon.log(), daemon.log()

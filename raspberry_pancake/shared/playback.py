@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import av.error
@@ -20,8 +21,8 @@ from raspberry_pancake.shared.remux import (
     TIME_BASE,
     ConversionError,
     EmptyRecording,
+    _Clock,
     read_sidecar,
-    remux,
     sidecar_for,
 )
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 # replaying within a few minutes never remux again.
 CACHE_SECONDS = 300.0
 CACHE_FILES = 8
+# A fragment per keyframe, the moov (without samples) first: the file plays from its first
+# fragment while the rest is still being written, and needs no rewrite at the end.
+FRAGMENTED = "+frag_keyframe+empty_moov+default_base_moof"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +46,70 @@ class Piece:
     fps: float
 
 
+class Remuxing:
+    """A remux under way into a temporary file that grows: readers follow it as it is written
+    (a fragmented mp4 plays from its first bytes) until `done`; then it is the cache's file."""
+
+    def __init__(self, tmp: Path, out: Path) -> None:
+        self.tmp = tmp
+        self.out = out
+        self._cond = threading.Condition()
+        # Guarded by _cond: set once, by the remux thread, when it ends.
+        self._done = False
+        self._error: ConversionError | None = None
+
+    def end(self, error: ConversionError | None) -> None:
+        with self._cond:
+            self._done, self._error = True, error
+            self._cond.notify_all()
+
+    @property
+    def done(self) -> bool:
+        with self._cond:
+            return self._done
+
+    @property
+    def error(self) -> ConversionError | None:
+        with self._cond:
+            return self._error
+
+    def started(self, timeout: float) -> None:
+        """Wait until the file has bytes to read or the remux ended; raise its error, if any,
+        so that an unplayable recording is refused before any answer is sent."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._done and time.monotonic() < deadline:
+                try:
+                    if os.stat(self.tmp).st_size > 0:
+                        return
+                except FileNotFoundError:
+                    pass
+                self._cond.wait(0.02)  # the muxer writes without telling: poll its size
+            if self._error is not None:
+                raise self._error
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to `timeout` for the remux to end; whether it has."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._done, timeout)
+            return self._done
+
+    def reader(self) -> BinaryIO:
+        """The growing file open for reading from its start (the finished one when it is
+        already done): an open file keeps reading the same bytes after the rename."""
+        with self._cond:
+            if self._error is not None:
+                raise self._error
+            return (self.out if self._done else self.tmp).open("rb")
+
+
 class RemuxCache:
     """mp4s remuxed from .h264 files on request, kept in a private directory for a few minutes.
 
-    Remuxing copies packets (no decode), a 15-minute segment in a few seconds; the file is
-    written under a temporary name and renamed, so a reader only ever sees a whole one.
-    Threads asking for the same recording at once wait for one remux.
+    Remuxing copies packets (no decode), a 15-minute segment in a second or two. `begin` starts
+    it on a "remux" thread writing a fragmented mp4 (playable from its first fragment) under a
+    temporary name, renamed into the cache when whole; requests for the same recording meanwhile
+    join that one file. `mp4` waits for the whole file.
     """
 
     def __init__(self, directory: Path, seconds: float = CACHE_SECONDS,
@@ -56,19 +118,23 @@ class RemuxCache:
         self.seconds = seconds
         self.files = files
         self._lock = threading.Lock()
-        self._making: dict[str, threading.Lock] = {}
+        # Guarded by _lock: the remuxes under way by key, and their threads (joined by close).
+        self._making: dict[str, Remuxing] = {}
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
 
     def _prepare(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def mp4(self, key: str, h264: Path, fps: float) -> Path:
-        """The cached mp4 of `h264` under `key` (a catalog id), remuxed now if needed.
-        Raises ConversionError (EmptyRecording) when there is nothing to play."""
+    def begin(self, key: str, h264: Path, fps: float) -> Path | Remuxing:
+        """The cached mp4 of `h264` under `key` (a catalog id) when it is there and newer than
+        the recording, else the remux under way (started now if none is)."""
         self._prepare()
         out = self.directory / f"{key}.mp4"
         with self._lock:
-            making = self._making.setdefault(key, threading.Lock())
-        with making:
+            making = self._making.get(key)
+            if making is not None:
+                return making
             try:
                 if out.stat().st_mtime >= h264.stat().st_mtime:
                     os.utime(out)  # used: kept a while longer
@@ -77,17 +143,57 @@ class RemuxCache:
                 pass
             except OSError as exc:
                 raise ConversionError(f"cannot stat: {exc.strerror or exc}") from None
+            if self._stop.is_set():
+                raise ConversionError("shutting down")
             fd, tmp = tempfile.mkstemp(prefix=f".{key}-", suffix=".mp4", dir=self.directory)
             os.close(fd)
-            try:
-                sidecar = sidecar_for(h264)
-                remux(h264, Path(tmp), fps, sidecar if sidecar.exists() else None)
-                os.replace(tmp, out)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        self.prune()
-        return out
+            making = Remuxing(Path(tmp), out)
+            self._making[key] = making
+            self._threads = [t for t in self._threads if t.is_alive()]
+            thread = threading.Thread(target=self._remux, args=(key, making, h264, fps),
+                                      name="remux", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        return making
+
+    def _remux(self, key: str, making: Remuxing, h264: Path, fps: float) -> None:
+        error: ConversionError | None = None
+        try:
+            sidecar = sidecar_for(h264)
+            remux_fragmented(h264, making.tmp, fps, sidecar if sidecar.exists() else None,
+                             self._stop)
+            os.replace(making.tmp, making.out)
+        except ConversionError as exc:
+            error = exc
+        except OSError as exc:
+            error = ConversionError(f"cannot write the cache: {exc.strerror or exc}")
+        finally:
+            if error is not None:
+                making.tmp.unlink(missing_ok=True)
+            with self._lock:
+                del self._making[key]
+            making.end(error)
+        if error is None:
+            self.prune()
+
+    def mp4(self, key: str, h264: Path, fps: float) -> Path:
+        """The cached mp4 of `h264` under `key`, remuxed now if needed (waits for the whole
+        file). Raises ConversionError (EmptyRecording) when there is nothing to play."""
+        got = self.begin(key, h264, fps)
+        if isinstance(got, Path):
+            return got
+        got.wait(None)
+        if got.error is not None:
+            raise got.error
+        return got.out
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the remuxes under way (their readers see an error) and join their threads."""
+        self._stop.set()
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)
 
     def prune(self, now: float | None = None) -> int:
         """Remove files unused for `seconds`, and the oldest beyond `files`; how many went."""
@@ -97,6 +203,9 @@ class RemuxCache:
                               if e.is_file()), reverse=True)
         except OSError:
             return 0
+        with self._lock:
+            writing = {str(m.tmp) for m in self._making.values()}
+        entries = [(mtime, path) for mtime, path in entries if path not in writing]
         removed = 0
         for n, (mtime, path) in enumerate(entries):
             if n >= self.files or now - mtime > self.seconds:
@@ -106,6 +215,66 @@ class RemuxCache:
                 except OSError:
                     pass
         return removed
+
+
+def remux_fragmented(h264: Path, out: Path, fps: float, sidecar: Path | None,
+                     stop: threading.Event | None = None) -> int:
+    """shared.remux.remux, but into a fragmented mp4 that is readable while it grows (remux
+    writes its moov at the end and then moves it first); stops early when `stop` is set.
+    Returns the frame count."""
+    try:
+        size = h264.stat().st_size
+    except OSError as exc:
+        raise ConversionError(f"cannot stat: {exc.strerror or exc}") from None
+    if size == 0:
+        raise EmptyRecording("empty file")
+    clock = _Clock(read_sidecar(sidecar) if sidecar else [], fps)
+    try:
+        inp = av.open(str(h264), format="h264")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise EmptyRecording(f"no H.264 in it ({exc})") from None
+    written = 0
+    try:
+        if not inp.streams.video:
+            raise EmptyRecording("no video stream")
+        ist = inp.streams.video[0]
+        with av.open(str(out), "w", format="mp4", options={"movflags": FRAGMENTED}) as output:
+            ost = output.add_stream_from_template(ist)
+            ost.time_base = TIME_BASE
+            held: av.Packet[VideoStream] | None = None
+            index = 0
+            last_duration = 0
+            try:
+                for packet in inp.demux(ist):
+                    if stop is not None and stop.is_set():
+                        raise ConversionError("stopped")
+                    if packet.size == 0:
+                        continue  # the demuxer's end-of-stream marker
+                    tick = clock.tick(index)
+                    index += 1
+                    # A file damaged at its start: skip to the first keyframe, which decodes.
+                    if held is None and not written and not packet.is_keyframe:
+                        continue
+                    packet.stream = ost
+                    packet.time_base = TIME_BASE
+                    packet.pts = packet.dts = tick
+                    if held is not None:
+                        last_duration = held.duration = tick - (held.pts or 0)
+                        output.mux(held)
+                        written += 1
+                    held = packet
+            except (av.error.InvalidDataError, av.error.EOFError, av.error.FFmpegError) as exc:
+                log.warning("%s: damaged after %d frames (%s): keeping those", h264, index, exc)
+            if held is None:
+                raise EmptyRecording("no decodable frame")
+            held.duration = last_duration or round(1.0 / fps / TIME_BASE)
+            output.mux(held)
+            written += 1
+    except av.error.FFmpegError as exc:
+        raise ConversionError(f"mp4 muxer failed ({exc})") from None
+    finally:
+        inp.close()
+    return written
 
 
 def _times(piece: Piece) -> list[float]:

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ import tornado.web
 from raspberry_pancake.recorder.web.handlers import Base, Login
 from raspberry_pancake.shared.catalog import Catalog, CatalogError, Event, EventView, Recording
 from raspberry_pancake.shared.logs import RateLimiter
-from raspberry_pancake.shared.playback import Piece, RemuxCache, cut
+from raspberry_pancake.shared.playback import Piece, RemuxCache, Remuxing, cut
 from raspberry_pancake.shared.remux import ConversionError, sidecar_for
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ PAGE = 50  # events per page of the list
 MAX_PAGE = 200
 LOG_LINES = 1000
 CHUNK = 256 * 1024
+# A remux that has not written its first bytes by then is answered from its end (or refused).
+FIRST_BYTES = 10.0
+# How often a stream that caught up with its growing file looks again.
+GROW_POLL = 0.05
 # A cut longer than this is refused: a day in one file is what the segments are for.
 MAX_CUT = 3 * 3600.0
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -46,6 +51,7 @@ class MediaFile:
     path: Path
     content_type: str
     download_name: str
+    growing: Remuxing | None = None  # the remux still writing `path`, streamed as it grows
 
 
 class Review:
@@ -57,7 +63,9 @@ class Review:
         self.catalog_path = catalog
         self.record_dirs = tuple(os.path.abspath(d) for d in record_dirs)
         self.fps = fps  # a camera's frame rate: times a recording whose sidecar is short
-        cache = cache_dir or Path(tempfile.gettempdir()) / f"pancake-review-{os.getuid()}"
+        # One cache per catalog: its keys are the catalog's ids, which another catalog reuses.
+        tag = hashlib.sha256(os.path.abspath(catalog).encode()).hexdigest()[:12]
+        cache = cache_dir or Path(tempfile.gettempdir()) / f"pancake-review-{os.getuid()}-{tag}"
         self.cache = RemuxCache(cache)
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
                                                           thread_name_prefix="review")
@@ -73,6 +81,7 @@ class Review:
         return await asyncio.get_running_loop().run_in_executor(self.pool, work)
 
     def close(self) -> None:
+        self.cache.close()
         self.pool.shutdown(wait=True, cancel_futures=True)
         if self._catalog is not None:
             self._catalog.close()
@@ -90,7 +99,8 @@ class Review:
     # ---- media, by catalog id
 
     def recording_media(self, rid: int) -> MediaFile | None:
-        """The recording's mp4: postproc's when it made one, else remuxed now (cached)."""
+        """The recording's mp4: postproc's when it made one, else the cached remux, or the
+        remux under way (started now if needed) to stream while it grows."""
         c = self.catalog()
         rec = c.recording(rid)
         if rec is None or rec.deleted:
@@ -105,8 +115,11 @@ class Review:
                 pass  # retention removed it: play the h264
         if not self.servable(rec.path, (".h264",)):
             return None
-        return MediaFile(self.cache.mp4(f"r{rid}", rec.path, self.fps(rec.camera)), "video/mp4",
-                         name)
+        got = self.cache.begin(f"r{rid}", rec.path, self.fps(rec.camera))
+        if isinstance(got, Path):
+            return MediaFile(got, "video/mp4", name)
+        got.started(FIRST_BYTES)  # an unplayable recording raises here, before any answer
+        return MediaFile(got.out, "video/mp4", name, got)
 
     def snapshot_media(self, eid: int, boxes: bool) -> MediaFile | None:
         event = self.catalog().event(eid)
@@ -459,6 +472,22 @@ class MediaHandler(ReviewBase):
         return None
 
     async def _send(self, media: MediaFile, include_body: bool) -> None:
+        growing = media.growing
+        if growing is not None and not growing.done:
+            # Chromium opens a video with "bytes=0-": the whole file, which is what the stream
+            # is. Any other range is a seek, which needs the final offsets and the length:
+            # it waits for the remux (a second or two) and is answered from the cache, as is a
+            # HEAD (which would else say "no length").
+            asked = self.request.headers.get("Range", "").replace(" ", "")
+            if include_body and asked in ("", "bytes=0-"):
+                await self._stream(media, growing)
+                return
+            while not growing.done:
+                await asyncio.sleep(GROW_POLL)
+            if growing.error is not None:
+                _limit.log(log, logging.INFO, "review-remux", "review: not playable: %s",
+                           growing.error)
+                raise tornado.web.HTTPError(404)
         try:
             size = os.stat(media.path).st_size
         except OSError:
@@ -508,6 +537,42 @@ class MediaHandler(ReviewBase):
                     await self.flush()
                 except tornado.iostream.StreamClosedError:
                     return  # the player seeked elsewhere: a normal end
+        self.finish()
+
+    async def _stream(self, media: MediaFile, growing: Remuxing) -> None:
+        """The remux's file as it grows: 200 without a length (chunked), read off the loop;
+        not rangeable (those bytes are not cached: later requests get the whole file)."""
+        self.set_header("Content-Type", media.content_type)
+        self.set_header("Accept-Ranges", "none")
+        self.set_header("Cache-Control", "private, no-store")
+        if self.get_argument("download", ""):
+            self.set_header("Content-Disposition", f'attachment; filename="{media.download_name}"')
+        try:
+            f = await self.review.run(growing.reader)
+        except (ConversionError, OSError) as exc:
+            _limit.log(log, logging.INFO, "review-remux", "review: not playable: %s", exc)
+            raise tornado.web.HTTPError(404) from None
+        with f:
+            while True:
+                ended = growing.done  # read before: everything written by then is read below
+                chunk = await self.review.run(functools.partial(f.read, CHUNK))
+                if chunk:
+                    self.write(chunk)
+                    try:
+                        await self.flush()
+                    except tornado.iostream.StreamClosedError:
+                        return  # the player went elsewhere: a normal end
+                elif ended:
+                    break
+                else:
+                    await asyncio.sleep(GROW_POLL)
+        if growing.error is not None:
+            # Part of a file already went out: close without the last chunk, so the client
+            # sees a cut answer rather than a whole, shorter file.
+            _limit.log(log, logging.WARNING, "review-remux", "review: remux failed midway: %s",
+                       growing.error)
+            self.request.connection.close()  # type: ignore[union-attr]
+            return
         self.finish()
 
 
