@@ -117,6 +117,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
 ]
 VERSION = len(MIGRATIONS)
+# No recording is longer than this (a 15-minute split, or an `all` clip of a long detection):
+# the day's timeline looks no further back for one that overlaps it.
+MAX_RECORDING = 7 * 86400.0
 # The log table keeps its newest lines only (the page shows the last 1,000).
 LOG_KEPT = 20_000
 LOG_PRUNE_EVERY = 100
@@ -952,10 +955,13 @@ class Catalog:
         """The camera's recordings (not deleted) overlapping [t0, t1), oldest first: a day's
         timeline. An open one counts as running until now."""
         kinds = (kind,) if kind is not None else ("continuous", "clip")
+        # The lower bound on start lets the (camera, start) index skip the year before: no
+        # recording lasts longer than MAX_RECORDING.
         rows = self._read(
             "SELECT * FROM recordings WHERE camera = ? AND deleted = 0 AND start < ? AND "  # noqa: S608
-            f"coalesce(end, ?) >= ? AND kind IN ({_marks(len(kinds))}) ORDER BY start",
-            (camera, t1, time.time(), t0, *kinds))
+            f"start > ? AND coalesce(end, ?) >= ? AND kind IN ({_marks(len(kinds))}) "
+            "ORDER BY start",
+            (camera, t1, t0 - MAX_RECORDING, time.time(), t0, *kinds))
         return [_recording(r) for r in rows]
 
     def conversion_of(self, recording: int) -> Conversion | None:
@@ -967,7 +973,13 @@ class Catalog:
 
     def cameras(self) -> list[str]:
         """Every camera the catalog knows of (recordings, events or settings), by name."""
-        rows = self._read("SELECT camera FROM recordings UNION SELECT camera FROM events "
+        # A skip-scan of each table's camera index: one lookup per camera, not a pass over a
+        # year of rows (the review page asks on every day it shows).
+        def distinct(table: str) -> str:
+            return (f"SELECT x FROM (WITH RECURSIVE c(x) AS (SELECT MIN(camera) FROM {table} "
+                    f"UNION ALL SELECT (SELECT MIN(camera) FROM {table} WHERE camera > x) "
+                    "FROM c WHERE x IS NOT NULL) SELECT x FROM c WHERE x IS NOT NULL)")
+        rows = self._read(f"{distinct('recordings')} UNION {distinct('events')} "  # noqa: S608
                           "UNION SELECT name FROM cameras ORDER BY 1")
         return [str(r[0]) for r in rows]
 
