@@ -17,6 +17,14 @@
   const STALE_MS = 3000;
   const RECONNECT_MS = 8000;
   const BADGES = { live: "LIVE", delay: "DELAY", error: "ERROR", offline: "OFFLINE" };
+  // The motion detector's boxes in the status (recorder/web/handlers.py OUTLINES_ON/OFF).
+  const OUTLINES_ON = "outlines:on";
+  const OUTLINES_OFF = "outlines:off";
+  const OUTLINES_KEY = "pancake.outlines."; // + camera name, in localStorage: "1" or "0"
+  // Boxes whose changed area reaches the bar in the picture's snapshot colour (pipeline.py
+  // BOX_COLOUR); below the bar, dashed and paler: it moved, but not enough to count.
+  const ABOVE_COLOUR = "rgb(255, 48, 0)";
+  const BELOW_COLOUR = "rgba(255, 214, 10, .85)";
   const multi = document.body.classList.contains("multi");
   const xsrf = (document.querySelector('meta[name="xsrf"]') || {}).content || "";
   let newestWall = 0; // capture time of the newest frame any tile showed (the header's clock)
@@ -292,6 +300,23 @@
     }
   }
 
+  function storedOutlines(name) {
+    try { return localStorage.getItem(OUTLINES_KEY + name) === "1"; } catch (e) { return false; }
+  }
+
+  function storeOutlines(name, on) {
+    try { localStorage.setItem(OUTLINES_KEY + name, on ? "1" : "0"); } catch (e) { /* private mode */ }
+  }
+
+  // Where a picture of `w` x `h` lands inside `el` (object-fit: contain), relative to `box`.
+  function pictureRect(el, w, h, box) {
+    const r = el.getBoundingClientRect();
+    if (!w || !h || !r.width || !r.height) return null;
+    const scale = Math.min(r.width / w, r.height / h);
+    const pw = w * scale, ph = h * scale;
+    return { x: r.left - box.left + (r.width - pw) / 2, y: r.top - box.top + (r.height - ph) / 2, w: pw, h: ph };
+  }
+
   // One camera's picture, badge and pills, on its own websocket. `root` holds the elements
   // (by class); `view` is "grid" (a tile: the server paces it to its share) or "" (full rate).
   function Tile(root, name) {
@@ -317,6 +342,14 @@
     let reacked = false; // this stall has had its second ack
     let health = "offline";
     let retry = null;
+    // The outlines: a canvas over the picture, the toggle, and the last boxes the server sent.
+    const overlay = document.createElement("canvas");
+    overlay.className = "outlines";
+    overlay.setAttribute("aria-hidden", "true");
+    const outlinesBox = q("outlines-toggle");
+    let outlinesOn = storedOutlines(name);
+    let outlines = null; // {boxes, above, area, bar} from the newest status, null: none
+    if (outlinesBox) outlinesBox.checked = outlinesOn;
 
     function setConn(text, ok, stale) {
       conn.textContent = text;
@@ -373,8 +406,69 @@
         surface.setAttribute("aria-label", img.alt);
         img.after(surface);
       }
+      (surface || img).after(overlay); // above the picture, below the tile's bar and menu
       showPath();
+      drawOutlines();
     }
+
+    // The picture's own size, whichever element shows it (0 x 0 before the first); the
+    // last one shown, since an <img> has none while its next JPEG decodes.
+    let pictureWH = [0, 0];
+    function pictureSize() {
+      let wh = [0, 0];
+      if (path === "jpeg") wh = [img.naturalWidth, img.naturalHeight];
+      else if (surface && surface.tagName === "VIDEO") wh = [surface.videoWidth, surface.videoHeight];
+      else if (surface && surface.classList.contains("shown")) wh = [surface.width, surface.height];
+      if (wh[0] && wh[1]) pictureWH = wh;
+      return pictureWH;
+    }
+
+    // The boxes over the picture, where the letterboxing puts it; cleared when off or none.
+    function drawOutlines() {
+      const box = overlay.getBoundingClientRect();
+      const ratio = window.devicePixelRatio || 1;
+      const w = Math.round(box.width * ratio), h = Math.round(box.height * ratio);
+      if (overlay.width !== w || overlay.height !== h) { overlay.width = w; overlay.height = h; }
+      const ctx = overlay.getContext("2d");
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.clearRect(0, 0, overlay.width, overlay.height);
+      overlay.dataset.boxes = "0";
+      if (!outlinesOn || !outlines) return;
+      const [pw, ph] = pictureSize();
+      const rect = pictureRect(path === "jpeg" ? img : surface, pw, ph, box);
+      if (!rect) return;
+      ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+      ctx.lineWidth = 2;
+      ctx.strokeStyle = outlines.above ? ABOVE_COLOUR : BELOW_COLOUR;
+      ctx.setLineDash(outlines.above ? [] : [5, 4]);
+      for (const [x, y, bw, bh] of outlines.boxes) {
+        ctx.strokeRect(rect.x + x * rect.w, rect.y + y * rect.h, bw * rect.w, bh * rect.h);
+      }
+      overlay.dataset.boxes = String(outlines.boxes.length);
+      if (typeof outlines.area === "number" && typeof outlines.bar === "number") {
+        // What the user tunes against: how much changed, and how much must.
+        const text = `motion ${outlines.area.toFixed(1)} % · bar ${outlines.bar.toFixed(1)} %`;
+        ctx.setLineDash([]);
+        ctx.font = "600 12px system-ui, sans-serif";
+        const tw = ctx.measureText(text).width;
+        const tx = rect.x + rect.w - tw - 10, ty = rect.y + 8;
+        ctx.fillStyle = "rgba(14, 16, 20, .7)";
+        ctx.fillRect(tx - 5, ty - 2, tw + 10, 18);
+        ctx.fillStyle = outlines.above ? ABOVE_COLOUR : "#d6dae2";
+        ctx.textBaseline = "top";
+        ctx.fillText(text, tx, ty + 1);
+      }
+    }
+
+    function setOutlines(on) {
+      outlinesOn = on;
+      storeOutlines(name, on);
+      if (!on) outlines = null;
+      if (ws && ws.readyState === WebSocket.OPEN) ws.send(on ? OUTLINES_ON : OUTLINES_OFF);
+      drawOutlines();
+    }
+    if (outlinesBox) outlinesBox.addEventListener("change", () => setOutlines(outlinesBox.checked));
+    if (window.ResizeObserver) new ResizeObserver(() => drawOutlines()).observe(overlay);
 
     // This path does not work here: the next one, on a new socket.
     function switchPath(why) {
@@ -415,6 +509,17 @@
         cont.checked = msg.continuous;
       }
       root.classList.toggle("disarmed", msg.armed === false);
+      if (outlinesBox && typeof msg.motion === "boolean") {
+        // No motion detector on this camera: nothing to outline (the choice stays stored).
+        outlinesBox.disabled = !msg.motion;
+        outlinesBox.closest("label").title = msg.motion
+          ? "draw what the motion detector sees changing"
+          : "this camera does not run the motion detector (--detect motion)";
+      }
+      // No boxes in the status: motion is not analysed now (disarmed, no --detect motion).
+      outlines = outlinesOn && Array.isArray(msg.boxes)
+        ? { boxes: msg.boxes, above: !!msg.above, area: msg.area, bar: msg.bar } : null;
+      drawOutlines();
       if (path !== "jpeg" && msg.h264 === false) {
         // A camera that records nothing encodes no H.264: JPEG for this one.
         switchPath("no H.264");
@@ -471,6 +576,8 @@
       frames += 1;
       recent.push(shownAt);
       if (el) { el.dataset.seq = String(seq); el.classList.add("shown"); }
+      pictureSize(); // noted while the picture is there
+      if (outlinesOn) drawOutlines(); // the picture may have changed size
       root.dataset.frames = String(frames);
       if (q("frames")) q("frames").textContent = frames;
       if (q("age")) q("age").textContent = Math.round(age * 1000);
@@ -509,6 +616,7 @@
         // be reopened at full speed forever.
         ackAt = openedAt = performance.now(); // opening the socket is the first ack
         reacked = false;
+        if (outlinesOn) ws.send(OUTLINES_ON);
         setConn("waiting for the camera…", false);
       };
       ws.onmessage = (ev) => {

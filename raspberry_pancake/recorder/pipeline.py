@@ -142,7 +142,7 @@ class Pipeline:
         self.detector = Detector(
             DetectorConfig(cfg.detect_interval, cfg.detect_combine, checks, motion), self.hub,
             self._on_edge, self._stop, on_update=self._on_update,
-            learned=_CatalogLearned(catalog) if catalog is not None else None)
+            learned=_CatalogLearned(catalog) if catalog is not None else None, state=self.state)
 
     def _segment_writer(self) -> SegmentWriter | None:
         cfg = self.cfg

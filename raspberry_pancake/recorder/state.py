@@ -7,6 +7,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from raspberry_pancake.recorder.config import RecorderConfig
@@ -48,6 +49,21 @@ LIVE, DELAY, ERROR, OFFLINE = "live", "delay", "error", "offline"
 Control = Callable[[bool | None, bool | None], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Outlines:
+    """What the motion detector saw in the newest frame it analysed, for the page's outlines:
+    the changed regions (x, y, w, h as fractions of the frame; also while below the bar),
+    whether their area is above the bar in effect, the 0..1 score an event carries."""
+
+    seq: int  # the analysed frame's sequence number (frames.Frame.seq)
+    mono: float  # and its capture time (time.monotonic), to tell old boxes
+    boxes: tuple[tuple[float, float, float, float], ...]
+    above: bool
+    score: float | None
+    area: float  # percent of the watched picture that changed
+    bar: float  # percent it must reach
+
+
 class RecorderState:
     """Shared by the pipeline (writers), the detector and the web server."""
 
@@ -75,6 +91,11 @@ class RecorderState:
         # Set the same way when the camera searches faces: the faces in its newest frame, for
         # the Faces page's "add from camera" (a list of dicts: box, name, a JPEG crop).
         self.faces_in_view: Callable[[], list[dict[str, Any]]] | None = None
+        # The motion detector's newest Outlines (None: no motion detector runs, or disarmed);
+        # written by the detector's thread, read by the web's; one reference, swapped whole
+        # under _outlines_lock.
+        self._outlines_lock = threading.Lock()
+        self._outlines: Outlines | None = None
         # Set by the pipeline: the camera's H.264 access units for the live view's H.264
         # viewers (recorder.frames' packet hub), None when the camera has none.
         self.packets: Any = None
@@ -170,6 +191,15 @@ class RecorderState:
             if value and not self._detecting:
                 self._last_detection = time.time()
             self._detecting = value
+
+    def set_outlines(self, outlines: Outlines | None) -> None:
+        """The detector's newest analysed frame (None: motion is not being analysed now)."""
+        with self._outlines_lock:
+            self._outlines = outlines
+
+    def outlines(self) -> Outlines | None:
+        with self._outlines_lock:
+            return self._outlines
 
     def snapshot(self) -> dict[str, Any]:
         """The recorder's part of /status (the web server adds viewers and JPEG counts)."""

@@ -19,11 +19,12 @@ from av.video.reformatter import VideoReformatter
 
 from raspberry_pancake.recorder.config import ConfigError, RecorderConfig, Size
 from raspberry_pancake.recorder.detect.gpio import GpioError, GpioSensor
-from raspberry_pancake.recorder.detect.motion import MotionConfig, MotionDetector
+from raspberry_pancake.recorder.detect.motion import Motion, MotionConfig, MotionDetector
 from raspberry_pancake.recorder.detect.result import NOTHING, Detection, as_detection, combine
 from raspberry_pancake.recorder.frames import Frame, LatestFrame
 from raspberry_pancake.recorder.recording.clips import Edge
 from raspberry_pancake.recorder.stage import Stage
+from raspberry_pancake.recorder.state import Outlines, RecorderState
 from raspberry_pancake.shared.logs import RateLimiter
 
 __all__ = ["Check", "Detector", "DetectorConfig", "Learned", "build_checks"]
@@ -109,7 +110,7 @@ class Detector(Stage):
 
     def __init__(self, cfg: DetectorConfig, hub: LatestFrame, on_edge: EdgeSink,
                  stop: threading.Event, on_update: UpdateSink | None = None,
-                 learned: Learned | None = None) -> None:
+                 learned: Learned | None = None, state: RecorderState | None = None) -> None:
         super().__init__("detector")  # a daemon thread: a hung detect() can't pin the exit
         self._cfg = cfg
         self._checks = list(cfg.checks)
@@ -118,6 +119,8 @@ class Detector(Stage):
         self._on_edge = on_edge
         self._on_update = on_update
         self._learned = learned
+        # Where the motion detector's newest boxes go for the page's outlines (None: a test).
+        self._state = state
         self._stop_event = stop
         self._wake = threading.Event()  # a trigger or a disarm: look again now
         self._trigger = _Trigger()
@@ -198,6 +201,7 @@ class Detector(Stage):
         try:
             self._loop()
         finally:
+            self._outlines(None)  # stopped: nothing is being analysed any more
             self._save_stats()
             for check in self._checks:
                 if check.close is not None:
@@ -247,6 +251,7 @@ class Detector(Stage):
                 result = combine([result, triggered], "or")
         else:
             result = NOTHING
+            self._outlines(None)  # disarmed: no motion is analysed, so the page draws none
         if bool(result) != self.state:
             self.state = bool(result)
             self.current = self._sent = result
@@ -270,22 +275,36 @@ class Detector(Stage):
             if check.gate is not None and check.gate not in seen:
                 answers.append(NOTHING)  # faces while there is no motion: a still scene is free
                 continue
-            answer = self._call(check, frame)
+            answer = self._call(check, frame, check.name == "motion")
             seen.update(answer.labels if answer else ())
             answers.append(answer)
         return answers
 
-    def _call(self, check: Check, frame: Frame | None) -> Detection:
+    def _call(self, check: Check, frame: Frame | None, outlines: bool = False) -> Detection:
         self.calls += 1
         try:
-            return as_detection(check.run(frame))
+            value = check.run(frame)
+            answer = as_detection(value)
         except Exception as exc:  # noqa: BLE001 — the user's code: any failure counts as False
+            if outlines:
+                self._outlines(None)  # a failed analysis shows nothing rather than old boxes
             self.errors += 1
             check.errors += 1
             what = "detect()" if check.name == "detect" else f"the {check.name} detector"
             _limit.log(log, logging.ERROR, f"raise-{check.name}",
                        "%s raised %s: %s (counted as False)", what, type(exc).__name__, exc)
             return NOTHING
+        if outlines and isinstance(value, Motion) and frame is not None:
+            self._outlines(Outlines(
+                frame.seq, frame.mono, answer.boxes,
+                # The bar itself, not the debounced state: what the user tunes against.
+                not value.light_change and value.area >= value.threshold,
+                answer.score, value.area, value.threshold))
+        return answer
+
+    def _outlines(self, outlines: Outlines | None) -> None:
+        if self._state is not None:
+            self._state.set_outlines(outlines)
 
     # -- the motion detector's learned statistics ----------------------------------------
 

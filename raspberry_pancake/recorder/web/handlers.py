@@ -307,6 +307,8 @@ class CameraHandler(Base):
 # The websocket protocol: LiveSocket's docstring.
 HEADER = struct.Struct("!Qdff")
 ACK = "read_frame"
+# A viewer asks for (or stops asking for) the motion detector's boxes in its status messages.
+OUTLINES_ON, OUTLINES_OFF = "outlines:on", "outlines:off"
 
 
 class LiveSocket(tornado.websocket.WebSocketHandler):
@@ -316,6 +318,8 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         ``read_frame``: the ack. "I have shown the last frame; send the next." Opening the
         websocket counts as the first ack, so a client that never acks gets exactly one frame.
         Acks do not add up: one or ten acks before the next frame still earn one frame.
+        ``outlines:on`` / ``outlines:off``: the motion detector's boxes in the status (below)
+        or not (the default). Not an ack.
 
     server -> client, binary: one JPEG, after a fixed 24-byte big-endian header (HEADER)
         ``seq``   u64  the frame's capture sequence number; strictly increasing per client
@@ -339,7 +343,14 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         ``capture_fps``, ``viewers``, ``max_stream_fps``, ``camera`` (its name), ``title``,
         ``health`` (live, delay, error, offline), ``armed``, ``continuous``, ``h264`` (false:
         the camera has no H.264 units, since it records nothing and so encodes nothing; a
-        page that asked for H.264 then asks for JPEG). Sent only to a
+        page that asked for H.264 then asks for JPEG), ``motion`` (the camera runs the motion
+        detector, so it has outlines to show). A client that sent ``outlines:on``
+        also gets, while the camera runs the motion detector (``--detect motion``, armed),
+        ``boxes`` (the regions changing in the newest analysed frame, each ``[x, y, w, h]`` as
+        fractions of the frame; also while below the bar; ``[]`` for a still scene),
+        ``score`` (0..1, as an event's), ``above`` (the changed area reaches the bar),
+        ``area`` and ``bar`` (percent of the watched picture) and ``boxes_seq`` (the analysed
+        frame's seq); they change at most four times a second. Sent only to a
         client that is waiting for a frame: with the next frame when it changed, and at least
         once a second while the client waits (so a stalled client is sent nothing at all).
 
@@ -361,6 +372,7 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
         self.login = login
         self.interval = 0.0
         self.codec = JPEG
+        self.outlines = False
         self.wants = False
         self.writing = False
         self.closed = False
@@ -405,6 +417,8 @@ class LiveSocket(tornado.websocket.WebSocketHandler):
             self.wants = True
             self.ack_at = time.monotonic()
             self.live.pump(self)
+        elif message in (OUTLINES_ON, OUTLINES_OFF):
+            self.outlines = message == OUTLINES_ON
         else:
             _limiter.log(log, logging.INFO, "ws-junk", "unexpected websocket message from %s",
                          self.request.remote_ip)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import tornado.ioloop
 
@@ -21,6 +21,12 @@ GRID_MIN_FPS = 2.0
 LOGGED_OUT = 1008  # websocket close code (policy violation) for a session that logged out
 JPEG, H264 = "jpeg", "h264"  # a viewer's codec (/websocket?codec=)
 TIMER_SLACK = 0.002
+# A viewer that asked for outlines (handlers.OUTLINES_ON) gets the motion detector's newest boxes
+# in its status, refreshed at most this often: each change is one more status message.
+OUTLINES_EVERY = 0.25
+# Boxes from a frame older than this are not shown (a detector held up by a slow detect()):
+# old outlines over a live picture would point at things that have gone.
+OUTLINES_STALE = 2.0
 
 
 def display_name(source: str) -> str:
@@ -41,6 +47,7 @@ class Viewer(Protocol):
     session: str | None  # the login session it opened with (None: not yet open)
     interval: float  # at least this long between two frames sent to it (its view's rate)
     codec: str  # JPEG or H264
+    outlines: bool  # it asked for the motion detector's boxes in its status
 
     def wake_at(self, when: float) -> None: ...
 
@@ -88,7 +95,37 @@ class Live:
         self.packets: PacketHub | None = hub if isinstance(hub, PacketHub) else None
         if self.packets is not None:
             self.packets.listen(self._unit_from_thread)
+        self._status: dict[str, Any] = {}
         self.status_text = self._status_text()
+        # The status with the outlines, for the viewers that asked; rebuilt by status_for.
+        self._outlined = self.status_text
+        self._outlined_at = float("-inf")
+        self._outlined_base = ""
+
+    def status_for(self, viewer: Viewer) -> str:
+        """The status text `viewer` is sent: with `boxes`, `score`, `above`, `area`, `bar`
+        and `boxes_seq` when it asked for outlines and motion is being analysed."""
+        if not viewer.outlines:
+            return self.status_text
+        now = time.monotonic()
+        if self._outlined_base == self.status_text and now - self._outlined_at < OUTLINES_EVERY:
+            return self._outlined
+        self._outlined_base = self.status_text
+        self._outlined_at = now
+        found = self.state.outlines()
+        if found is None or now - found.mono > OUTLINES_STALE:
+            self._outlined = self.status_text
+        else:
+            self._outlined = json.dumps({
+                **self._status,
+                "boxes": [list(b) for b in found.boxes],
+                "score": found.score,
+                "above": found.above,
+                "area": found.area,
+                "bar": found.bar,
+                "boxes_seq": found.seq,
+            }, separators=(",", ":"))
+        return self._outlined
 
     def _unit_from_thread(self, unit: Unit) -> None:
         # On the publisher's thread. Only while some H.264 viewer is connected: one that joins
@@ -141,7 +178,7 @@ class Live:
             # No pacing: dropping a P-frame would break every picture up to the next IDR.
             unit = self.next_unit(viewer)
             if unit is not None:
-                viewer.send(unit, self.status_text)
+                viewer.send(unit, self.status_for(viewer))
             return
         now = time.monotonic()
         due = viewer.last_sent + max(self.interval, viewer.interval)
@@ -152,7 +189,7 @@ class Live:
             return
         cached = self.producer.latest
         if cached is not None and cached.seq > viewer.last_seq and now - cached.encoded < self.interval:
-            viewer.send(cached, self.status_text)
+            viewer.send(cached, self.status_for(viewer))
             return
         # Nothing fresh it has not seen: wait for the producer (never on this loop).
         self.waiting.add(viewer)
@@ -161,7 +198,7 @@ class Live:
     def _status_text(self) -> str:
         health, _age = self.state.health()
         armed, continuous = self.state.switches()
-        return json.dumps({
+        self._status = {
             "type": "status",
             "source": display_name(self.state.source_name),
             "detection": self.state.detecting,
@@ -179,15 +216,19 @@ class Live:
             # False: this camera has no H.264 (it records nothing, so it encodes nothing); a
             # page that asked for H.264 then asks for JPEG.
             "h264": self.packets is not None,
-        }, separators=(",", ":"))
+            # Whether this camera runs the motion detector, so has outlines to show.
+            "motion": "motion" in self.state.cfg.detectors,
+        }
+        return json.dumps(self._status, separators=(",", ":"))
 
     def refresh_status(self) -> None:
         self.status_text = self._status_text()
         now = time.monotonic()
         for viewer in list(self.viewers):
-            if viewer.wants and (viewer.status_sent != self.status_text
+            text = self.status_for(viewer)
+            if viewer.wants and (viewer.status_sent != text
                                  or now - viewer.status_at >= STATUS_EVERY):
-                viewer.send_status(self.status_text)
+                viewer.send_status(text)
 
     def end_session(self, session: str) -> None:
         """Close the viewers of a session that logged out: the page then finds itself logged
