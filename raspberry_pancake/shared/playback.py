@@ -21,8 +21,8 @@ from raspberry_pancake.shared.remux import (
     TIME_BASE,
     ConversionError,
     EmptyRecording,
-    _Clock,
     read_sidecar,
+    remux,
     sidecar_for,
 )
 
@@ -222,59 +222,7 @@ def remux_fragmented(h264: Path, out: Path, fps: float, sidecar: Path | None,
     """shared.remux.remux, but into a fragmented mp4 that is readable while it grows (remux
     writes its moov at the end and then moves it first); stops early when `stop` is set.
     Returns the frame count."""
-    try:
-        size = h264.stat().st_size
-    except OSError as exc:
-        raise ConversionError(f"cannot stat: {exc.strerror or exc}") from None
-    if size == 0:
-        raise EmptyRecording("empty file")
-    clock = _Clock(read_sidecar(sidecar) if sidecar else [], fps)
-    try:
-        inp = av.open(str(h264), format="h264")
-    except (av.error.FFmpegError, OSError) as exc:
-        raise EmptyRecording(f"no H.264 in it ({exc})") from None
-    written = 0
-    try:
-        if not inp.streams.video:
-            raise EmptyRecording("no video stream")
-        ist = inp.streams.video[0]
-        with av.open(str(out), "w", format="mp4", options={"movflags": FRAGMENTED}) as output:
-            ost = output.add_stream_from_template(ist)
-            ost.time_base = TIME_BASE
-            held: av.Packet[VideoStream] | None = None
-            index = 0
-            last_duration = 0
-            try:
-                for packet in inp.demux(ist):
-                    if stop is not None and stop.is_set():
-                        raise ConversionError("stopped")
-                    if packet.size == 0:
-                        continue  # the demuxer's end-of-stream marker
-                    tick = clock.tick(index)
-                    index += 1
-                    # A file damaged at its start: skip to the first keyframe, which decodes.
-                    if held is None and not written and not packet.is_keyframe:
-                        continue
-                    packet.stream = ost
-                    packet.time_base = TIME_BASE
-                    packet.pts = packet.dts = tick
-                    if held is not None:
-                        last_duration = held.duration = tick - (held.pts or 0)
-                        output.mux(held)
-                        written += 1
-                    held = packet
-            except (av.error.InvalidDataError, av.error.EOFError, av.error.FFmpegError) as exc:
-                log.warning("%s: damaged after %d frames (%s): keeping those", h264, index, exc)
-            if held is None:
-                raise EmptyRecording("no decodable frame")
-            held.duration = last_duration or round(1.0 / fps / TIME_BASE)
-            output.mux(held)
-            written += 1
-    except av.error.FFmpegError as exc:
-        raise ConversionError(f"mp4 muxer failed ({exc})") from None
-    finally:
-        inp.close()
-    return written
+    return remux(h264, out, fps, sidecar, movflags=FRAGMENTED, stop=stop)
 
 
 def _times(piece: Piece) -> list[float]:

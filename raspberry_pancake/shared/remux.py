@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -82,11 +83,14 @@ class _Clock:
         return value
 
 
-def remux(h264: Path, out: Path, fps: float, sidecar: Path | None) -> int:
+def remux(h264: Path, out: Path, fps: float, sidecar: Path | None, *,
+          movflags: str = "+faststart", stop: threading.Event | None = None) -> int:
     """Write `out` (mp4, moov first) from the raw H.264 in `h264`; return the frame count.
 
     Timestamps come from the sidecar when given, else from fps. No decoding: packets are copied
-    as they are. A damaged or truncated file yields the packets before the damage.
+    as they are. A damaged or truncated file yields the packets before the damage. `movflags`
+    chooses the mp4's layout (the page's playback asks for a fragmented one, readable while
+    it grows); `stop`, when set, ends the remux early with ConversionError.
     """
     try:
         size = h264.stat().st_size
@@ -104,8 +108,7 @@ def remux(h264: Path, out: Path, fps: float, sidecar: Path | None) -> int:
         if not inp.streams.video:
             raise EmptyRecording("no video stream")
         ist = inp.streams.video[0]
-        with av.open(str(out), "w", format="mp4",
-                     options={"movflags": "+faststart"}) as output:
+        with av.open(str(out), "w", format="mp4", options={"movflags": movflags}) as output:
             ost = output.add_stream_from_template(ist)
             ost.time_base = TIME_BASE
             held: av.Packet[VideoStream] | None = None
@@ -114,6 +117,8 @@ def remux(h264: Path, out: Path, fps: float, sidecar: Path | None) -> int:
             last_duration = 0
             try:
                 for packet in inp.demux(ist):
+                    if stop is not None and stop.is_set():
+                        raise ConversionError("stopped")
                     if packet.size == 0:
                         continue  # the demuxer's end-of-stream marker
                     tick = clock.tick(index)
