@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 from raspberry_pancake.postproc.upload.ftp import tls_context
 from raspberry_pancake.postproc.upload.targets import FtpTarget, RcloneTarget, ScpTarget
 from raspberry_pancake.postproc.upload.worker import BACKOFF_FIRST, MAX_ATTEMPTS
-from raspberry_pancake.shared.cli import ConfigError, OneLineParser
+from raspberry_pancake.shared.cli import Bounded, ConfigError, OneLineParser
 from raspberry_pancake.shared.credentials import Secret, SecretError, resolve
 from raspberry_pancake.shared.events import MAX_SOCKET_NAME
 from raspberry_pancake.shared.statedir import catalog_path, state_dir
@@ -109,34 +109,13 @@ class PostprocConfig:
                 + mqtt + rclone)
 
 
-def _minute(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a minute (0..59)") from None
-    if not 0 <= value <= 59:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a minute (0..59)")
-    return value
+_minute = Bounded(int, lambda v: 0 <= v <= 59, "is not a minute (0..59)", "is not a minute (0..59)")
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is less than 1")
-    return value
+_at_least_one = Bounded(int, lambda v: v >= 1, "is not a whole number", "is less than 1")
 
 
-def _uid(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a numeric uid") from None
-    if not 0 <= value < 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a uid")
-    return value
+_uid = Bounded(int, lambda v: 0 <= v < 2**32 - 1, "is not a numeric uid", "is not a uid")
 
 
 def build_parser() -> argparse.ArgumentParser:

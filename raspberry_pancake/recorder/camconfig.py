@@ -47,9 +47,9 @@ def _keys() -> dict[str, _Key]:
             continue
         if isinstance(action, argparse._StoreTrueAction):
             kind = "bool"
-        elif action.type is int or getattr(action.type, "__name__", "") == "_size":
+        elif action.type is int or getattr(action.type, "kind", "") == "int":
             kind = "int"
-        elif action.type is float or getattr(action.type, "__name__", "") == "_positive":
+        elif action.type is float or getattr(action.type, "kind", "") == "number":
             kind = "number"
         elif action.type is None:
             kind = "str"

@@ -19,7 +19,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-from raspberry_pancake.shared.cli import ConfigError, OneLineParser
+from raspberry_pancake.shared.cli import Bounded, ConfigError, OneLineParser
 from raspberry_pancake.shared.credentials import Secret, SecretError
 from raspberry_pancake.shared.credentials import resolve as resolve_secret
 from raspberry_pancake.shared.events import MAX_SOCKET_NAME
@@ -156,21 +156,12 @@ class RecorderConfig:
         return tuple(dict.fromkeys(dirs))
 
 
-def _size(text: str) -> int:
-    value = int(text)
-    if not 16 <= value <= 8192 or value % 2:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an even number of pixels in 16..8192")
-    return value
+_size = Bounded(int, lambda v: 16 <= v <= 8192 and v % 2 == 0,
+                "is not an even number of pixels in 16..8192",
+                "is not an even number of pixels in 16..8192")
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < 1e9:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return value
+_positive = Bounded(float, lambda v: 0 < v < 1e9, "is not a number", "is not a positive number")
 
 
 def _detect_list(text: str) -> tuple[str, ...]:
@@ -185,44 +176,18 @@ def _detect_list(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(words))
 
 
-def _percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percent above 0, at most 100")
-    return value
+_percent = Bounded(float, lambda v: 0 < v <= 100, "is not a number",
+                   "is not a percent above 0, at most 100")
 
 
-def _sensitivity(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number 1..10") from None
-    if not 1 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 1..10")
-    return value
+_sensitivity = Bounded(int, lambda v: 1 <= v <= 10, "is not a whole number 1..10", "is not 1..10")
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 0..3600 seconds")
-    return value
+_seconds = Bounded(float, lambda v: 0 <= v <= 3600, "is not a number", "is not 0..3600 seconds")
 
 
-def _distance(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 2:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a distance above 0, at most 2")
-    return value
+_distance = Bounded(float, lambda v: 0 < v <= 2, "is not a number",
+                    "is not a distance above 0, at most 2")
 
 
 def _pin(text: str) -> int | str:
