@@ -738,6 +738,35 @@ class Catalog:
                       "WHERE id = ?", (json.dumps(new_l), json.dumps(new_n), new_b, new_s, event))
         self._write(work)
 
+    def set_event_names(self, event: int, names: Sequence[str]) -> None:
+        """The event's names as the user corrected them from the page (replacing, not adding
+        to, what the detector said)."""
+        text = json.dumps(list(dict.fromkeys(names)))
+        self._write(lambda c: c.execute("UPDATE events SET names = ? WHERE id = ?",
+                                        (text, event)))
+
+    def replace_name(self, old: str, new: str | None) -> int:
+        """A person renamed (`new`) or removed (None) from the faces store: every event that
+        names them says so (case-insensitively, as the store compares names). Returns how
+        many events changed."""
+        key = old.casefold()
+
+        def work(c: sqlite3.Connection) -> int:
+            # Compared in Python: SQLite's lower() folds ASCII only, and names are not.
+            changed = 0
+            for row in c.execute("SELECT id, names FROM events WHERE names != '[]'").fetchall():
+                names = json.loads(row["names"])
+                kept = [n for n in names if n.casefold() != key]
+                if len(kept) == len(names):
+                    continue
+                if new is not None:
+                    kept.append(new)
+                c.execute("UPDATE events SET names = ? WHERE id = ?",
+                          (json.dumps(list(dict.fromkeys(kept))), row["id"]))
+                changed += 1
+            return changed
+        return self._write(work)
+
     def event_boxes_snapshot(self, event: int, snapshot: Path) -> None:
         """The event's snapshot with the boxes drawn (`STEM-boxes.jpg`)."""
         text = _text(snapshot)
