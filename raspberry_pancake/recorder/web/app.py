@@ -40,6 +40,7 @@ from raspberry_pancake.recorder.web.handlers import (
 )
 from raspberry_pancake.recorder.web.jpeg import ImageEncoder
 from raspberry_pancake.recorder.web.live import Live
+from raspberry_pancake.recorder.web.parts import UI_MODULES
 from raspberry_pancake.recorder.web.review import Review, routes
 from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.statedir import state_dir
@@ -138,6 +139,7 @@ def make_app(state: RecorderState, live: Live, login: Login | None, tls: bool,
             *faces_routes(make_faces(lives), deps),
         ],
         template_path=str(ROOT),
+        ui_modules=UI_MODULES,
         static_path=str(ROOT / "static"),
         cookie_secret=cookie_secret or secrets.token_bytes(auth.SECRET_BYTES),
         # The XSRF token guards every POST; LiveSocket's Origin check (Tornado's) guards the
