@@ -151,6 +151,28 @@ class Pancake:
         raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.log()}")
 
 
+# Screenshots: every run writes them under tests/artifacts/ (ignored by git) to look at; the
+# README's pictures in docs/ are rewritten only when asked, so a test run leaves the tree clean.
+ARTIFACTS_DIR = ROOT / "tests" / "artifacts"
+DOCS_DIR = ROOT / "docs"
+DOC_SHOTS_ENV = "PANCAKE_DOC_SHOTS"
+
+
+def doc_screenshot(page: Any, name: str, **kw: Any) -> Path:
+    """Screenshot `page` (a Playwright page; `kw` as page.screenshot's) into
+    tests/artifacts/NAME, and into docs/NAME too when PANCAKE_DOC_SHOTS=1. One capture, so
+    both files hold the same picture. Returns the artifact's path."""
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ValueError(f"{name!r}: a screenshot is named by a plain file name")
+    ARTIFACTS_DIR.mkdir(parents=True, exist_ok=True)
+    artifact = ARTIFACTS_DIR / name
+    data: bytes = page.screenshot(path=str(artifact), **kw)
+    if os.environ.get(DOC_SHOTS_ENV) == "1":
+        DOCS_DIR.mkdir(exist_ok=True)
+        (DOCS_DIR / name).write_bytes(data)
+    return artifact
+
+
 # Debian's chromium, which Playwright drives (make test installs both); one per test file.
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

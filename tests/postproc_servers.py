@@ -73,6 +73,9 @@ def h264_bytes(frames: int, width: int = 320, height: int = 240, fps: int = 12,
             for n, frame in enumerate(src.decode(video=0)):
                 if n >= frames:
                     break
+                # lavfi marks every frame I, and libx264 obeys a frame's type: without this
+                # the stream would be all keyframes, not IDR + P frames as pancake writes.
+                frame.pict_type = av.video.frame.PictureType.NONE
                 out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
     return buf.getvalue()
@@ -416,10 +419,14 @@ class FtpServer:
     With `tls` (a PEM with the certificate chain and key), explicit FTPS as vsftpd and ProFTPD
     serve it by default: AUTH TLS before the login, PROT P before any transfer, and each data
     connection must resume the control connection's TLS session; a plain client is refused.
-    `handler` adds or replaces attributes of the handler class (a misbehaving server)."""
+    `handler` adds or replaces attributes of the handler class (a misbehaving server).
+    `close_notify=False`: each TLS data connection is closed bare, without TLS's close_notify
+    (as some servers do; the client's unwrap() then meets EOF), after the reply as usual.
+    `reply_after_store` replaces the server's 226 after a STOR (a server that failed it)."""
 
     def __init__(self, root: Path, user: str = "cam", password: str = "s3cret-ftp",
-                 tls: Path | None = None, handler: dict[str, Any] | None = None) -> None:
+                 tls: Path | None = None, handler: dict[str, Any] | None = None,
+                 close_notify: bool = True, reply_after_store: str | None = None) -> None:
         import warnings
 
         with warnings.catch_warnings():
@@ -439,6 +446,8 @@ class FtpServer:
         # Data connections over TLS, and how many of them resumed the control's session.
         self.tls_data = 0
         self.tls_resumed = 0
+        self.close_notify = close_notify
+        self.reply_after_store = reply_after_store
         auth = DummyAuthorizer()
         auth.add_user(user, password, str(root), perm="elradfmwMT")
 
@@ -473,6 +482,14 @@ class FtpServer:
         server = self
 
         class ResumingDTP(TLS_DTPHandler):  # type: ignore[misc]
+            def close(self) -> None:
+                if self.receive and server.reply_after_store is not None and self._resp:
+                    self._resp = (server.reply_after_store, self._resp[1])
+                if not server.close_notify:
+                    # pyftpdlib's close() sends close_notify while TLS is up: say it is not.
+                    self._ssl_established = False
+                super().close()
+
             def handle_ssl_established(self) -> None:
                 server.tls_data += 1
                 if openssl.SSL_session_reused(self.socket._ssl):

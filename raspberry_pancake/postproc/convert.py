@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import queue
+import stat
 import subprocess
 import threading
 import time
@@ -21,6 +22,7 @@ from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.remux import ConversionError, EmptyRecording, remux, sidecar_for
 
 log = logging.getLogger(__name__)
+_limit = RateLimiter()
 
 # A temporary mp4 is hidden and still ends in .mp4 (MP4Box picks the format from the name).
 TMP_PREFIX = "."
@@ -45,6 +47,24 @@ class Job:
     clip: bool = False
     catch_up: bool = False
     camera: str = ledger.DEFAULT_CAMERA
+
+
+def not_regular(path: Path) -> str | None:
+    """Why `path` must not be opened, or None: only a regular file is read (a FIFO named like a
+    recording or a sidecar blocks open() for good, a device node may do anything). A missing
+    or unreadable path is None here: the open that follows says what is wrong with it. Stat,
+    then open: a FIFO swapped in between is a race we accept (the receiver checked the file
+    when its message came, and the directories are the recorder's)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a device" if stat.S_ISCHR(mode)
+            or stat.S_ISBLK(mode) else "a special file")
+    return f"not a regular file ({kind})"
 
 
 def mp4_name(h264: Path) -> str:
@@ -89,6 +109,9 @@ def convert(settings: ConvertSettings, job: Job, final: Path | None = None) -> P
     (default: the recording's name in settings.mp4_dir; the converter passes the name the
     catalog left, in the camera's folder, which is made here as needed)."""
     final = settings.mp4_dir / mp4_name(job.h264) if final is None else final
+    why = not_regular(job.h264)
+    if why is not None:
+        raise ConversionError(why)
     tmp = final.parent / f"{TMP_PREFIX}{final.stem}{TMP_SUFFIX}"
     try:
         if final.parent != settings.mp4_dir:
@@ -97,8 +120,7 @@ def convert(settings: ConvertSettings, job: Job, final: Path | None = None) -> P
         if settings.mp4box:
             run_mp4box(settings.mp4box, job.h264, tmp, settings.fps)
         else:
-            sidecar = job.pts if job.pts is not None else sidecar_for(job.h264)
-            remux(job.h264, tmp, settings.fps, sidecar if sidecar.is_file() else None)
+            remux(job.h264, tmp, settings.fps, _usable_sidecar(job))
         # On disk before it takes the final name: after a power cut the mp4 is whole or absent.
         fsync_path(tmp)
         os.replace(tmp, final)
@@ -110,6 +132,18 @@ def convert(settings: ConvertSettings, job: Job, final: Path | None = None) -> P
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     return final
+
+
+def _usable_sidecar(job: Job) -> Path | None:
+    """The job's `.pts` if it is there and a regular file; else None (timing by fps), said
+    once in a while when it is there but something else (a FIFO would hang the read)."""
+    sidecar = job.pts if job.pts is not None else sidecar_for(job.h264)
+    why = not_regular(sidecar)
+    if why is not None:
+        _limit.log(log, logging.WARNING, "sidecar not regular", "%s: sidecar ignored, timing "
+                   "by fps: %s", sidecar, why)
+        return None
+    return sidecar if sidecar.is_file() else None
 
 
 def remove_stale_temporaries(mp4_dir: Path) -> None:
@@ -257,6 +291,12 @@ class Converter:
             log.info("stopping: %d file(s) left unconverted for the next start", left)
 
     def _convert_one(self, job: Job) -> None:
+        # Before the catalog's plan, which reads a file it does not know (its frames).
+        why = not_regular(job.h264)
+        if why is not None:
+            self._limiter.log(log, logging.WARNING, "not regular", "%s: not converted: %s",
+                              job.h264, why)
+            return
         try:
             p = ledger.plan(self.catalog, job.h264, self.settings.mp4_dir, job.camera,
                             job.clip, job.catch_up)

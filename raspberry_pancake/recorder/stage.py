@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from raspberry_pancake.shared.logs import camera_scope, thread_camera
+
 log = logging.getLogger(__name__)
 
 
@@ -15,10 +17,14 @@ class Stage:
     `salvage()` then finishes what the stage had in hand (the file being written). The watchdog
     sees the stage dead and calls `respawn()` (once): a fresh thread on the same queue and state.
     A stage that ends on its own while nobody asked it to stop counts as dead too.
+
+    Its thread's log lines name the camera (shared.logs.camera_scope) of the thread that made
+    or first started it; a respawn by the watchdog keeps that camera.
     """
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.log_camera = thread_camera()
         self._thread: threading.Thread | None = None
         # Guards _stopping and _dying: stop() and a dying thread decide together whether the
         # stage's queue still has a reader, so that stop() never waits on a dead one.
@@ -34,17 +40,23 @@ class Stage:
 
     def salvage(self, stopping: bool) -> None:
         """After run() raised: finish what was in hand; if `stopping`, also consume the queue
-        until its end marker so that a stop() waiting on a full queue returns."""
+        until its end (closing a queue never waits, but what is queued is let go)."""
 
     def request_stop(self) -> None:
         """Ask run() to end once it has done what is queued (called only while it is alive)."""
 
     # -- thread handling -------------------------------------------------------------------
     def start(self) -> None:
+        if self.log_camera is None:
+            self.log_camera = thread_camera()
         self._thread = threading.Thread(target=self._main, name=self.name, daemon=True)
         self._thread.start()
 
     def _main(self) -> None:
+        with camera_scope(self.log_camera):
+            self._run_once()
+
+    def _run_once(self) -> None:
         try:
             self.run()
         except BaseException as exc:  # whatever ends a stage, it must not end quietly

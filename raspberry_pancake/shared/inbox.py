@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 from collections.abc import Iterator
@@ -19,15 +20,26 @@ class _End:
 
 class Inbox(Generic[T]):
     """What a stage's thread reads. `offer` is for other threads (the capture thread, the
-    encoder): it never waits, and a full inbox loses the item on purpose, logged."""
+    encoder): it never waits, and a full inbox loses the item on purpose, logged. `close` never
+    waits either, even on a full inbox nobody reads (a stage stopped after its thread died)."""
 
     def __init__(self, maxsize: int, what: str, log: logging.Logger) -> None:
         self._queue: queue.Queue[T | _End] = queue.Queue(maxsize=maxsize)
         self._what = what
         self._log = log
+        # Set before the end marker is offered, read by the reader before it waits: a marker
+        # that did not fit (the inbox was full) is then not needed, since the reader cannot be
+        # waiting on a full queue and stops once it has drained it.
+        self._closed = False
         self.dropped = 0
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def offer(self, item: T) -> bool:
+        if self._closed:
+            return False  # after the end: the reader would never see it
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -38,9 +50,14 @@ class Inbox(Generic[T]):
         return True
 
     def close(self) -> None:
-        """No more items: the reader ends after the queued ones (blocks only while full)."""
-        self._queue.put(_End())
+        """No more items: the reader ends after the queued ones. Never blocks."""
+        self._closed = True
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_End())
 
     def __iter__(self) -> Iterator[T]:
-        while not isinstance(item := self._queue.get(), _End):
+        while not (self._closed and self._queue.empty()):
+            item = self._queue.get()
+            if isinstance(item, _End):
+                return
             yield item

@@ -8,19 +8,82 @@ import logging.handlers
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # As the original: rotate at midnight, keep 33 days.
 ROTATE_BACKUPS = 33
-FORMAT = "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"
+# `camera_tag` is ` [NAME]` on a camera's threads when there are several (see camera_scope),
+# else empty: the single-camera lines read as they always did.
+FORMAT = "%(asctime)s %(levelname)s %(threadName)s%(camera_tag)s %(name)s: %(message)s"
 # Loggers are named for their modules; lines say `recorder.web.app`, not the package's full name.
 PACKAGE_PREFIX = "raspberry_pancake."
 
 
+# ---------------------------------------------------------------- which camera a thread serves
+
+# Per thread: the camera whose work it does. Several cameras run alike threads ("encoder",
+# "segments", "detector"), so without it their lines cannot be told apart.
+_local = threading.local()
+
+
+def thread_camera() -> str | None:
+    """The camera the calling thread works for, or None (a process-wide thread)."""
+    camera: str | None = getattr(_local, "camera", None)
+    return camera
+
+
+@contextmanager
+def camera_scope(camera: str | None) -> Iterator[None]:
+    """Within the block, the calling thread's log lines name `camera` (None: no camera), and
+    the threads it starts through Stage or `with_camera` inherit it."""
+    before = thread_camera()
+    _local.camera = camera
+    try:
+        yield
+    finally:
+        _local.camera = before
+
+
+def with_camera(target: Callable[P, R]) -> Callable[P, R]:
+    """`target` wrapped to run in the calling thread's camera scope: for
+    `threading.Thread(target=with_camera(fn))`, so that a camera's helper threads name it."""
+    camera = thread_camera()
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        with camera_scope(camera):
+            return target(*args, **kwargs)
+
+    return run
+
+
+class CameraTag(logging.Filter):
+    """Puts the emitting thread's camera on each record (`camera`, and `camera_tag` for the
+    format). Runs in the emitting thread, as handler filters do. A record that already has a
+    `camera` (logged with extra={"camera": ...}) keeps it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        camera = getattr(record, "camera", None)
+        if camera is None:
+            camera = thread_camera()
+            record.camera = camera
+        record.camera_tag = f" [{camera}]" if camera else ""
+        return True
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        if record.name.startswith(PACKAGE_PREFIX):
+        if record.name.startswith(PACKAGE_PREFIX) or not hasattr(record, "camera_tag"):
             record = logging.makeLogRecord(record.__dict__)  # other handlers keep the full name
-            record.name = record.name[len(PACKAGE_PREFIX):]
+            if record.name.startswith(PACKAGE_PREFIX):
+                record.name = record.name[len(PACKAGE_PREFIX):]
+            if not hasattr(record, "camera_tag"):  # a handler without CameraTag
+                camera = getattr(record, "camera", None)
+                record.camera_tag = f" [{camera}]" if camera else ""
         return super().format(record)
 
 
@@ -39,6 +102,7 @@ def setup_logging(path: str | None, level: int = logging.INFO) -> None:
             sys.stdout.reconfigure(errors="backslashreplace")
         handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(_Formatter(FORMAT))
+    handler.addFilter(CameraTag())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -18,9 +18,11 @@ from pathlib import Path
 RECENT_SECONDS = 60.0
 
 # The files that make up one recording, by extension: the video, and the sidecars written with it
-# (`.pts` timestamps, `.jpg` edge snapshot). postproc's `.mp4` keeps the same base name.
+# (`.pts` timestamps, `.jpg` edge snapshot, `-boxes.jpg` the same snapshot with the detection
+# boxes drawn). postproc's `.mp4` keeps the same base name.
 VIDEO_EXTS = (".h264", ".mp4")
-SIDECAR_EXTS = (".pts", ".jpg")
+BOXES_EXT = "-boxes.jpg"
+SIDECAR_EXTS = (".pts", ".jpg", BOXES_EXT)
 GROUP_EXTS = VIDEO_EXTS + SIDECAR_EXTS
 
 # YYYYMMDD-hhmm (continuous, whole-minute split) or YYYYMMDD-hhmmss, then maybe -1, -2, …
@@ -52,7 +54,10 @@ def recording_time(stem: str) -> tuple[float, int] | None:
 
 
 def split_name(name: str) -> tuple[str, str]:
-    """(stem, extension) for the extensions that group into one recording, else (name, "")."""
+    """(stem, extension) for the extensions that group into one recording, else (name, "").
+    `X-boxes.jpg` is X's sidecar when X is a recording's name (else it is a plain `.jpg`)."""
+    if name.lower().endswith(BOXES_EXT) and recording_time(name[:-len(BOXES_EXT)]) is not None:
+        return name[:-len(BOXES_EXT)], BOXES_EXT
     stem, dot, ext = name.rpartition(".")
     if dot and stem and "." + ext.lower() in GROUP_EXTS:
         return stem, "." + ext.lower()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ftplib
 import socket
 import ssl
+import stat
 import threading
 from pathlib import Path, PurePosixPath
 from typing import TextIO
@@ -213,21 +214,35 @@ class FtpDestination:
     def upload(self, local: Path, stop: threading.Event, progress: Progress | None = None,
                camera: str = DEFAULT_CAMERA) -> None:
         try:
-            total = local.stat().st_size
+            st = local.stat()
+            if not stat.S_ISREG(st.st_mode):
+                # A FIFO named like an mp4 would block the open below for good.
+                raise UploadError(f"{local.name}: not a regular file")
+            total = st.st_size
             ftp = self._connect()
             self._chdirs(ftp, PurePosixPath(self.dest.remote_dir, *remote_parts(local, camera)))
             part = local.name + PART
             conn = ftp.transfercmd(f"STOR {part}")
+            eof_at_close: ssl.SSLEOFError | None = None
             try:
-                read_chunks(local, stop, progress, total, conn.sendall)
+                sent = read_chunks(local, stop, progress, total, conn.sendall)
                 if isinstance(conn, ssl.SSLSocket):
                     # TLS's close_notify: without it the server cannot tell the end of the
                     # file from a cut connection (ftplib's storbinary does the same).
-                    conn.unwrap()
+                    try:
+                        conn.unwrap()
+                    except ssl.SSLEOFError as exc:
+                        # Ours went; the server closed without answering it (some do). Only
+                        # its 226 below, for the whole file, says the file arrived.
+                        if sent != total:
+                            raise
+                        eof_at_close = exc
             finally:
                 self._dialer.forget(conn)
                 conn.close()
-            ftp.voidresp()
+            reply = ftp.voidresp()
+            if eof_at_close is not None and not reply.startswith("226"):
+                raise UploadError(f"{_why(eof_at_close, self.dest)}; then {reply[:100]}")
             size = ftp.size(part)
             if size != total:
                 raise UploadError(f"{part} has {size} bytes, not {total}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
+import struct
 from typing import TextIO
 
 from raspberry_pancake.recorder.config import RecorderConfig
@@ -33,8 +35,8 @@ def resolve(source: str | Secret) -> SourceSpec:
         if index is not None:
             chosen = SourceSpec("picamera2", index)
         else:
-            devices = sorted(glob.glob("/dev/video*"), key=lambda d: (len(d), d))
-            chosen = SourceSpec("device", devices[0]) if devices else SourceSpec("testsrc", "")
+            device = auto_device(sorted(glob.glob("/dev/video*"), key=lambda d: (len(d), d)))
+            chosen = SourceSpec("device", device) if device else SourceSpec("testsrc", "")
         log.info("source auto: using %s", chosen)
         return chosen
     if spec == "testsrc":
@@ -64,28 +66,92 @@ _VIDIOC_ENUM_FRAMESIZES = 0xC02C564A
 _V4L2_BUF_TYPE_VIDEO_CAPTURE = 1
 _V4L2_CAP_VIDEO_CAPTURE = 0x1
 _V4L2_CAP_DEVICE_CAPS = 0x80000000
+_V4L2_CAP_IO_MC = 0x20000000  # configured through the media controller (/dev/mediaN)
 _FRMSIZE_DISCRETE = 1
 _MAX_LISTED = 64  # formats or sizes of one device: enough for any real camera
 
+# Video nodes a Raspberry Pi has with or without a camera, by QUERYCAP driver name: capture
+# nodes some of them, cameras none. The CSI receivers deliver raw Bayer for libcamera, which
+# picamera2 drives (auto takes a CSI camera that way, before any /dev/video node).
+NOT_CAMERAS = {
+    "bcm2835-codec": "the Pi's H.264/JPEG codec",
+    "bcm2835-isp": "the Pi's ISP",
+    "rpi-hevc-dec": "the Pi's HEVC decoder",
+    "rpivid": "the Pi's HEVC decoder",
+    "pispbe": "the Pi 5's ISP",
+    "unicam": "a CSI receiver (a Pi camera: picamera2)",
+    "rp1-cfe": "a CSI receiver (a Pi camera: picamera2)",
+}
+
+
+def not_a_camera(cap: bytes) -> str | None:
+    """Why a node whose VIDIOC_QUERYCAP answer (struct v4l2_capability, 104 bytes) is `cap`
+    is no camera to open as `/dev/videoN`, or None if it may be one (a UVC webcam, a capture
+    card, the legacy Pi camera driver)."""
+    driver = bytes(cap[0:16]).split(b"\0")[0].decode("utf-8", "replace")
+    caps, device_caps = struct.unpack_from("=II", cap, 84)
+    if caps & _V4L2_CAP_DEVICE_CAPS:
+        caps = device_caps
+    if driver in NOT_CAMERAS:
+        return f"{driver}: {NOT_CAMERAS[driver]}"
+    if not caps & _V4L2_CAP_VIDEO_CAPTURE:
+        return f"{driver}: not a capture node"  # an encoder, an output, a metadata node
+    if caps & _V4L2_CAP_IO_MC:
+        return f"{driver}: needs the media controller"
+    return None
+
+
+def _querycap(path: str) -> bytes:
+    """The node's VIDIOC_QUERYCAP answer; OSError if it cannot be opened or is not V4L2.
+    O_NONBLOCK: opening a V4L2 node never waits, and a FIFO named like one neither."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        cap = bytearray(104)
+        fcntl.ioctl(fd, _VIDIOC_QUERYCAP, cap)
+        return bytes(cap)
+    finally:
+        os.close(fd)
+
+
+def auto_device(paths: list[str]) -> str | None:
+    """The first of `paths` that may be a camera, for `--source auto`; None if none is. A node
+    we may not open (not in the `video` group) is taken: opening it then says why, where
+    passing it over would record the test picture instead of the camera."""
+    skipped: list[str] = []
+    chosen = None
+    for path in paths:
+        try:
+            why = not_a_camera(_querycap(path))
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EBUSY):
+                chosen = path
+                break
+            why = f"not a V4L2 device ({exc.strerror or exc})"
+        if why is None:
+            chosen = path
+            break
+        skipped.append(f"{path} ({why})")
+    if skipped:
+        log.info("source auto: not cameras: %s", ", ".join(skipped))
+    return chosen
+
 
 def _v4l2_device(path: str) -> str | None:
-    """`path: name, FORMAT WxH WxH …; …` for a capture device, None for any other node."""
+    """`path: name, FORMAT WxH WxH …; …` for a camera, None for any other node (not_a_camera)."""
     import fcntl
-    import struct
 
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         return f"{path}: cannot open ({exc.strerror})"
     try:
         cap = bytearray(104)
         fcntl.ioctl(fd, _VIDIOC_QUERYCAP, cap)
         card = bytes(cap[16:48]).split(b"\0")[0].decode("utf-8", "replace")
-        caps, device_caps = struct.unpack_from("=II", cap, 84)
-        if caps & _V4L2_CAP_DEVICE_CAPS:
-            caps = device_caps
-        if not caps & _V4L2_CAP_VIDEO_CAPTURE:
-            return None  # a metadata or output node of the same camera
+        if not_a_camera(bytes(cap)) is not None:
+            return None  # a metadata or output node, or the Pi's codec and ISP (as auto)
         formats = []
         for i in range(_MAX_LISTED):
             fmt = bytearray(struct.pack("=II", i, _V4L2_BUF_TYPE_VIDEO_CAPTURE) + bytes(56))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import queue
 import threading
 import time
@@ -31,7 +33,7 @@ from raspberry_pancake.recorder.sources.picam_streams import (
     video_frame,
     yuv420_planes,
 )
-from raspberry_pancake.shared.logs import RateLimiter
+from raspberry_pancake.shared.logs import RateLimiter, with_camera
 
 log = logging.getLogger(__name__)
 _limit = RateLimiter()
@@ -208,6 +210,36 @@ def _import_picamera2(label: str) -> SimpleNamespace:
 _CAMERA_ERRORS = (RuntimeError, IndexError, ValueError, OSError, KeyError)
 
 
+def _new_picamera2(cls: Any, index: int) -> Any:
+    """`cls(index)`, closing what a failed __init__ left open. Picamera2 makes its notify pipe
+    before it acquires the camera, and close() returns early for a camera that never opened
+    (picamera2.py __init__ and close()): a busy camera (another process has it) would leak the
+    pipe's write end at every reopen, and its read end until the half-made object is
+    collected. Built in two steps so that the half-made object is ours to clean."""
+    picam = cls.__new__(cls)
+    try:
+        picam.__init__(index)
+    except _CAMERA_ERRORS:
+        _close_notify_pipe(picam)
+        raise
+    return picam
+
+
+def _close_notify_pipe(picam: Any) -> None:
+    """Close a half-made Picamera2's notify pipe, only while its reader is still open: a
+    picamera2 that cleans up after itself has closed both, and closing a descriptor twice
+    would close whatever file reused the number meanwhile."""
+    reader = getattr(picam, "notifymeread", None)
+    writer = getattr(picam, "notifyme_w", None)
+    if reader is None or getattr(reader, "closed", True):
+        return
+    with contextlib.suppress(OSError):
+        reader.close()
+    if isinstance(writer, int):
+        with contextlib.suppress(OSError):
+            os.close(writer)
+
+
 @dataclass
 class _Outcome:
     done: bool = False
@@ -226,7 +258,7 @@ def _within(timeout: float, step: Callable[[], object]) -> _Outcome:
             outcome.error = exc
         outcome.done = True
 
-    thread = threading.Thread(target=run, name="picam-stop", daemon=True)
+    thread = threading.Thread(target=with_camera(run), name="picam-stop", daemon=True)
     thread.start()
     thread.join(timeout)
     return outcome
@@ -337,7 +369,7 @@ class Picamera2Camera:
         assert mods is not None and plan is not None
         usb = is_usb(self._listed())
         try:
-            picam = mods.Picamera2(self.index)
+            picam = _new_picamera2(mods.Picamera2, self.index)
         except _CAMERA_ERRORS as exc:
             raise SourceError(f"source {self.name}: cannot open: {exc}") from None
         try:
@@ -396,8 +428,9 @@ class Picamera2Camera:
             self.open()
         self._out = out
         self._stamper = PacketStamper(self._cfg.record_split, self._clock, out.packet)
-        self._frames_thread = threading.Thread(target=self._deliver, name="picam-frames",
-                                               daemon=True)
+        # with_camera: under --config, these threads' lines name the camera they serve.
+        self._frames_thread = threading.Thread(target=with_camera(self._deliver),
+                                               name="picam-frames", daemon=True)
         self._frames_thread.start()
         with self._swap:
             try:
@@ -409,7 +442,8 @@ class Picamera2Camera:
                 self._picam = None
                 self._last_frame = time.monotonic() - self._stall_after
                 log.warning("%s", exc)
-        self._watch = threading.Thread(target=self._watchdog, name="picam-watch", daemon=True)
+        self._watch = threading.Thread(target=with_camera(self._watchdog), name="picam-watch",
+                                       daemon=True)
         self._watch.start()
 
     def _run(self, picam: Any) -> None:
