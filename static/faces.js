@@ -14,6 +14,8 @@
   const picture = document.getElementById("picture");
   const boxes = document.getElementById("boxes");
   const found = document.getElementById("found");
+  const storePick = document.getElementById("store"); // only with several stores
+  const store = () => Number(storePick ? storePick.value : 0);
   const names = document.createElement("datalist");
   names.id = "names";
   document.body.appendChild(names);
@@ -51,7 +53,7 @@
       const crops = li.querySelector(".crops");
       for (const f of p.faces.slice(-6)) {
         const img = document.createElement("img");
-        img.src = "/api/faces/crops/" + f.id + ".jpg";
+        img.src = "/api/faces/crops/" + f.id + ".jpg?store=" + store();
         img.alt = p.name;
         img.title = f.source;
         crops.appendChild(img);
@@ -67,7 +69,7 @@
 
   async function load() {
     try {
-      people = (await call("GET", "/api/faces")).people;
+      people = (await call("GET", "/api/faces?store=" + store())).people;
       show();
     } catch (e) { say("The people cannot be read: " + e.message, true); }
   }
@@ -76,7 +78,7 @@
     const to = prompt("New name for " + name + ":", name);
     if (to === null || to.trim() === "" || to === name) return;
     try {
-      const done = await call("POST", "/api/faces/rename", { name, new: to });
+      const done = await call("POST", "/api/faces/rename", { name, new: to, store: store() });
       say(name + " is now " + done.name + ".");
     } catch (e) { say(e.message, true); }
     await load();
@@ -85,7 +87,7 @@
   async function remove(name) {
     if (!confirm("Remove " + name + ", their face embeddings and crops? This cannot be undone.")) return;
     try {
-      await call("POST", "/api/faces/remove", { name });
+      await call("POST", "/api/faces/remove", { name, store: store() });
       say(name + " removed.");
     } catch (e) { say(e.message, true); }
     await load();
@@ -165,6 +167,24 @@
     found.appendChild(li);
   }
 
+  // With several stores, "add from camera" offers the cameras of the store shown (a face
+  // is added to the store of the camera it was seen by).
+  function pickStore() {
+    let first = null;
+    for (const o of camera.options) {
+      o.hidden = o.disabled = Number(o.dataset.store) !== store();
+      if (!o.hidden && first === null) first = o;
+    }
+    if (camera.selectedOptions[0] && camera.selectedOptions[0].hidden && first) first.selected = true;
+    lookButton.disabled = first === null;
+    stage.hidden = true;
+    found.replaceChildren();
+    boxes.replaceChildren();
+    say("");
+    load();
+  }
+  if (storePick) storePick.addEventListener("change", pickStore);
+
   lookButton.addEventListener("click", look);
-  load();
+  if (storePick) pickStore(); else load();
 })();

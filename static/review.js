@@ -22,6 +22,13 @@ function post(url, fields) {
   return api(url, { method: "POST", body: data });
 }
 
+function postJSON(url, body) {
+  return api(url, {
+    method: "POST", body: JSON.stringify(body || {}),
+    headers: { "Content-Type": "application/json", "X-XSRFToken": xsrf() },
+  });
+}
+
 function del(url) {
   return api(url, { method: "DELETE", headers: { "X-XSRFToken": xsrf() } });
 }
@@ -129,6 +136,7 @@ function eventsPage() {
     const chips = $("p-chips");
     chips.textContent = "";
     for (const w of [...ev.names, ...ev.labels]) chips.append(chip(w));
+    showFaces(ev);
     video.poster = ev.snapshot || "";
     $("p-none").hidden = !!ev.video;
     video.hidden = !ev.video;
@@ -144,7 +152,93 @@ function eventsPage() {
     }
     dialog.showModal();
   }
+  // The faces the event saw: each crop with what it was taken for, named or corrected here
+  // ("This is…" enrols it; "Not NAME" drops it). Names are only ever set as text.
+  let facesFor = 0;
+  function said(f) {
+    if (f.name !== "unknown") return f.name;
+    return f.probable ? f.probable + "?" : "unknown";
+  }
+  function faceMsg(text, bad) {
+    const m = $("p-face-msg");
+    m.textContent = text;
+    m.classList.toggle("bad", !!bad);
+  }
+  let facesOf = null;
+  async function showFaces(ev) {
+    const mine = ++facesFor;
+    const box = $("p-faces"), list = $("p-face-list");
+    if (facesOf !== ev.id) {
+      // Another event: nothing of the last one shows while this one's faces load (a
+      // correction re-reads the same event's in place, without the dialog jumping).
+      facesOf = ev.id;
+      box.hidden = true;
+      list.textContent = "";
+      faceMsg("");
+    }
+    let body;
+    try {
+      body = await api("/api/events/" + ev.id + "/faces");
+    } catch (err) {
+      if (mine === facesFor) { box.hidden = false; faceMsg("The faces cannot be read: " + err.message, true); }
+      return;
+    }
+    if (mine !== facesFor) return;
+    const people = $("p-people");
+    people.textContent = "";
+    for (const name of body.people) { const o = el("option"); o.value = name; people.append(o); }
+    list.replaceChildren(...body.faces.map((f) => faceItem(ev, f)));
+    box.hidden = !body.faces.length;
+  }
+  function faceItem(ev, f) {
+    const li = $("face-t").content.firstElementChild.cloneNode(true);
+    li.dataset.index = f.index;
+    const img = li.querySelector(".crop");
+    if (f.crop) { img.src = f.crop; img.alt = "face " + (f.index + 1); } else img.hidden = true;
+    const name = said(f);
+    li.querySelector(".fname").textContent = name;
+    li.dataset.name = name;
+    li.querySelector(".fnote").textContent = f.named ? "named here" : (f.probable && f.name === "unknown" ? "probable match" : "");
+    const form = li.querySelector(".fname-form"), input = li.querySelector(".fname-in");
+    input.setAttribute("aria-label", "name of face " + (f.index + 1));
+    if (!f.enrol) {
+      form.replaceWith(el("span", "dim small", "too small to name"));
+    } else {
+      form.addEventListener("submit", (e) => {
+        e.preventDefault();
+        const to = input.value.trim();
+        if (!to) { input.focus(); return; }
+        correct(ev, f, li, "/api/events/" + ev.id + "/faces/" + f.index, { name: to });
+      });
+    }
+    const not = li.querySelector(".fnot");
+    if (name === "unknown") not.remove();
+    else {
+      not.textContent = "Not " + name.replace(/\?$/, "");
+      not.addEventListener("click", () => correct(ev, f, li, "/api/events/" + ev.id + "/faces/" + f.index + "/drop", {}));
+    }
+    return li;
+  }
+  async function correct(ev, f, li, url, body) {
+    for (const b of li.querySelectorAll("button")) b.disabled = true;
+    try {
+      const done = await postJSON(url, body);
+      ev.names = done.names;
+      const chips = $("p-chips");
+      chips.textContent = "";
+      for (const w of [...ev.names, ...ev.labels]) chips.append(chip(w));
+      if (current && current.ev === ev) current.node.replaceWith(current.node = card(ev));
+      faceMsg(done.face.name === "unknown" ? "Face " + (f.index + 1) + " is nobody known now."
+        : "Face " + (f.index + 1) + " is " + done.face.name + ": added to their faces.");
+      await showFaces(ev);
+    } catch (err) {
+      faceMsg(err.message, true);
+      for (const b of li.querySelectorAll("button")) b.disabled = false;
+    }
+  }
   function close() {
+    facesFor++;
+    facesOf = null;
     video.pause();
     video.removeAttribute("src");
     video.load();

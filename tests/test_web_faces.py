@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Listener, Pancake
+from conftest import Listener, Pancake, doc_screenshot
 from test_faces_recognition import still_video
 from web_helpers import HOST, LISTENING, ROOT, get, make_hash_file, post_login, wait_port
 
@@ -210,8 +209,7 @@ def test_add_from_camera_in_chromium(site: Site, browser: Any) -> None:
     assert [p.name for p in FaceStore(site.store).people()] == ["Barack"]
     page.click("#look")  # the same face again: now named in its box
     page.wait_for_selector("#boxes .box.known:has-text('Barack')")
-    page.screenshot(path=str(ARTIFACTS / "faces.png"), full_page=True)
-    shutil.copy(ARTIFACTS / "faces.png", ROOT / "docs" / "faces.png")
+    doc_screenshot(page, "faces.png", full_page=True)  # docs/ only with PANCAKE_DOC_SHOTS=1
     # Remove asks first: dismissed, nothing happens; accepted, the person is gone.
     page.once("dialog", lambda d: d.dismiss())
     page.click("#people .person .remove")

@@ -12,7 +12,7 @@ from typing import Any
 
 import av
 from av.video.frame import PictureType
-from conftest import Pancake, schedule_customize
+from conftest import Pancake, doc_screenshot, schedule_customize
 from web_helpers import HOST, ROOT, make_hash_file, start_pancake
 
 from raspberry_pancake.recorder.web import auth
@@ -20,7 +20,6 @@ from raspberry_pancake.shared.catalog import Catalog
 from raspberry_pancake.shared.remux import SIDECAR_HEADER
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
-DOCS = ROOT / "docs"
 PASSWORD = "pancakes for breakfast"
 
 
@@ -153,8 +152,7 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
     page.wait_for_selector(".card")
     assert page.locator(".card").count() == 2
     page.screenshot(path=str(ARTIFACTS / "review-events-desktop.png"))
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "review-events.png"))
+    doc_screenshot(page, "review-events.png")  # docs/ only when asked (PANCAKE_DOC_SHOTS=1)
     page.locator(".card").first.click()
     page.wait_for_selector("#player[open]")
     _wait(page, lambda: page.evaluate(
@@ -227,8 +225,7 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
     page.evaluate("(() => { const v = document.getElementById('video'); "
                   "v.currentTime = Math.max(0, v.duration - 0.5); })()")
     _wait(page, lambda: page.inner_text("#file") != shown, timeout=20)
-    page.screenshot(path=str(ARTIFACTS / "review-recordings.png"))
-    page.screenshot(path=str(DOCS / "review-recordings.png"))
+    doc_screenshot(page, "review-recordings.png")
 
     # A range cut from consecutive segments: one mp4, remuxed, spanning the boundary.
     full = sorted((r for r in recs if not r["open"] and r["end"] - r["start"] > 3),

@@ -20,28 +20,20 @@ or two. Names are 1-64 characters; "unknown" is reserved.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from raspberry_pancake.shared.cli import ConfigError, OneLineParser
 from raspberry_pancake.shared.faces import FaceStore, StoreError, check_name, default_dir
 
-if TYPE_CHECKING:  # the face stack is an extra: imported only by `add`
-    import numpy as np
-    import numpy.typing as npt
-
-    from raspberry_pancake.recorder.detect.faces import Face
-
 PROG = "faces.py"
 MAX_SIDE = 2000  # photos are scaled down to this first: a 12 MP phone photo needs no more
-CROP_SIDE = 160
 DUPLICATE = 0.02  # an embedding this close to one already kept is the same photo again
 
 Action = Literal["add", "list", "remove", "rename"]
@@ -114,7 +106,13 @@ def _add(cfg: Config) -> int:
 
     import numpy as np
 
-    from raspberry_pancake.recorder.detect.faces import MIN_FACE, FaceError, largest, load_models
+    from raspberry_pancake.recorder.detect.faces import (
+        MIN_FACE,
+        FaceError,
+        crop_jpeg,
+        largest,
+        load_models,
+    )
 
     try:
         models = load_models()  # first: it says which part of the face stack is missing
@@ -156,26 +154,11 @@ def _add(cfg: Config) -> int:
                 for f in person.faces):
             print(f"[{n}/{total}] {photo}: already kept for {person.name}, skipped")
             continue
-        person = store.add(cfg.name, vec.tolist(), _crop(rgb, face), photo.name)
+        person = store.add(cfg.name, vec.tolist(), crop_jpeg(rgb, face), photo.name)
         many = f" ({len(faces)} faces: took the largest)" if len(faces) > 1 else ""
         print(f"[{n}/{total}] {photo}: added to {person.name}{many}, "
               f"{len(person.faces)} face(s) in all")
     return 1 if failed else 0
-
-
-def _crop(rgb: npt.NDArray[np.uint8], face: Face) -> bytes:
-    """The face with a margin, at most CROP_SIDE px, as JPEG: what the page shows for it."""
-    from PIL import Image
-
-    im = Image.fromarray(rgb)
-    m = 0.25 * max(face.w, face.h)
-    box = (max(0, round(face.x - m)), max(0, round(face.y - m)),
-           min(im.width, round(face.x + face.w + m)), min(im.height, round(face.y + face.h + m)))
-    crop = im.crop(box)
-    crop.thumbnail((CROP_SIDE, CROP_SIDE))
-    out = io.BytesIO()
-    crop.save(out, "JPEG", quality=85)
-    return out.getvalue()
 
 
 def _remove(cfg: Config) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import tempfile
@@ -12,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from raspberry_pancake.recorder.catalog_writer import CatalogConfig, CatalogWriter
 from raspberry_pancake.recorder.config import RecorderConfig, read_mask_bytes
 from raspberry_pancake.recorder.emitter import Emitter
@@ -20,8 +21,9 @@ from raspberry_pancake.recorder.pipeline import Pipeline
 from raspberry_pancake.recorder.sources.base import BACKOFF_MAX, BACKOFF_START, Camera, SourceError
 from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.recorder.state import LIVE, RecorderState
+from raspberry_pancake.shared.catalog import Catalog, CatalogError
 from raspberry_pancake.shared.events import Event
-from raspberry_pancake.shared.faces import UNKNOWN
+from raspberry_pancake.shared.faces import UNKNOWN, FaceStore, StoreError
 from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.statedir import MODE as STATE_MODE
 from raspberry_pancake.shared.statedir import ensure as ensure_state_dir
@@ -37,6 +39,14 @@ HEALTH_TICK = 1.0
 # Stopping: an opener stuck in a network open (up to the source's connect timeout) is left.
 OPENER_JOIN = 0.5
 STOP_JOIN = 5.0
+# The faces of events the catalog no longer has (retention deleted them, or the page) are
+# deleted at start and then this often: they are biometric data nobody can see any more.
+PRUNE_EVERY = 3600.0
+# An event this recent is kept whatever the catalog says: its rise may still be queued for
+# the catalog's thread while its faces are already stored.
+PRUNE_GRACE = 600.0
+# How long the pruning waits for a camera's catalog to open at start (else: next hour).
+PRUNE_WAIT = 30.0
 
 
 class _OwnCatalog(CatalogWriter):
@@ -210,7 +220,8 @@ class CameraRun:
             # Always re-read: the user may have just added someone (the detector's own
             # check is throttled to a stat a second).
             detector.reload(force=True)
-            rgb = frame.image.reformat(format="rgb24").to_ndarray()
+            rgb = np.ascontiguousarray(frame.image.reformat(format="rgb24").to_ndarray(),
+                                       dtype=np.uint8)
             h, w = rgb.shape[:2]
             found = sorted(detector.models.find(rgb), key=lambda f: -f.w * f.h)
             out: list[dict[str, Any]] = []
@@ -223,7 +234,7 @@ class CameraRun:
                     vec = detector.models.embed(rgb, face)
                     name = detector.name_of(vec)[0]
                     embedding = [float(v) for v in vec]
-                out.append({"box": list(box), "name": name, "crop": _face_crop(rgb, face),
+                out.append({"box": list(box), "name": name, "crop": face_stack.crop_jpeg(rgb, face),
                             "embedding": embedding, "score": round(face.score, 3)})
             return out
 
@@ -267,26 +278,6 @@ class CameraRun:
         self.emitter.close()
 
 
-# A face's crop for the page and the store: the face with a margin, at most this many pixels.
-CROP_SIDE = 160
-
-
-def _face_crop(rgb: Any, face: Any) -> bytes:
-    """The face with a quarter of its size around it, at most CROP_SIDE px, as JPEG (what
-    util/faces.py keeps for a photo)."""
-    from PIL import Image
-
-    im = Image.fromarray(rgb)
-    m = 0.25 * max(face.w, face.h)
-    box = (max(0, round(face.x - m)), max(0, round(face.y - m)),
-           min(im.width, round(face.x + face.w + m)), min(im.height, round(face.y + face.h + m)))
-    crop = im.crop(box)
-    crop.thumbnail((CROP_SIDE, CROP_SIDE))
-    buf = io.BytesIO()
-    crop.save(buf, "JPEG", quality=85)
-    return buf.getvalue()
-
-
 def _write_private(path: Path, data: bytes) -> None:
     """`data` as `path`, 0600, whole or not at all (a temporary file, fsynced, renamed); its
     directory made 0700 (the state directory's rules) if missing."""
@@ -318,6 +309,11 @@ class Cameras:
         self._stop = threading.Event()
         self._health = threading.Thread(target=self._watch, name="camera-health", daemon=True)
         self._started_at = time.monotonic()
+        # Only cameras that search faces and keep a catalog have event faces to prune.
+        self._pruned = [r for r in self.runs
+                        if r.cfg.faces_dir is not None and r.catalog is not None]
+        self._prune = (threading.Thread(target=self._prune_loop, name="faces-prune", daemon=True)
+                       if self._pruned else None)
 
     @property
     def states(self) -> list[RecorderState]:
@@ -332,6 +328,8 @@ class Cameras:
         for run in self.runs:
             run.start()
         self._health.start()
+        if self._prune is not None:
+            self._prune.start()
 
     def stages(self) -> list[Stage]:
         return [s for run in self.runs for s in run.stages()]
@@ -357,11 +355,62 @@ class Cameras:
             run.note(f"{run.name} live again")
             run.emitter.emit(Event(health="live", time=round(time.time(), 3)))
 
+    def _prune_loop(self) -> None:
+        deadline = time.monotonic() + PRUNE_WAIT
+        for run in self._pruned:  # the first pass once the catalogs are open (or not coming)
+            assert run.catalog is not None
+            if self._stop.is_set() or not run.catalog.wait_ready(
+                    max(0.0, deadline - time.monotonic())):
+                break
+        while not self._stop.is_set():
+            self.prune_faces()
+            self._stop.wait(PRUNE_EVERY)
+
+    def prune_faces(self) -> int:
+        """Deletes the stored faces of events the catalog no longer has, for every camera that
+        searches faces and whose catalog is open now (another camera's are left alone: its
+        catalog cannot say). Returns how many events' faces went."""
+        stores: dict[Path, dict[str, Catalog]] = {}
+        for run in self._pruned:
+            catalog = run.catalog.current() if run.catalog is not None else None
+            if catalog is not None and run.cfg.faces_dir is not None:
+                stores.setdefault(run.cfg.faces_dir, {})[run.name] = catalog
+        gone = 0
+        for directory, catalogs in stores.items():
+            recent = time.time() - PRUNE_GRACE
+
+            def keep(camera: str, rise: float, catalogs: dict[str, Catalog] = catalogs,
+                     recent: float = recent) -> bool:
+                catalog = catalogs.get(camera)
+                if catalog is None or rise >= recent:
+                    return True
+                try:
+                    return catalog.event_at(camera, rise) is not None
+                except CatalogError as exc:  # cannot say: nothing is deleted on a guess
+                    _limit.log(log, logging.WARNING, "prune-read", "faces of past events not "
+                               "pruned: the catalog cannot be read (%s)", exc)
+                    return True
+            try:
+                n = FaceStore(directory).prune_events(keep)
+            except (StoreError, OSError) as exc:
+                why = exc.strerror or exc if isinstance(exc, OSError) else exc
+                _limit.log(log, logging.ERROR, "prune", "faces of past events in %s not "
+                           "pruned: %s", directory, why)
+                continue
+            if n:
+                log.info("faces of %d deleted event(s) removed from %s", n, directory)
+            gone += n
+        return gone
+
     def stop(self) -> None:
         """Every camera at once: each pipeline's stop waits for its writers, and eight in a
         row would outlast systemd's stop timeout."""
         self._stop.set()
         self._health.join(timeout=2 * HEALTH_TICK)
+        if self._prune is not None and self._prune.is_alive():
+            self._prune.join(timeout=STOP_JOIN)
+            if self._prune.is_alive():
+                log.error("%s did not stop in time", self._prune.name)
         if len(self.runs) == 1:
             self.runs[0].stop()
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import av
@@ -13,7 +14,7 @@ import numpy.typing as npt
 
 from raspberry_pancake.recorder.catalog_writer import CatalogWriter
 from raspberry_pancake.recorder.config import RecorderConfig
-from raspberry_pancake.recorder.detect.result import Box, Detection
+from raspberry_pancake.recorder.detect.result import Box, Detection, FaceTag
 from raspberry_pancake.recorder.detect.runner import Detector, DetectorConfig, build_checks
 from raspberry_pancake.recorder.diskguard import DiskGuard, DiskGuardConfig
 from raspberry_pancake.recorder.emitter import Emitter
@@ -27,6 +28,7 @@ from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.recorder.state import RecorderState
 from raspberry_pancake.recorder.web.jpeg import JpegEncoder
 from raspberry_pancake.shared.events import Event
+from raspberry_pancake.shared.faces import FaceStore, SeenFace, StoreError
 from raspberry_pancake.shared.logs import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,11 @@ MOTION_KEY = "motion"
 # a line about 1/200 of the picture's width, never thinner than 2 pixels.
 BOX_COLOUR = (255, 48, 0)
 BOX_LINE = 200
+# A face's name over its box: white on the box colour, its letters 1/LABEL_TEXT of the
+# picture's height (24 px at 480 lines: still legible on a phone), never under LABEL_MIN.
+LABEL_COLOUR = (255, 255, 255)
+LABEL_TEXT = 20
+LABEL_MIN = 12
 
 
 class _ClipName:
@@ -81,20 +88,53 @@ class _CatalogLearned:
         self._catalog.save_learned(MOTION_KEY, text)
 
 
-def draw_boxes(image: av.VideoFrame, boxes: tuple[Box, ...]) -> av.VideoFrame:
-    """A copy of the picture with each box (fractions of the frame) outlined."""
+def draw_boxes(image: av.VideoFrame, boxes: tuple[Box, ...],
+               faces: tuple[FaceTag, ...] = ()) -> av.VideoFrame:
+    """A copy of the picture with each box (fractions of the frame) outlined, and each face's
+    name written above its box ("Anna", "unknown", "Anna?"): motion's boxes have no label."""
     rgb: npt.NDArray[np.uint8] = np.array(image.to_ndarray(format="rgb24"), dtype=np.uint8)
     h, w = rgb.shape[:2]
     t = max(2, w // BOX_LINE)
     colour = np.array(BOX_COLOUR, np.uint8)
-    for bx, by, bw, bh in boxes:
+    for bx, by, bw, bh in (*boxes, *(f.box for f in faces if f.box not in boxes)):
         x0, y0 = int(bx * w), int(by * h)
         x1, y1 = min(w, max(x0 + 1, round((bx + bw) * w))), min(h, max(y0 + 1, round((by + bh) * h)))
         rgb[y0:min(y1, y0 + t), x0:x1] = colour
         rgb[max(y0, y1 - t):y1, x0:x1] = colour
         rgb[y0:y1, x0:min(x1, x0 + t)] = colour
         rgb[y0:y1, max(x0, x1 - t):x1] = colour
+    if faces:
+        rgb = _label_faces(rgb, faces)
     return av.VideoFrame.from_ndarray(rgb, format="rgb24")
+
+
+def _label_faces(rgb: npt.NDArray[np.uint8], faces: tuple[FaceTag, ...]) -> npt.NDArray[np.uint8]:
+    """Each face's label on a band of the box colour, on the box's top edge (inside the box
+    when there is no room above it). Without Pillow (it comes with the face stack), none."""
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        return rgb
+    h, w = rgb.shape[:2]
+    size = max(LABEL_MIN, h // LABEL_TEXT)
+    try:
+        font: ImageFont.FreeTypeFont | ImageFont.ImageFont = ImageFont.load_default(size=size)
+    except (OSError, ValueError, TypeError):
+        # No FreeType, or a Pillow before 10.1 (no size): its bitmap letters, small but a name.
+        font = ImageFont.load_default()
+    im = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(im)
+    pad = max(2, size // 6)
+    for face in faces:
+        text = face.label
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+        x0, y0 = int(face.box[0] * w), int(face.box[1] * h)
+        x = max(0, min(x0, w - tw))
+        y = y0 - th if y0 - th >= 0 else y0
+        draw.rectangle((x, y, x + tw - 1, y + th - 1), fill=BOX_COLOUR)
+        draw.text((x + pad - left, y + pad - top), text, font=font, fill=LABEL_COLOUR)
+    return np.asarray(im, dtype=np.uint8)
 
 
 class Pipeline:
@@ -142,7 +182,11 @@ class Pipeline:
         self.detector = Detector(
             DetectorConfig(cfg.detect_interval, cfg.detect_combine, checks, motion), self.hub,
             self._on_edge, self._stop, on_update=self._on_update,
-            learned=_CatalogLearned(catalog) if catalog is not None else None, state=self.state)
+            learned=_CatalogLearned(catalog) if catalog is not None else None, state=self.state,
+            # The faces of each event, for the page to show and name: kept only with a
+            # catalog (the page finds them through its events, and pruning by them).
+            on_faces=self._on_faces if catalog is not None and cfg.faces_dir is not None
+            else None)
 
     def _segment_writer(self) -> SegmentWriter | None:
         cfg = self.cfg
@@ -244,7 +288,7 @@ class Pipeline:
             if found.score is not None:
                 event["score"] = found.score
         boxes = found.boxes if found is not None else ()
-        shots = self._snapshot(edge, named, boxes)
+        shots = self._snapshot(edge, named, boxes, found.faces if found is not None else ())
         if shots is not None:
             snapshot, drawn = shots
             event["jpeg"] = str(snapshot)
@@ -269,8 +313,24 @@ class Pipeline:
             self.catalog.seen(self._event, found.labels, found.names, found.boxes or None,
                               found.score)
 
+    def _on_faces(self, rise: float, seen: Sequence[SeenFace]) -> None:
+        """Faces the event that rose at `rise` had not stored yet (the detector thread's: a
+        write of a few crops, never on the frame path). A store that refuses is a logged line:
+        detection and recording go on."""
+        assert self.cfg.faces_dir is not None
+        try:
+            FaceStore(self.cfg.faces_dir).add_event_faces(self.cfg.name, rise, seen)
+        except (StoreError, OSError) as exc:
+            why = exc.strerror or exc if isinstance(exc, OSError) else exc
+            _limit.log(log, logging.ERROR, "event-faces", "the faces of this event not stored "
+                       "in %s: %s", self.cfg.faces_dir, why)
+            return
+        log.info("event faces stored: %s", ", ".join(f.probable + "?" if f.probable else f.name
+                                                     for f in seen))
+
     def _snapshot(self, edge: Edge, clip: _ClipName | None,
-                  boxes: tuple[Box, ...] = ()) -> tuple[Path, Path | None] | None:
+                  boxes: tuple[Box, ...] = (),
+                  faces: tuple[FaceTag, ...] = ()) -> tuple[Path, Path | None] | None:
         """A JPEG of the newest frame, for the alert's photo and the catalog's event: named
         for the clip around the edge (its sidecar), else for the edge; and when there are
         boxes, a second copy with them drawn, STEM-boxes.jpg."""
@@ -294,13 +354,15 @@ class Pipeline:
         except OSError as exc:
             _limit.log(log, logging.ERROR, "snapshot", "edge snapshot not saved: %s", exc)
             return None
-        return path, self._boxes_snapshot(path, frame.image, boxes) if boxes else None
+        return path, (self._boxes_snapshot(path, frame.image, boxes, faces) if boxes or faces
+                      else None)
 
-    def _boxes_snapshot(self, plain: Path, image: av.VideoFrame,
-                        boxes: tuple[Box, ...]) -> Path | None:
-        """The same picture with the boxes drawn, beside the plain one: STEM-boxes.jpg."""
+    def _boxes_snapshot(self, plain: Path, image: av.VideoFrame, boxes: tuple[Box, ...],
+                        faces: tuple[FaceTag, ...] = ()) -> Path | None:
+        """The same picture with the boxes drawn (and the faces' names), beside the plain one:
+        STEM-boxes.jpg."""
         try:
-            data = self._jpeg.encode(draw_boxes(image, boxes))
+            data = self._jpeg.encode(draw_boxes(image, boxes, faces))
         except (av.FFmpegError, ValueError) as exc:
             _limit.log(log, logging.ERROR, "boxes", "snapshot with boxes not made: %s", exc)
             return None

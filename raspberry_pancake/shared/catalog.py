@@ -745,16 +745,22 @@ class Catalog:
         self._write(lambda c: c.execute("UPDATE events SET names = ? WHERE id = ?",
                                         (text, event)))
 
-    def replace_name(self, old: str, new: str | None) -> int:
-        """A person renamed (`new`) or removed (None) from the faces store: every event that
-        names them says so (case-insensitively, as the store compares names). Returns how
-        many events changed."""
+    def replace_name(self, old: str, new: str | None,
+                     cameras: Sequence[str] | None = None) -> int:
+        """A person renamed (`new`) or removed (None) from a faces store: every event (of
+        `cameras`, the ones reading that store; None: all) that names them says so
+        (case-insensitively, as the store compares names). Returns how many events changed."""
         key = old.casefold()
+        if cameras is not None and not cameras:
+            return 0
+        where, params = ("", ()) if cameras is None else (
+            f" AND camera IN ({', '.join('?' * len(cameras))})", tuple(cameras))
 
         def work(c: sqlite3.Connection) -> int:
             # Compared in Python: SQLite's lower() folds ASCII only, and names are not.
             changed = 0
-            for row in c.execute("SELECT id, names FROM events WHERE names != '[]'").fetchall():
+            for row in c.execute("SELECT id, names FROM events WHERE names != '[]'"  # noqa: S608 — placeholders only
+                                 + where, params).fetchall():
                 names = json.loads(row["names"])
                 kept = [n for n in names if n.casefold() != key]
                 if len(kept) == len(names):

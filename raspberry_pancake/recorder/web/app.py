@@ -122,6 +122,8 @@ def make_app(state: RecorderState, live: Live, login: Login | None, tls: bool,
     if lives is None:
         lives = {state.name: live} if state is not None else {}
     deps = {"state": state, "live": live, "login": login, "tls": tls, "lives": lives}
+    # One Faces for both pages: the review page names an event's faces in its camera's store.
+    faces = make_faces(lives, review)
     return tornado.web.Application(
         [
             (r"/", IndexHandler, deps),
@@ -135,8 +137,8 @@ def make_app(state: RecorderState, live: Live, login: Login | None, tls: bool,
             (r"/api/cameras/([a-z0-9_-]{1,32})/snapshot\.jpg", SnapshotHandler, deps),
             (r"/api/cameras/([a-z0-9_-]{1,32})/mask\.png", MaskHandler, deps),
             (r"/websocket", LiveSocket, deps),
-            *(routes(review, login, tls) if review is not None else []),
-            *faces_routes(make_faces(lives), deps),
+            *(routes(review, login, tls, faces) if review is not None else []),
+            *faces_routes(faces, deps),
         ],
         template_path=str(ROOT),
         ui_modules=UI_MODULES,

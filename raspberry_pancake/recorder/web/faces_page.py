@@ -1,4 +1,4 @@
-"""The Faces page: the known people with their crops, rename, remove, and "add from camera"."""
+"""The Faces page: each store's known people with their crops, rename, remove, and "add from camera"."""
 
 from __future__ import annotations
 
@@ -8,19 +8,22 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from raspberry_pancake.recorder.state import RecorderState
 from raspberry_pancake.recorder.web.control import _Api, _json_error
 from raspberry_pancake.recorder.web.handlers import Base
 from raspberry_pancake.recorder.web.live import Live
+from raspberry_pancake.shared.catalog import Catalog, CatalogError
 from raspberry_pancake.shared.faces import FaceStore, StoreError
 from raspberry_pancake.shared.logs import RateLimiter
 
-__all__ = ["Faces", "faces_routes", "make_faces"]
+__all__ = ["CatalogRunner", "Faces", "StoreInfo", "faces_routes", "make_faces"]
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 _limiter = RateLimiter()
@@ -39,20 +42,74 @@ class _Look:
     faces: list[dict[str, Any]] = field(default_factory=list)
 
 
+class CatalogRunner(Protocol):
+    """The catalog and the threads it is used on (the review pages' Review)."""
+
+    def catalog(self) -> Catalog: ...
+
+    async def run(self, work: Callable[[], T]) -> T: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreInfo:
+    """One faces store and the cameras (names and titles, in camera order) that read it."""
+
+    directory: Path
+    cameras: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return "Store used by " + ", ".join(title for _, title in self.cameras)
+
+
 class Faces:
-    """What the page's handlers share: the store (the one the cameras read) and the looks.
-    The embeddings of a look stay here: the browser names a face by its number, so no
+    """What the page's handlers share: the stores (each the one its cameras read) and the
+    looks. The embeddings of a look stay here: the browser names a face by its number, so no
     client can put an embedding of its own into the store."""
 
-    def __init__(self, states: list[RecorderState]) -> None:
-        dirs = [s.cfg.faces_dir for s in states if s.cfg.faces_dir is not None]
-        self.directory: Path | None = dirs[0] if dirs else None
+    def __init__(self, states: list[RecorderState], catalog: CatalogRunner | None = None) -> None:
+        # Cameras may each have their own --faces: one store per directory, in camera order.
+        found: dict[Path, list[tuple[str, str]]] = {}
+        for s in states:
+            if s.cfg.faces_dir is not None:
+                found.setdefault(s.cfg.faces_dir, []).append((s.name, s.title))
+        self.stores = [StoreInfo(d, tuple(cams)) for d, cams in found.items()]
+        self._of_camera = {name: d for d, cams in found.items() for name, _ in cams}
+        self.catalog = catalog  # the events' names follow a rename or a removal
         self._lock = threading.Lock()  # guards _looks (the loop and the executor's threads)
         self._looks: dict[str, _Look] = {}
 
     @property
-    def store(self) -> FaceStore | None:
-        return FaceStore(self.directory) if self.directory is not None else None
+    def directory(self) -> Path | None:
+        """The first store's directory (None: no camera searches faces)."""
+        return self.stores[0].directory if self.stores else None
+
+    def store(self, index: int = 0) -> FaceStore | None:
+        """The store numbered `index` on the page (in camera order), or None."""
+        return FaceStore(self.stores[index].directory) if 0 <= index < len(self.stores) else None
+
+    def store_of(self, camera: str) -> FaceStore | None:
+        """The store the camera reads (and its events' faces are in), or None."""
+        directory = self._of_camera.get(camera)
+        return FaceStore(directory) if directory is not None else None
+
+    async def names_follow(self, store: FaceStore, old: str, new: str | None) -> None:
+        """Every catalogued event of the cameras reading `store` that names `old` names `new`
+        instead (None: nobody), so past events stop naming a person removed from the store;
+        another store's cameras may know another person of that name. A catalog that cannot
+        be written now is logged: the store's change stands."""
+        runner = self.catalog
+        if runner is None:
+            return
+        cameras = [name for info in self.stores if info.directory == store.directory
+                   for name, _ in info.cameras]
+        try:
+            changed = await runner.run(lambda: runner.catalog().replace_name(old, new, cameras))
+        except CatalogError as exc:
+            _limiter.log(log, logging.WARNING, "faces-catalog",
+                         "faces page: the events' names could not follow: %s", exc)
+            return
+        log.info("faces page: %d event(s) %s", changed, "renamed" if new else "no longer name them")
 
     def keep(self, camera: str, faces: list[dict[str, Any]]) -> str:
         token = secrets.token_urlsafe(16)
@@ -83,11 +140,21 @@ class _FacesBase(_Api):
         super().initialize(**deps)
         self.faces = faces
 
-    def store(self) -> FaceStore | None:
-        """The store, or None having answered 409 (no camera searches faces)."""
-        store = self.faces.store
-        if store is None:
+    def store(self, doc: dict[str, Any] | None = None) -> FaceStore | None:
+        """The store asked for (`store`: its number on the page, in the body `doc` or the
+        query; the first when omitted), or None having answered 409 (no camera searches
+        faces) or 404 (no such store)."""
+        if not self.faces.stores:
             _json_error(self, 409, "no camera searches faces (start pancake with --detect faces)")
+            return None
+        raw: Any = doc.get("store", 0) if doc is not None else self.get_argument("store", "0")
+        try:
+            index = int(raw) if not isinstance(raw, bool) and isinstance(raw, int | str) else -1
+        except ValueError:
+            index = -1
+        store = self.faces.store(index)
+        if store is None:
+            _json_error(self, 404, f"no faces store {raw!r}: the page has {len(self.faces.stores)}")
         return store
 
     def body(self) -> dict[str, Any] | None:
@@ -136,10 +203,12 @@ class FacesPage(Base):
             self.redirect("/login?next=" + quote(self.request.uri or "/faces", safe=""))
             return
         self.set_header("Cache-Control", "no-store")
-        cameras = [(n, each.state.title) for n, each in self.lives.items()
-                   if each.state.faces_in_view is not None]
+        numbers = {name: i for i, info in enumerate(self.faces.stores) for name, _ in info.cameras}
+        cameras = [(n, each.state.title, numbers.get(n, 0))
+                   for n, each in self.lives.items() if each.state.faces_in_view is not None]
         self.render("faces.html", login=self.login is not None, cameras=cameras,
-                    store=self.faces.directory is not None)
+                    store=bool(self.faces.stores),
+                    stores=[(i, info.label) for i, info in enumerate(self.faces.stores)])
 
 
 class PeopleHandler(_FacesBase):
@@ -181,8 +250,8 @@ class RenameHandler(_FacesBase):
     async def post(self) -> None:
         if self.refused():
             return
-        store, doc = self.store(), None
-        if store is None or (doc := self.body()) is None:
+        doc = self.body()
+        if doc is None or (store := self.store(doc)) is None:
             return
         old, new = self.text(doc, "name"), None
         if old is None or (new := self.text(doc, "new")) is None:
@@ -190,6 +259,8 @@ class RenameHandler(_FacesBase):
         person = await self.change("rename", store.rename, old, new)
         if person is not None:
             log.info("faces page: %d face(s) renamed from the page", len(person.faces))
+            # The catalog compares names as the store does (case-insensitively).
+            await self.faces.names_follow(store, old, person.name)
             self.finish({"name": person.name, "faces": len(person.faces)})
 
 
@@ -199,8 +270,8 @@ class RemoveHandler(_FacesBase):
     async def post(self) -> None:
         if self.refused():
             return
-        store, doc = self.store(), None
-        if store is None or (doc := self.body()) is None:
+        doc = self.body()
+        if doc is None or (store := self.store(doc)) is None:
             return
         name = self.text(doc, "name")
         if name is None:
@@ -209,6 +280,7 @@ class RemoveHandler(_FacesBase):
         if person is not None:
             # No name in the log: who is enrolled is the user's business, not the journal's.
             log.info("faces page: a person removed (%d face(s))", len(person.faces))
+            await self.faces.names_follow(store, person.name, None)
             self.finish({"removed": person.name, "faces": len(person.faces)})
 
 
@@ -261,8 +333,8 @@ class AddHandler(_FacesBase):
     async def post(self) -> None:
         if self.refused():
             return
-        store, doc = self.store(), None
-        if store is None or (doc := self.body()) is None:
+        doc = self.body()
+        if doc is None:
             return
         name = self.text(doc, "name")
         if name is None:
@@ -271,6 +343,12 @@ class AddHandler(_FacesBase):
         look = self.faces.look(token) if isinstance(token, str) else None
         if look is None:
             _json_error(self, 404, "that picture is gone: look again")
+            return
+        # The store the look's camera reads, whichever store the page shows: it is that
+        # camera that must recognise them.
+        store = self.faces.store_of(look.camera)
+        if store is None:
+            _json_error(self, 409, f"{look.camera} does not search faces (--detect faces)")
             return
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(look.faces):
             _json_error(self, 400, f"face: a number from 0 to {len(look.faces) - 1}")
@@ -306,5 +384,5 @@ def _states(lives: dict[str, Live]) -> list[RecorderState]:
     return [each.state for each in lives.values()]
 
 
-def make_faces(lives: dict[str, Live]) -> Faces:
-    return Faces(_states(lives))
+def make_faces(lives: dict[str, Live], catalog: CatalogRunner | None = None) -> Faces:
+    return Faces(_states(lives), catalog)

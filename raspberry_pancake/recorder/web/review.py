@@ -7,11 +7,13 @@ import concurrent.futures
 import datetime as dt
 import functools
 import hashlib
+import json
 import logging
 import os
 import re
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,8 +25,16 @@ import tornado.httputil
 import tornado.iostream
 import tornado.web
 
+from raspberry_pancake.recorder.web.faces_page import Faces
 from raspberry_pancake.recorder.web.handlers import Base, Login
 from raspberry_pancake.shared.catalog import Catalog, CatalogError, Event, EventView, Recording
+from raspberry_pancake.shared.faces import (
+    EventFace,
+    FaceStore,
+    StoreError,
+    check_name,
+    read_event_faces,
+)
 from raspberry_pancake.shared.logs import RateLimiter
 from raspberry_pancake.shared.playback import Piece, RemuxCache, Remuxing, cut
 from raspberry_pancake.shared.remux import ConversionError, sidecar_for
@@ -44,6 +54,22 @@ GROW_POLL = 0.05
 # A cut longer than this is refused: a day in one file is what the segments are for.
 MAX_CUT = 3 * 3600.0
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_FACE_CROP = re.compile(r"e(\d{1,12})-face-(\d{1,2})\.jpg")
+MAX_BODY = 4096  # a JSON request here is a name
+StoreOf = Callable[[str], FaceStore | None]  # a camera's faces store, None when it has none
+
+
+def _no_store(camera: str) -> FaceStore | None:
+    return None
+
+
+class Refusal(Exception):
+    """What the event's faces cannot do as asked: the HTTP status and one line."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +96,9 @@ class Review:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=2,
                                                           thread_name_prefix="review")
         self._catalog: Catalog | None = None
+        # One correction of an event's faces at a time: each recomputes the event's names
+        # from what the store and the catalog said before it (the pool has two threads).
+        self._correcting = threading.Lock()
 
     def catalog(self) -> Catalog:
         """The catalog, opened on first use (pancake may still be making it at start)."""
@@ -164,9 +193,10 @@ class Review:
         c.set_kept(event.clip, kept)
         return ""
 
-    def delete_event(self, eid: int) -> str:
-        """Remove the event's clip (h264, sidecar, mp4) and snapshots; "" when done, else why
-        not. A kept clip, or one still being written, is not deleted."""
+    def delete_event(self, eid: int, store_of: StoreOf = _no_store) -> str:
+        """Remove the event's clip (h264, sidecar, mp4), snapshots and faces (crops and
+        embeddings, from its camera's store); "" when done, else why not. A kept clip, or one
+        still being written, is not deleted."""
         c = self.catalog()
         event = c.event(eid)
         if event is None:
@@ -179,6 +209,16 @@ class Review:
             if not rec.closed:
                 return "the clip is still being recorded"
             paths += [rec.path, sidecar_for(rec.path)]
+        store = store_of(event.camera)
+        if store is not None:
+            # First: biometric data must not outlive the event the user deleted, so if it
+            # cannot go, nothing goes and the user is told.
+            try:
+                store.forget_event(event.camera, event.rise)
+            except (StoreError, OSError) as exc:
+                text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                log.error("review: event %d's faces cannot be deleted: %s", eid, text)
+                return f"the event's faces cannot be deleted: {text}"
         for path in paths:
             if self.servable(path, (".jpg", ".h264", ".pts")):
                 try:
@@ -200,8 +240,114 @@ class Review:
         c.log("review", f"event {eid} deleted from the page", event.camera)
         return ""
 
+    # ---- the faces an event saw
+
+    def _event(self, eid: int) -> Event:
+        event = self.catalog().event(eid)
+        if event is None:
+            raise Refusal(404, "no such event")
+        return event
+
+    def event_faces(self, eid: int, store_of: StoreOf) -> dict[str, Any]:
+        """The event's faces (and the known people's names, to pick from) from the store of
+        the event's camera; Refusal 404 for no such event."""
+        event = self._event(eid)
+        store = store_of(event.camera)
+        if store is None:
+            return {"event": eid, "camera": event.camera, "store": False, "faces": [],
+                    "people": []}
+        try:
+            faces = read_event_faces(store.directory, event.camera, event.rise)
+            people = sorted((p.name for p in store.people()), key=str.casefold)
+        except StoreError as exc:
+            raise Refusal(500, f"the faces store cannot be read: {exc}") from None
+        return {"event": eid, "camera": event.camera, "store": True,
+                "faces": [_face_json(eid, f) for f in faces], "people": people}
+
+    def face_crop(self, eid: int, index: int, store_of: StoreOf) -> bytes | None:
+        """Face `index`'s crop of the event, found by the catalog's event (never by a path a
+        client gave); None when there is none."""
+        event = self.catalog().event(eid)
+        store = store_of(event.camera) if event is not None else None
+        if event is None or store is None:
+            return None
+        try:
+            return store.event_crop(event.camera, event.rise, index)
+        except StoreError:
+            return None
+
+    def correct_face(self, eid: int, index: int, name: str | None,
+                     store_of: StoreOf) -> dict[str, Any]:
+        """"This is NAME" (`name`) or "not them" (None) for the event's face `index`: the
+        store moves the embedding, and the catalog's names for the event follow (the old
+        name goes unless another of its faces still has it; the new one comes). Refusal for
+        what cannot be done; OSError when the store cannot be written."""
+        if name is not None:
+            try:
+                name = check_name(name)
+            except StoreError as exc:
+                raise Refusal(400, str(exc)) from None
+        with self._correcting:
+            return self._correct_face(eid, index, name, store_of)
+
+    def _correct_face(self, eid: int, index: int, name: str | None,
+                      store_of: StoreOf) -> dict[str, Any]:
+        c = self.catalog()
+        event = self._event(eid)
+        store = store_of(event.camera)
+        if store is None:
+            raise Refusal(409, f"{event.camera} keeps no faces (start pancake with --detect faces)")
+        try:
+            faces = read_event_faces(store.directory, event.camera, event.rise)
+            before = next((f for f in faces if f.index == index), None)
+            if before is None:
+                raise Refusal(404, f"event {eid} has no face {index}")
+            if name is not None and before.embedding is None:
+                raise Refusal(409, "this face was too small to recognise, so it cannot be "
+                                   "enrolled: add a closer picture of them instead")
+            after = (store.name_event_face(event.camera, event.rise, index, name)
+                     if name is not None else
+                     store.drop_event_face(event.camera, event.rise, index))
+        except StoreError as exc:
+            raise Refusal(409, str(exc)) from None
+        names = names_after(event.names, faces, before, after)
+        c.set_event_names(eid, names)
+        return {"face": _face_json(eid, after), "names": names}
+
 
 # ---------------------------------------------------------------- JSON shapes
+
+
+def _said(face: EventFace) -> set[str]:
+    """The words a face gives an event's names (casefolded): its name, a probable NAME?."""
+    words = {face.name.casefold()}
+    if face.probable and not face.named:
+        words.add(face.probable.casefold() + "?")
+    return words
+
+
+def names_after(names: Sequence[str], faces: Sequence[EventFace], before: EventFace,
+                after: EventFace) -> list[str]:
+    """The event's names once `before` became `after`: what only that face said goes (the
+    detector's name, "unknown", a probable NAME?), its new name comes; the rest (other
+    faces, names of faces the store did not keep) stays."""
+    others: set[str] = set()
+    for f in faces:
+        if f.index != before.index:
+            others |= _said(f)
+    gone = _said(before) - others
+    kept = [n for n in names if n.casefold() not in gone]
+    if after.name.casefold() not in {n.casefold() for n in kept}:
+        kept.append(after.name)
+    return kept
+
+
+def _face_json(eid: int, f: EventFace) -> dict[str, Any]:
+    # A probable match is only a guess until the user names (or drops) the face.
+    return {"index": f.index, "name": f.name, "probable": "" if f.named else f.probable,
+            "named": f.named, "enrol": f.embedding is not None,
+            "box": [round(v, 4) for v in f.box],
+            "crop": f"/media/e{eid}-face-{f.index}.jpg" if f.crop else None}
 
 
 def _local(t: float | None) -> str | None:
@@ -250,10 +396,28 @@ def day_bounds(text: str | None) -> tuple[float, float, str]:
 
 class ReviewBase(Base):
     def initialize(self, review: Review, login: Login | None, tls: bool,  # type: ignore[override]
-                   **_: Any) -> None:
+                   faces: Faces | None = None, **_: Any) -> None:
         self.review = review
         self.login = login
         self.tls = tls
+        self.faces = faces
+
+    def store_of(self, camera: str) -> FaceStore | None:
+        """The store of the camera's faces (each camera may have its own --faces)."""
+        return self.faces.store_of(camera) if self.faces is not None else None
+
+    def check_xsrf_cookie(self) -> None:
+        """A POST or DELETE without the XSRF token: 403 in one line of JSON (the page shows
+        it), logged at most every 10 s, instead of Tornado's HTML page."""
+        try:
+            super().check_xsrf_cookie()
+        except tornado.web.HTTPError:
+            _limit.log(log, logging.INFO, "review-xsrf", "%s %s without a valid XSRF token "
+                       "from %s", self.request.method, self.request.path, self.request.remote_ip)
+            self.set_header("Cache-Control", "no-store")
+            self.set_status(403)
+            self.finish({"error": "XSRF token missing or wrong"})
+            raise tornado.web.Finish() from None
 
     def refuse(self) -> bool:
         """Answer 401 (an API or a media file) unless the session is valid; True if refused."""
@@ -279,8 +443,9 @@ class ReviewPage(ReviewBase):
     """GET /events and /recordings: the pages; their data comes from the APIs below."""
 
     def initialize(self, review: Review, login: Login | None, tls: bool,  # type: ignore[override]
-                   template: str = "events.html", **_: Any) -> None:
-        super().initialize(review, login, tls)
+                   template: str = "events.html", faces: Faces | None = None,
+                   **_: Any) -> None:
+        super().initialize(review, login, tls, faces)
         self.template = template
 
     async def get(self) -> None:
@@ -347,7 +512,7 @@ class EventApi(ReviewBase):
     async def delete(self, eid: str) -> None:
         if self.refuse():
             return
-        why = await self.catalog_call(lambda: self.review.delete_event(int(eid)))
+        why = await self.catalog_call(lambda: self.review.delete_event(int(eid), self.store_of))
         if why is None:  # the catalog could not be read: answered
             return
         if why:
@@ -421,9 +586,72 @@ class KeepApi(ReviewBase):
         self.finish({"kept": kept})
 
 
+class _FaceBase(ReviewBase):
+    """The event's faces: refusals and store errors answered in one line of JSON."""
+
+    async def faces_call(self, what: str, work: Callable[[], T]) -> T | None:
+        """work() on the review threads; None having answered its refusal (one line), 503
+        for the catalog, 500 for a store that cannot be written."""
+        try:
+            return await self.catalog_call(work)
+        except Refusal as exc:
+            _limit.log(log, logging.INFO, f"review-face-{exc.status}", "review: %s refused: %s",
+                       what, exc.text)
+            self.set_status(exc.status)
+            self.finish({"error": exc.text})
+        except OSError as exc:
+            log.error("review: %s failed: %s", what, exc.strerror or exc)
+            self.set_status(500)
+            self.finish({"error": f"the faces store cannot be written: {exc.strerror or exc}"})
+        return None
+
+
+class EventFacesApi(_FaceBase):
+    """GET /api/events/ID/faces: {faces: [{index, name, probable, named, enrol, box, crop}],
+    people: [NAME…], store: bool} from the store of the event's camera."""
+
+    async def get(self, eid: str) -> None:
+        if self.refuse():
+            return
+        answer = await self.faces_call("faces", lambda: self.review.event_faces(
+            int(eid), self.store_of))
+        if answer is not None:
+            self.finish(answer)
+
+
+class EventFaceApi(_FaceBase):
+    """POST /api/events/ID/faces/N {"name": NAME} (XSRF): "this is NAME" (a new name makes a
+    new person; a face named before moves); POST …/faces/N/drop: "not them". Answers the
+    face and the event's names as they now are."""
+
+    async def post(self, eid: str, index: str, drop: str | None = None) -> None:
+        if self.refuse():
+            return
+        name: str | None = None
+        if not drop:
+            raw = self.request.body or b""
+            try:
+                doc = json.loads(raw) if len(raw) <= MAX_BODY else None
+            except (ValueError, UnicodeDecodeError):
+                doc = None
+            if not isinstance(doc, dict) or not isinstance(doc.get("name"), str):
+                self.set_status(400)
+                self.finish({"error": 'a JSON object with a name, e.g. {"name": "Anna"}'})
+                return
+            name = doc["name"]
+        answer = await self.faces_call("naming a face", lambda: self.review.correct_face(
+            int(eid), int(index), name, self.store_of))
+        if answer is not None:
+            # No name in the log: who is who is the user's business, not the journal's.
+            log.info("review: event %s face %s %s from the page", eid, index,
+                     "dropped" if drop else "named")
+            self.finish(answer)
+
+
 class MediaHandler(ReviewBase):
-    """GET /media/rID.mp4, /media/eID.jpg, /media/eID-boxes.jpg, /media/cut.mp4?camera=&from=&to=:
-    files by catalog id only, with byte ranges so that the video element can seek."""
+    """GET /media/rID.mp4, /media/eID.jpg, /media/eID-boxes.jpg, /media/eID-face-N.jpg (face N
+    of the event, from its camera's faces store), /media/cut.mp4?camera=&from=&to=: files by
+    catalog id only, with byte ranges so that the video element can seek."""
 
     async def get(self, what: str) -> None:
         await self._serve(what, include_body=True)
@@ -433,6 +661,10 @@ class MediaHandler(ReviewBase):
 
     async def _serve(self, what: str, include_body: bool) -> None:
         if self.refuse():
+            return
+        face = _FACE_CROP.fullmatch(what)
+        if face is not None:
+            await self._face(int(face.group(1)), int(face.group(2)), include_body)
             return
         find = self._finder(what)
         if find is None:
@@ -448,6 +680,20 @@ class MediaHandler(ReviewBase):
         if media is None:
             raise tornado.web.HTTPError(404)
         await self._send(media, include_body)
+
+    async def _face(self, eid: int, index: int, include_body: bool) -> None:
+        try:
+            data = await self.review.run(lambda: self.review.face_crop(eid, index, self.store_of))
+        except CatalogError as exc:
+            _limit.log(log, logging.WARNING, "review-catalog", "review: %s", exc)
+            raise tornado.web.HTTPError(503) from None
+        if data is None:
+            raise tornado.web.HTTPError(404)
+        self.set_header("Content-Type", "image/jpeg")
+        # Biometric data: kept by no cache at all (a removed person's face must not linger).
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Length", str(len(data)))
+        self.finish(data if include_body else None)
 
     def _finder(self, what: str) -> Callable[[], MediaFile | None] | None:
         r = self.review
@@ -576,15 +822,18 @@ class MediaHandler(ReviewBase):
         self.finish()
 
 
-def routes(review: Review, login: Login | None, tls: bool) -> list[tuple[str, type, dict[str, Any]]]:
-    """The review part of the app, for app.make_app."""
-    deps: dict[str, Any] = {"review": review, "login": login, "tls": tls}
+def routes(review: Review, login: Login | None, tls: bool,
+           faces: Faces | None = None) -> list[tuple[str, type, dict[str, Any]]]:
+    """The review part of the app, for app.make_app; `faces`: the cameras' faces stores."""
+    deps: dict[str, Any] = {"review": review, "login": login, "tls": tls, "faces": faces}
     return [
         (r"/events", ReviewPage, {**deps, "template": "events.html"}),
         (r"/recordings", ReviewPage, {**deps, "template": "recordings.html"}),
         (r"/api/events", EventsApi, deps),
         (r"/api/events/(\d{1,12})", EventApi, deps),
         (r"/api/events/(\d{1,12})/keep", KeepApi, deps),
+        (r"/api/events/(\d{1,12})/faces", EventFacesApi, deps),
+        (r"/api/events/(\d{1,12})/faces/(\d{1,2})(/drop)?", EventFaceApi, deps),
         (r"/api/recordings", DayApi, deps),
         (r"/api/log", LogApi, deps),
         (r"/media/([A-Za-z0-9._-]{1,40})", MediaHandler, deps),
