@@ -483,8 +483,9 @@ class FtpServer:
 
         class ResumingDTP(TLS_DTPHandler):  # type: ignore[misc]
             def close(self) -> None:
-                if self.receive and server.reply_after_store is not None and self._resp:
-                    self._resp = (server.reply_after_store, self._resp[1])
+                resp: Any = getattr(self, "_resp", None)  # pyftpdlib's (reply, log) to send
+                if self.receive and server.reply_after_store is not None and resp:
+                    self._resp = (server.reply_after_store, resp[1])
                 if not server.close_notify:
                     # pyftpdlib's close() sends close_notify while TLS is up: say it is not.
                     self._ssl_established = False

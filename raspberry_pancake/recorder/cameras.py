@@ -24,7 +24,7 @@ from raspberry_pancake.recorder.state import LIVE, RecorderState
 from raspberry_pancake.shared.catalog import Catalog, CatalogError
 from raspberry_pancake.shared.events import Event
 from raspberry_pancake.shared.faces import UNKNOWN, FaceStore, StoreError
-from raspberry_pancake.shared.logs import RateLimiter
+from raspberry_pancake.shared.logs import RateLimiter, camera_scope, with_camera
 from raspberry_pancake.shared.statedir import MODE as STATE_MODE
 from raspberry_pancake.shared.statedir import ensure as ensure_state_dir
 
@@ -72,11 +72,15 @@ class CameraRun:
         self.cfg = cfg
         self.camera = camera
         self.emitter = Emitter(cfg.emit, Emitter.camera_of(cfg.multi, cfg.name))
+        # Under --config, this camera's threads name it in their log lines; one camera from
+        # flags logs as it always did.
+        self.log_camera = cfg.name if cfg.multi else None
         self.catalog: CatalogWriter | None = None
-        if cfg.catalog is not None:  # opened on its own thread: an unusable one never stops us
-            self.catalog = _OwnCatalog(CatalogConfig(cfg.catalog, cfg.state_dir, cfg.record_dirs,
-                                                     camera=cfg.name))
-        self.pipeline = Pipeline(cfg, camera, self.emitter, self.catalog)
+        with camera_scope(self.log_camera):  # the stages made here inherit it
+            if cfg.catalog is not None:  # opened on its own thread: never stops us
+                self.catalog = _OwnCatalog(CatalogConfig(cfg.catalog, cfg.state_dir,
+                                                         cfg.record_dirs, camera=cfg.name))
+            self.pipeline = Pipeline(cfg, camera, self.emitter, self.catalog)
         self.state: RecorderState = self.pipeline.state
         self.state.control = self.control
         self.state.trigger = self.pipeline.trigger
@@ -115,6 +119,10 @@ class CameraRun:
             return self._started
 
     def start(self) -> None:
+        with camera_scope(self.log_camera):
+            self._start()
+
+    def _start(self) -> None:
         if self.catalog is not None:
             self.catalog.start()
             # The title people read, for postproc's captions and Home Assistant's device name.
@@ -122,8 +130,8 @@ class CameraRun:
         if self._opened:
             self._start_pipeline()
             return
-        self._opener = threading.Thread(target=self._open_loop, name=f"open-{self.name}",
-                                        daemon=True)
+        self._opener = threading.Thread(target=with_camera(self._open_loop),
+                                        name=f"open-{self.name}", daemon=True)
         self._opener.start()
 
     def _start_pipeline(self) -> None:
@@ -262,6 +270,10 @@ class CameraRun:
         return [self.catalog] if self.catalog is not None else []
 
     def stop(self) -> None:
+        with camera_scope(self.log_camera):
+            self._stop_camera()
+
+    def _stop_camera(self) -> None:
         self._stop.set()
         with self._lock:
             self._stopping = True
@@ -338,8 +350,9 @@ class Cameras:
         while not self._stop.wait(HEALTH_TICK):
             now = time.monotonic()
             for run in self.runs:
-                run.read_settings()
-                self._check(run, now)
+                with camera_scope(run.log_camera):
+                    run.read_settings()
+                    self._check(run, now)
 
     def _check(self, run: CameraRun, now: float) -> None:
         state, age = run.state.health(now)

@@ -23,6 +23,7 @@ from raspberry_pancake.recorder.sources.base import (
     SourceSpec,
 )
 from raspberry_pancake.recorder.sources.passthrough import Passthrough
+from raspberry_pancake.shared.logs import camera_scope, thread_camera
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +194,7 @@ class CaptureThread(threading.Thread):
     def __init__(self, source: AVInput, cfg: RecorderConfig, out: Outputs, stop: threading.Event,
                  passthrough: Passthrough | None = None) -> None:
         super().__init__(name="capture", daemon=True)
+        self._log_camera = thread_camera()  # its lines name the camera under --config
         self._source = source
         self._cfg = cfg
         self._out = out
@@ -204,6 +206,10 @@ class CaptureThread(threading.Thread):
         self.frames = 0
 
     def run(self) -> None:
+        with camera_scope(self._log_camera):
+            self._capture()
+
+    def _capture(self) -> None:
         backoff = BACKOFF_START
         outage_since: float | None = None
         while not self._stop_event.is_set():

@@ -14,7 +14,7 @@ import av
 from av.video.reformatter import VideoReformatter
 
 from raspberry_pancake.recorder.frames import Frame, LatestFrame
-from raspberry_pancake.shared.logs import RateLimiter
+from raspberry_pancake.shared.logs import RateLimiter, with_camera
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class JpegProducer:
         self._encodes = 0
         self._failures = 0
         self._last_seq = -1  # only the producer thread touches it
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(target=with_camera(self._run), name=name, daemon=True)
 
     @property
     def interval(self) -> float:
