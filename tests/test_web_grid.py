@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import Pancake, free_port, run_pancake
+from conftest import Pancake, doc_screenshot, free_port, run_pancake
 from web_helpers import HOST, ROOT, WsClient, get, wait_port
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -86,8 +86,7 @@ def test_grid_enlarge_and_back_stream_only_what_is_shown(
     assert abs(boxes[0]["y"] - boxes[1]["y"]) < 2 and boxes[2]["y"] > boxes[0]["y"] + 100, boxes
     assert all(b["x"] + b["width"] <= 1281 and b["y"] + b["height"] <= 801 for b in boxes), boxes
     page.wait_for_timeout(500)
-    page.screenshot(path=str(ARTIFACTS / "cameras-grid-desktop.png"))
-    page.screenshot(path=str(ROOT / "docs" / "cameras-grid.png"))
+    doc_screenshot(page, "cameras-grid.png")
 
     # The tile's menu: disarm the yard's detection (a POST with the page's XSRF token); the
     # menu is not the picture, so the grid stays.

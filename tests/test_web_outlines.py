@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import ROOT, Pancake
+from conftest import ROOT, Pancake, doc_screenshot
 from web_helpers import HOST, LISTENING, WsClient, get, wait_port
 
 from raspberry_pancake.recorder.web import handlers
@@ -281,7 +281,7 @@ def test_the_page_draws_outlines_over_the_picture_jpeg_and_h264_single_and_grid(
             name, (x0, y0, x1, y1), (px, py, pw, ph))
         page.screenshot(path=str(ARTIFACTS / f"live-outlines-{name}.png"))
         if name == "jpeg":
-            page.screenshot(path=str(ROOT / "docs" / "live-outlines.png"))
+            doc_screenshot(page, "live-outlines.png")
         toggle(name, root, False)
         assert page.evaluate(DRAWN, root)[0] == 0  # cleared at once
         page.wait_for_timeout(700)  # statuses still on their way draw nothing
