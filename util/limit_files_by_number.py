@@ -9,7 +9,7 @@ examples:
   crontab -e, then this line runs it every night at 03:30:
     30 3 * * * cd ~/raspberry-pancake && python3 util/limit_files_by_number.py mp4 2000
 
-A recording counts once with its sidecars (X.h264 with X.pts and X.jpg) and goes with them.
+A recording counts once with its sidecars (X.h264 with X.pts, X.jpg and X-boxes.jpg) and goes with them.
 Age is the time in the name (YYYYMMDD-hhmm[ss]), else the modification time. A file still
 being written (open by any process, or modified in the last minute) is never deleted, and
 symlinks and subdirectories are left alone.
