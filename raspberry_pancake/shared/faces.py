@@ -518,20 +518,21 @@ class FaceStore:
 
     def prune_events(self, keep: Callable[[str, float], bool]) -> int:
         """Deletes the faces of events `keep(camera, rise)` says are gone (the catalog no
-        longer has them: retention deleted their clips). Returns how many events."""
+        longer has them: retention deleted their clips). Returns how many events. The
+        catalog is asked before the lock is taken: one query per event must not hold up the
+        recorder writing a new event's faces, nor the page."""
         root = self.directory / EVENTS
         if not root.is_dir():
             return 0
-        gone = 0
-        with self._lock():
-            for cam in sorted(root.iterdir()):
-                if not _CAMERA.fullmatch(cam.name) or not cam.is_dir():
-                    continue
-                for index in sorted(cam.glob("*.json")):
-                    if index.stem.isdigit() and not keep(cam.name, int(index.stem) / 1000):
-                        self._forget_event(cam, index.stem)
-                        gone += 1
-        return gone
+        gone = [(cam, index.stem) for cam in sorted(root.iterdir())
+                if _CAMERA.fullmatch(cam.name) and cam.is_dir()
+                for index in sorted(cam.glob("*.json"))
+                if index.stem.isdigit() and not keep(cam.name, int(index.stem) / 1000)]
+        if gone:
+            with self._lock():
+                for cam, key in gone:
+                    self._forget_event(cam, key)
+        return len(gone)
 
     def _forget_event(self, directory: Path, key: str) -> None:
         for path in directory.glob(f"{key}-*.jpg"):
