@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,30 @@ def doc_screenshot(page: Any, name: str, **kw: Any) -> Path:
         DOCS_DIR.mkdir(exist_ok=True)
         (DOCS_DIR / name).write_bytes(data)
     return artifact
+
+
+def write_video(path: Path, frames: Iterable[Any], fps: int) -> Path:
+    """An H.264 file (its container from the name: .mp4, .mkv …) of RGB frames (HxWx3 uint8
+    arrays, all one size), one frame every 1/fps: what a camera's recording of them is."""
+    from fractions import Fraction
+
+    import av  # only the tests that make videos pay for it
+
+    with av.open(str(path), "w") as out:
+        stream: Any = None
+        for i, rgb in enumerate(frames):
+            if stream is None:
+                stream = out.add_stream("libx264", rate=fps)
+                stream.height, stream.width = rgb.shape[:2]
+                stream.pix_fmt = "yuv420p"
+                stream.codec_context.time_base = Fraction(1, fps)
+            vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            vf.pts = i
+            out.mux(stream.encode(vf))
+        if stream is None:
+            raise ValueError("write_video: no frames")
+        out.mux(stream.encode(None))
+    return path
 
 
 # Debian's chromium, which Playwright drives (make test installs both); one per test file.

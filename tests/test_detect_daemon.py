@@ -4,11 +4,12 @@ a still scene, the update message and the boxes snapshot."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import numpy as np
-from conftest import ROOT, Listener, Pancake, run_pancake
+from conftest import ROOT, Listener, Pancake, run_pancake, write_video
 
 from raspberry_pancake.shared.events import validate
 
@@ -61,15 +62,11 @@ def still_clip(path: Path, seconds: float, fps: int = 10) -> Path:
     rng = np.random.default_rng(5)
     coarse = rng.random((13, 17)) * 130 + 50
     scene = np.kron(coarse, np.ones((10, 10)))[:120, :160]
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+    def frames() -> Iterator[np.ndarray]:
         for _ in range(int(seconds * fps)):
             grey = np.clip(scene + rng.normal(0, 2.0, scene.shape), 0, 255).astype(np.uint8)
-            rgb = np.repeat(grey[..., None], 3, axis=2)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        out.mux(stream.encode(None))
-    return path
+            yield np.repeat(grey[..., None], 3, axis=2)
+    return write_video(path, frames(), fps)
 
 
 def test_still_scene_gives_no_motion_in_20_seconds(tmp_path: Path, listener: Listener,

@@ -6,7 +6,6 @@ import shutil
 import stat
 import time
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from raspberry_pancake.shared.faces import (
     event_key,
     read_event_faces,
 )
-from tests.conftest import Listener, Pancake, run_pancake
+from tests.conftest import Listener, Pancake, run_pancake, write_video
 from tests.test_faces_recognition import PHOTOS, enrol, first_edge
 
 W, H = 640, 480
@@ -54,18 +53,7 @@ def pair(left: str = "obama-2.jpg", right: str = "biden.jpg") -> np.ndarray:
 
 def video(path: Path, frame: Callable[[int], np.ndarray], seconds: float = 4.0,
           fps: int = 10) -> Path:
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, fps)
-        for i in range(round(seconds * fps)):
-            vf = av.VideoFrame.from_ndarray(frame(i), format="rgb24")
-            vf.pts = i
-            for packet in stream.encode(vf):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    return write_video(path, (frame(i) for i in range(round(seconds * fps))), fps)
 
 
 def with_moving_block(pic: np.ndarray) -> Callable[[int], np.ndarray]:

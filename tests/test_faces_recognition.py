@@ -4,22 +4,21 @@ no detection; in the detector itself and through the real pancake on a video mad
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
 from raspberry_pancake.recorder.detect.faces import DEFAULT_MATCH, FaceConfig, FaceDetector
 from raspberry_pancake.recorder.detect.result import Detection
-from tests.conftest import ROOT, Listener, Pancake, run_pancake
+from tests.conftest import ROOT, Listener, Pancake, run_pancake, write_video
 
 PHOTOS = ROOT / "tests" / "data" / "faces"
 SCRIPT = ROOT / "util" / "faces.py"
@@ -120,18 +119,7 @@ def still_video(path: Path, photo: str, seconds: float = 3.0, fps: int = 10) -> 
     frame = Image.new("RGB", (640, 480), (40, 40, 40))
     frame.paste(im, ((640 - im.width) // 2, (480 - im.height) // 2))
     pixels = np.asarray(frame)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
-        stream.codec_context.time_base = Fraction(1, fps)
-        for i in range(round(seconds * fps)):
-            vf = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            vf.pts = i
-            for packet in stream.encode(vf):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    return write_video(path, itertools.repeat(pixels, round(seconds * fps)), fps)
 
 
 def pancake_on(pancakes: list[Pancake], tmp_path: Path, clip: Path, store: Path,
