@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import signal
 import statistics
@@ -168,9 +169,30 @@ def bench_latency(work: Path) -> tuple[float, float, int]:
     return p95, delays[-1], len(delays)
 
 
-def bench_rss(src: Path, work: Path, telegram: bool) -> tuple[float, float, float]:
+# Loads another notify.py in place of the package's (with --old-notify), before postproc starts.
+OLD_NOTIFY = '''import importlib.util, sys
+spec = importlib.util.spec_from_file_location("raspberry_pancake.postproc.notify", {path!r})
+module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = module
+spec.loader.exec_module(module)
+'''
+
+
+def notify_env(old_notify: Path | None, work: Path) -> dict[str, str]:
+    """The environment for a postproc run that uses `old_notify` (None: the package's own)."""
+    env = {"PP_TOKEN": "1:bench"}
+    if old_notify is not None:
+        site = work / "old-notify-site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(OLD_NOTIFY.format(path=str(old_notify)))
+        env["PYTHONPATH"] = f"{site}:{ROOT}"
+    return env
+
+
+def bench_rss(src: Path, work: Path, telegram: bool,
+              old_notify: Path | None = None) -> tuple[float, float, float]:
     """Peak RSS (VmHWM) of postproc converting the segment and uploading it over SFTP; with
-    `telegram`, alerts configured too (python-telegram-bot and httpx loaded)."""
+    `telegram`, alerts configured too (notify's Bot API client loaded and connected)."""
     work.mkdir()
     h264, mp4 = work / "rss-h264", work / "rss-mp4"
     h264.mkdir()
@@ -178,6 +200,11 @@ def bench_rss(src: Path, work: Path, telegram: bool) -> tuple[float, float, floa
     # Catch-up takes regular files only (never a symlink): a copy.
     shutil.copyfile(src, h264 / src.name)
     shutil.copyfile(src.with_suffix(".pts"), (h264 / src.name).with_suffix(".pts"))
+    # Catch-up takes an .h264 the catalog does not know only once it has settled (60 s
+    # untouched): the copies are dated an hour back, as a finished recording would be.
+    settled = time.time() - 3600
+    for copy in (h264 / src.name, (h264 / src.name).with_suffix(".pts")):
+        os.utime(copy, (settled, settled))
     sshd = SshServer(work / "sshd")
     name = f"pp-bench-{uuid.uuid4().hex[:8]}"
     api = FakeBotApi() if telegram else None
@@ -188,7 +215,7 @@ def bench_rss(src: Path, work: Path, telegram: bool) -> tuple[float, float, floa
                             "--upload-scp", "root@127.0.0.1", str(sshd.port),
                             str(sshd.remote / "cam"), "--known-hosts", str(sshd.known_hosts),
                             "--ssh-key", str(sshd.client_key), *alerts], work / "rss.log",
-                           env={"PP_TOKEN": "1:bench"})
+                           env=notify_env(old_notify, work))
     status = Path(f"/proc/{post.proc.pid}/status")
     try:
         wait_socket(name)
@@ -206,7 +233,8 @@ def bench_rss(src: Path, work: Path, telegram: bool) -> tuple[float, float, floa
     return hwm, took, size
 
 
-def bench_clip_rss(clip_src: Path, work: Path) -> tuple[float, float]:
+def bench_clip_rss(clip_src: Path, work: Path,
+                   old_notify: Path | None = None) -> tuple[float, float]:
     """Peak RSS of postproc converting a detection clip and sending it as a Telegram video;
     returns (MB, the mp4's size in MB)."""
     work.mkdir()
@@ -218,7 +246,7 @@ def bench_clip_rss(clip_src: Path, work: Path) -> tuple[float, float]:
         post = PostprocProcess([name, "--convert", str(mp4), str(FPS), "--h264-dir", str(h264),
                                 "--notify-telegram", "env:PP_TOKEN", "1",
                                 "--telegram-api-url", api.base_url], work / "clip.log",
-                               env={"PP_TOKEN": "1:bench"})
+                               env=notify_env(old_notify, work))
         status = Path(f"/proc/{post.proc.pid}/status")
         try:
             wait_socket(name)
@@ -235,12 +263,49 @@ def bench_clip_rss(clip_src: Path, work: Path) -> tuple[float, float]:
     return hwm, (mp4 / "20240623-180511.mp4").stat().st_size / 1e6
 
 
+def compare_memory(src: Path, runs: int, old_notify: Path | None) -> None:
+    """The Telegram memory rows `runs` times, this notify.py and `old_notify` in turn (so both
+    see the same load), and the row without Telegram for reference; the medians printed."""
+    rows: dict[str, list[float]] = {}
+    variants = [("this notify.py", None)] + ([(f"{old_notify.name}", old_notify)]
+                                             if old_notify is not None else [])
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        for run in range(runs):
+            hwm, _, _ = bench_rss(src, Path(tmp) / f"{run}-bare", telegram=False)
+            rows.setdefault("converting + SFTP, no Telegram", []).append(hwm)
+            print(f"run {run + 1} without Telegram: {hwm:.1f} MB", flush=True)
+            for index, (label, old) in enumerate(variants):
+                work = Path(tmp) / f"{run}-{index}"
+                work.mkdir()
+                hwm, _, _ = bench_rss(src, work / "sftp+telegram", telegram=True,
+                                      old_notify=old)
+                hwm_clip, _ = bench_clip_rss(segment(CLIP_MINUTES), work / "clip", old)
+                rows.setdefault(f"{label}: converting + SFTP, Telegram configured", []).append(
+                    hwm)
+                rows.setdefault(f"{label}: a {CLIP_MINUTES:g}-minute clip sent as a video",
+                                []).append(hwm_clip)
+                print(f"run {run + 1} {label}: {hwm:.1f} MB, clip {hwm_clip:.1f} MB",
+                      flush=True)
+    for name, values in rows.items():
+        print(f"peak RSS, {name}: median {statistics.median(values):.1f} MB "
+              f"({', '.join(f'{v:.1f}' for v in values)})", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--minutes", type=float, default=15.0, help="segment length (default 15)")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--old-notify", type=Path, metavar="FILE",
+                   help="another notify.py (e.g. the python-telegram-bot one) to compare the "
+                        "Telegram memory rows with, run by run, interleaved: printed only")
+    p.add_argument("--memory-only", action="store_true",
+                   help="only the memory rows, printed (BENCHMARKS.md is left as it is)")
     a = p.parse_args()
     src = segment(a.minutes)
+    if a.memory_only or a.old_notify is not None:
+        compare_memory(src, a.runs, a.old_notify.resolve() if a.old_notify else None)
+        if a.memory_only:
+            return 0
     conv, cp, ratio = bench_convert(src, a.runs)
     ffcopy = bench_ffmpeg_copy(src, a.runs)
     print(f"convert {conv:.2f} s, cp {cp:.2f} s, ratio {ratio:.2f}, ffmpeg -c copy {ffcopy}",

@@ -603,7 +603,7 @@ class _Plan:
 
 class FakeBotApi:
     """A local HTTP server speaking enough of the Bot API (sendMessage, sendPhoto, sendVideo,
-    getMe) for python-telegram-bot: records every call; answers can be scripted (429, 400…)."""
+    getMe) for notify's Bot API client: records every call; answers can be scripted (429, 400…)."""
 
     def __init__(self) -> None:
         self.calls: list[BotCall] = []

@@ -1,4 +1,4 @@
-"""Telegram alerts against a local HTTP server that speaks the Bot API (python-telegram-bot)."""
+"""Telegram alerts against a local HTTP server that speaks the Bot API."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def test_token_never_in_the_log(tmp_path: Path, api: FakeBotApi, stop: threading
     root = logging.getLogger()
     old_level = root.level
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG)  # even at DEBUG, where httpx and PTB print request URLs
+    root.setLevel(logging.DEBUG)  # even at DEBUG, where an HTTP library would print URLs
     install_redaction([Secret(TOKEN, "test")])
     try:
         api.script("sendMessage", (429, {"retry_after": 1}), (400, {"description": "bad"}),
@@ -197,8 +197,6 @@ def test_tls_context_reads_the_system_ca_directory_and_still_verifies(
     import http.server
     import ssl
 
-    import httpx
-
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
     good = _ca_dir(tmp_path / "good", "pancake test CA")
@@ -214,11 +212,14 @@ def test_tls_context_reads_the_system_ca_directory_and_still_verifies(
              "-extfile", str(ext))
 
     class Ok(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b'{"ok": true, "result": "ok"}'
             self.send_response(200)
-            self.send_header("Content-Length", "2")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(b"ok")
+            self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:
             pass
@@ -234,25 +235,24 @@ def test_tls_context_reads_the_system_ca_directory_and_still_verifies(
         ctx = notify.tls_context(good)
         assert ctx is not None
         assert ctx.cert_store_stats()["x509"] == 0, "nothing loaded before a handshake"
-        with httpx.Client(verify=ctx, timeout=5) as client:
-            assert client.get(url).text == "ok"
+        stop = threading.Event()
+        assert notify.BotApi(url, TOKEN, stop, ctx).call("getMe", {}) == "ok"
         assert ctx.cert_store_stats()["x509_ca"] == 1, "only the root the chain needed"
         refused = notify.tls_context(other)
         assert refused is not None
-        with httpx.Client(verify=refused, timeout=5) as client, \
-                pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-            client.get(url)
+        with pytest.raises(notify.NetworkError, match="CERTIFICATE_VERIFY_FAILED"):
+            notify.BotApi(url, TOKEN, stop, refused).call("getMe", {})
     finally:
         server.shutdown()
         server.server_close()
         thread.join(5)
-    # No hashed names (or no directory): httpx's own default, certifi's bundle.
+    # No hashed names (or no directory): ssl's own defaults.
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "ca.pem").write_bytes((good / "ca.pem").read_bytes())
     assert notify.tls_context(plain) is None
     assert notify.tls_context(tmp_path / "missing") is None
-    # The user's own choice of CA file is httpx's to honour.
+    # The user's own choice of CA file is OpenSSL's to honour.
     monkeypatch.setenv("SSL_CERT_FILE", str(good / "ca.pem"))
     assert notify.tls_context(good) is None
 

@@ -60,7 +60,7 @@ class Postproc:
         self.stop_event = stop = threading.Event() if stop is None else stop
         self.notifiers: list[Notifier] = []
         if cfg.notify_telegram:
-            # Imported only when needed: python-telegram-bot and httpx cost about 30 MB of RSS.
+            # Imported only when needed (its TLS context reads the system's CA roots).
             from raspberry_pancake.postproc.notify import Notifier
 
             self.notifiers = [Notifier(t, cfg.telegram_api_url, cfg.public_bot_api,
