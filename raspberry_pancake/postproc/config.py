@@ -396,6 +396,24 @@ def _mqtt(a: argparse.Namespace) -> MqttTarget | None:
     return MqttTarget(host, port, scheme == "mqtts", ca, user, password, topic, client_id, node)
 
 
+def _check_bot_api_url(url: str) -> None:
+    """An http(s) URL with a host (and a valid port, if any) that the token goes after: ending
+    in /bot (the Bot API's form) or holding {token}."""
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 — raises ValueError for a port that is not one
+    except ValueError:
+        raise ConfigError(f"--telegram-api-url: {url!r} has a port that is not a number "
+                          "from 1 to 65535") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--telegram-api-url: {url!r} is not an http(s) URL with a host")
+    if "{token}" not in url and not parts.path.endswith("/bot"):
+        raise ConfigError(f"--telegram-api-url: {url!r} should end in /bot (the token is "
+                          "added after it), or hold {token}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"--telegram-api-url: {url!r}: no ?query or #fragment")
+
+
 def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
     """Parse and check the command line; raise ConfigError for cross-flag and file problems."""
     a = build_parser().parse_args(argv)
@@ -440,8 +458,7 @@ def parse(argv: Sequence[str] | None = None) -> PostprocConfig:
                               "in Debian 12 / Pi OS Bookworm); use --converter pyav")
     h264_dirs = tuple(dict.fromkeys(_readable_dir("--h264-dir", d) for d in a.h264_dir))
     url = a.telegram_api_url
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--telegram-api-url: {url!r} is not an http(s) URL")
+    _check_bot_api_url(url)
     known_hosts = Path(a.known_hosts).expanduser()
     if scp and not known_hosts.is_file():
         raise ConfigError(f"--known-hosts: {str(known_hosts)!r} does not exist; "
