@@ -161,6 +161,24 @@ def test_small_object_crossing_is_detected_with_a_box_round_it() -> None:
     assert hits >= 20  # of 40 frames: on after min_duration (1 s) and until the end
 
 
+@pytest.mark.parametrize("squares", [((96, 32), (96, 544)), ((32, 288), (288, 288)),
+                                     ((64, 480), (240, 64))])
+def test_equal_boxes_come_top_to_bottom_then_left_to_right(
+        squares: tuple[tuple[int, int], ...]) -> None:
+    """Largest first; of equal ones, the one starting higher, then further left: the order
+    is the picture's, not a hash's (the edge message and the outlines carry it)."""
+    rng = np.random.default_rng(15)
+    base = scene()
+    det = MotionDetector(MotionConfig(stamp_height=0))
+    run(det, quiet(rng, base, 2))
+    pic = base.copy()
+    for y, x in squares:  # 32 input pixels: 2x2 whole cells of the 160x90 picture, so the
+        pic[y:y + 32, x:x + 32] = 20  # boxes are the squares exactly, of one area
+    m = det.detect(noisy(pic, rng), mono=2.0, wall=NOON)
+    expected = sorted(((x, y, 32, 32) for y, x in squares), key=lambda b: (b[1], b[0]))
+    assert list(m.boxes[:2]) == expected, m.boxes
+
+
 def test_mask_over_the_path_hides_the_crossing(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     base = scene()

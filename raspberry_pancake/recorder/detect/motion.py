@@ -26,9 +26,11 @@ Grey = npt.NDArray[np.uint8]
 Plane = npt.NDArray[np.float32]
 
 SMALL_WIDTH = 160  # the analysed picture's width, about; a whole divisor of the input's
-_CELL = 4  # small pixels a side of the despeckle cell (_regions' strided adds assume 4):
-# a cell counts when enough of it changed
+_CELL = 4  # small pixels a side of the despeckle cell (_regions packs a cell's row of 4 in
+# a uint32: it must be 4): a cell counts when enough of it changed
 _CELL_MIN = 3  # of its 16 pixels; lone noisy pixels never add up to a cell
+_BYTE_SUM = np.uint32(0x01010101)  # times 4 bytes: their sum in the top byte (see _regions)
+_CELL_ON = np.uint32(_CELL_MIN << 24)  # the same in the top byte: a cell that counts
 _LIGHT_FRACTION = 0.5  # of the watched picture changing at once: a light change, not motion
 _RELEARN = 1.0  # seconds after start, a resize or a light change with the background re-learnt fast
 _RELEARN_FRAMES = 3  # and at least this many frames, whatever the interval
@@ -40,6 +42,8 @@ _DEV_TAU = 20.0  # seconds: how fast a pixel's noise estimate follows what it se
 _MAX_DT = 10.0  # a longer gap between frames counts as this long
 _BG_STATS_EVERY = 5  # frames between two computations of the background's mean and spread
 _DEV_TO_SD = 1.25  # a Gaussian's standard deviation over its mean absolute deviation
+_U8 = np.dtype(np.uint8)  # tested by identity, cheaper than ==: an equal other costs a copy
+_CLIP = np.float32(2.0 / _DEV_TO_SD)  # a pixel's noise learns from at most twice its threshold
 # Learned threshold: the changed area's mean and deviation per hour of day, over about
 # _LEARN_TAU; used once an hour has _LEARN_WARMUP seconds of data. The bar rises to
 # mean + _LEARN_K deviations, never above _LEARN_CAP percent (the detector is never blinded).
@@ -95,7 +99,8 @@ class Motion:
     """One analysed frame. Truthy while there is motion (after min_duration); `boxes` are the
     regions changing in this frame (also while below the bar), `area` their share of the
     watched picture in percent, `score` that area over the bar in effect (`threshold`);
-    `size` the analysed frame's (width, height), which the boxes' pixels are of."""
+    `size` the analysed frame's (width, height), which the boxes' pixels are of. Boxes come
+    largest first, equal ones top to bottom, then left to right."""
 
     detected: bool
     score: float = 0.0
@@ -153,6 +158,15 @@ class MotionDetector:
         self._watched = 0
         self._bg: Plane | None = None
         self._dev: Plane = np.zeros((0, 0), np.float32)  # running mean |frame - background|
+        self._kd = np.float32(self._k * _DEV_TO_SD)  # deviations to the threshold
+        self._alpha: Plane = np.zeros((0, 0), np.float32)  # per-frame buffers: see _setup
+        self._delta: Plane = self._alpha
+        self._diff: Plane = self._alpha
+        self._thr: Plane = self._alpha
+        self._gw: Plane = np.zeros(0, np.float32)
+        self._changed: npt.NDArray[np.bool_] = np.zeros((0, 0), np.bool_)
+        self._counts: npt.NDArray[np.uint32] = np.zeros((0, 0), np.uint32)
+        self._cell_rows: npt.NDArray[np.uint32] | None = None
         self._scale = (1.0, 1.0)  # input pixels per small pixel
         self._last: float | None = None
         self._bg_stats: tuple[float, float] | None = None
@@ -164,6 +178,9 @@ class MotionDetector:
         self._state = False
         # Per hour of day: [seconds of data, mean area, variance of area].
         self._hours = [[0.0, 0.0, 0.0] for _ in range(24)]
+        # _hour's last (whole second, hour of day): one tuple, so that threshold() from another
+        # thread reads a pair that belongs together.
+        self._hour_at: tuple[int | None, int] = (None, 0)
         if stats is not None:
             self.import_stats(stats)
 
@@ -172,7 +189,7 @@ class MotionDetector:
     def _size(self, image: av.VideoFrame | npt.NDArray[Any]) -> tuple[int, int]:
         if isinstance(image, av.VideoFrame):
             return image.width, image.height
-        shape = np.shape(image)
+        shape = image.shape if isinstance(image, np.ndarray) else np.shape(image)
         if len(shape) == 2 or (len(shape) == 3 and shape[2] in (3, 4)):
             return int(shape[1]), int(shape[0])
         raise ValueError(f"motion: a frame must be a grey (H, W) or RGB (H, W, 3) array, "
@@ -194,8 +211,8 @@ class MotionDetector:
             plane = grey.planes[0]
             rows = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
             return rows[:sh, :sw].astype(np.float32)
-        a = np.asarray(image)
-        if a.dtype != np.uint8:
+        a = image if isinstance(image, np.ndarray) else np.asarray(image)
+        if a.dtype is not _U8:
             a = np.clip(a, 0, 255).astype(np.uint8)
         small = self._sample(a)
         if small.ndim == 3:
@@ -228,6 +245,20 @@ class MotionDetector:
         self._use(watch)
         self._bg = None
         self._dev = np.full(watch.shape, 1.0, np.float32)
+        # Per-frame buffers, made once per size (none outlives its frame): the steps of
+        # detect(), the changed pixels and the cells' counts, with the changed pixels' rows of
+        # cells as uint32 (_regions) when the width is whole cells (else _regions copies them).
+        sh, sw = watch.shape
+        gh, gw = sh // _CELL, sw // _CELL
+        self._alpha = np.empty(watch.shape, np.float32)
+        self._delta = np.empty(watch.shape, np.float32)
+        self._diff = np.empty(watch.shape, np.float32)
+        self._thr = np.empty(watch.shape, np.float32)
+        self._gw = np.empty(watch.size, np.float32)
+        self._changed = np.empty(watch.shape, np.bool_)
+        self._counts = np.empty((gh, gw), np.uint32)
+        self._cell_rows = (self._changed[:gh * _CELL].view(np.uint32).reshape(gh, _CELL, gw)
+                           if gw * _CELL == sw else None)
 
     def _use(self, watch: Watch) -> None:
         self._watch = watch
@@ -317,40 +348,47 @@ class MotionDetector:
         if self._bg is None:
             self._bg = g
             self._relearn(t)
-            return self._result(False, t, 0.0, (), self._bar(wall), light=False)
+            return self._result(False, t, 0.0, (), self._bar(self._hour(wall)), light=False)
         bg = self._bg
         gn = self._match_light(g, bg)
-        delta = gn - bg
-        diff = np.abs(delta)
-        thr = self._dev * np.float32(self._k * _DEV_TO_SD)
+        # At 160x90 each numpy call costs more than its arithmetic: the steps below are the
+        # fewest calls for the per-pixel model, into buffers made once per size (_setup).
+        delta = np.subtract(gn, bg, out=self._delta)
+        diff = np.abs(delta, out=self._diff)
+        thr = np.multiply(self._dev, self._kd, out=self._thr)
         np.maximum(thr, self._floors, out=thr)  # unwatched pixels' floor is out of reach
-        changed = diff > thr
+        changed = np.greater(diff, thr, out=self._changed)
         count = int(np.count_nonzero(changed))
+        hour = self._hour(wall) if self.config.learn else 0
         relearning = t < self._relearn_until or self._relearn_frames > 0
         if count > _LIGHT_FRACTION * self._watched:
             # Lights, the sun, night mode: the whole picture moved, so the old background is
             # no use. Start from this frame and re-learn; the debounce starts over too.
             self._bg = gn
             self._relearn(t)
-            return self._result(False, t, 0.0, (), self._bar(wall), light=True)
+            return self._result(False, t, 0.0, (), self._bar(hour), light=True)
         area, boxes = self._regions(changed, count)
-        bar = self._bar(wall)
+        bar = self._bar(hour)
         if relearning:
             a = np.float32(1.0 - math.exp(-dt / _FAST_TAU)) if dt > 0 else np.float32(0.5)
             delta *= a
             bg += delta  # the noise is left alone: a light change is not noise
             self._relearn_frames = max(0, self._relearn_frames - 1)
             return self._result(False, t, area, boxes, bar, light=False)
-        self._update(delta, diff, thr, changed, dt)
+        self._update(delta, diff, thr, changed, count, dt)
         if self.config.learn:
-            self._learn(area, dt, wall)
+            self._learn(area, dt, hour)
         return self._result(area >= bar, t, area, boxes, bar, light=False)
 
     def _match_light(self, g: Plane, bg: Plane) -> Plane:
         """The frame with its watched mean and spread moved onto the background's."""
         w, n = self._weights, self._watched
-        gw = g.ravel() * w
-        gm = float(gw.sum()) / n
+        gw = np.multiply(g.ravel(), w, out=self._gw)
+        # A dot with the 0/1 weights, not gw.sum(): one BLAS call where numpy's pairwise
+        # reduction takes twice as long. Whole or quarter grey levels (every input but an RGB
+        # array's luma) add up exactly in float32 while the total stays under 2**22 (up to
+        # 16,000 pixels, 160x90 is 14,400), so in any order to the same sum.
+        gm = float(np.dot(gw, w)) / n
         gs = math.sqrt(max(float(gw @ gw) / n - gm * gm, 0.0))
         if self._bg_stats is None or self._bg_age >= _BG_STATS_EVERY:
             # The background moves slowly (seconds): its statistics need not be redone
@@ -368,20 +406,25 @@ class MotionDetector:
         return g
 
     def _update(self, delta: Plane, diff: Plane, thr: Plane, changed: npt.NDArray[np.bool_],
-                dt: float) -> None:
+                count: int, dt: float) -> None:
         """Background and noise follow the frame: quickly where nothing changed, slowly where
         something did (a parked car becomes background in a minute or two)."""
         assert self._bg is not None
-        fast = 1.0 - math.exp(-dt / _BG_TAU)
-        slow = 1.0 - math.exp(-dt / _BG_TAU_CHANGED)
-        alpha = np.where(changed, np.float32(slow), np.float32(fast))
-        delta *= alpha
+        fast = np.float32(1.0 - math.exp(-dt / _BG_TAU))
+        if count:
+            # The per-pixel rate: a fill and a masked copy cost under half of np.where's.
+            alpha = self._alpha
+            alpha.fill(fast)
+            np.copyto(alpha, np.float32(1.0 - math.exp(-dt / _BG_TAU_CHANGED)), where=changed)
+            delta *= alpha
+        else:
+            delta *= fast
         self._bg += delta
         # The noise learns from every pixel at one pace, changed or not (learning only where
         # nothing changed would never learn a branch that changes every other frame): the
         # branch raises its own threshold within a minute, a passer-by's second barely moves
         # it. Clipped at twice the threshold so one big step cannot blow it up.
-        thr *= np.float32(2.0 / _DEV_TO_SD)
+        thr *= _CLIP
         np.minimum(diff, thr, out=diff)
         diff -= self._dev
         diff *= np.float32(1.0 - math.exp(-dt / _DEV_TAU))
@@ -391,46 +434,86 @@ class MotionDetector:
         """The changed area (percent of the watched picture) and boxes round its pieces."""
         if count < _CELL_MIN:
             return 0.0, ()  # not one cell's worth: the quiet scene's usual case, at no cost
-        sh, sw = changed.shape
-        gh, gw = sh // _CELL, sw // _CELL
-        # Four strided adds down, four across: a third faster than numpy's reductions here.
-        u = changed[:gh * _CELL, :gw * _CELL].view(np.uint8)
-        rows = u[0::4] + u[1::4] + u[2::4] + u[3::4]
-        counts = rows[:, 0::4] + rows[:, 1::4] + rows[:, 2::4] + rows[:, 3::4]
-        on = counts >= _CELL_MIN
-        total = int(counts[on].sum(dtype=np.int64))
-        if total == 0:
+        counts = self._counts
+        gh, gw = counts.shape
+        rows = self._cell_rows
+        if rows is None:
+            u = np.ascontiguousarray(changed[:gh * _CELL, :gw * _CELL])
+            rows = u.view(np.uint32).reshape(gh, _CELL, gw)
+        # A cell's row of 4 pixels is one uint32 (a byte, 0 or 1, a pixel): its 4 rows add up
+        # without a carry between the bytes (each at most 4), and a multiply gathers the 4
+        # bytes' sum into the top one, whatever the byte order. Two calls on a sixteenth of
+        # the pixels, where eight strided adds took three times as long.
+        np.add.reduce(rows, 1, np.uint32, out=counts)
+        counts *= _BYTE_SUM  # the top byte: the cell's count; the bytes below it under 2**24
+        flat = (counts >= _CELL_ON).ravel().nonzero()[0]
+        if not flat.size:
             return 0.0, ()
-        area = 100.0 * total / self._watched
-        return area, self._boxes(on, changed)
+        on = counts.ravel()[flat].tolist()
+        area = 100.0 * sum(n >> 24 for n in on) / self._watched
+        return area, self._boxes(flat.tolist(), gw, changed)
 
-    def _boxes(self, on: npt.NDArray[np.bool_], changed: npt.NDArray[np.bool_]) -> tuple[Box, ...]:
-        ys, xs = np.nonzero(on)
-        cells = set(zip(ys.tolist(), xs.tolist(), strict=True))
+    def _boxes(self, flat: list[int], gw: int, changed: npt.NDArray[np.bool_]) -> tuple[Box, ...]:
+        """Boxes round the 8-connected pieces of the cells that changed (`flat`: their indices
+        in the gw cells wide grid, in raster order), largest first (equal ones top to bottom,
+        left to right), each tightened to the changed pixels inside it."""
+        # Runs of neighbouring cells along a row, [y, x0, x1], in raster order; a run joins
+        # the runs of the row above that it touches, corners too (a union-find over runs:
+        # a few per piece, where a flood fill looked up 8 neighbours of every cell).
+        runs: list[list[int]] = []
+        for i in flat:
+            y, x = divmod(i, gw)
+            if runs and runs[-1][0] == y and runs[-1][2] == x - 1:
+                runs[-1][2] = x
+            else:
+                runs.append([y, x, x])
+        parent = list(range(len(runs)))  # a union-find, path halving inline (no calls)
+        above = row = 0  # where the runs of the row above and of this row start
+        for j, (y, x0, x1) in enumerate(runs):
+            if runs[row][0] != y:
+                above = row if runs[row][0] == y - 1 else j
+                row = j
+            for k in range(above, row):
+                _, ax0, ax1 = runs[k]
+                if ax0 <= x1 + 1 and x0 <= ax1 + 1:
+                    r, q = j, k
+                    while parent[r] != r:
+                        parent[r] = r = parent[parent[r]]
+                    while parent[q] != q:
+                        parent[q] = q = parent[parent[q]]
+                    parent[r] = q
+        pieces: dict[int, list[int]] = {}  # by root, in the order of each piece's first cell
+        for j, (y, x0, x1) in enumerate(runs):
+            r = j
+            while parent[r] != r:
+                parent[r] = r = parent[parent[r]]
+            p = pieces.get(r)
+            if p is None:
+                pieces[r] = [y, y, x0, x1]
+            else:
+                p[1] = y
+                if x0 < p[2]:
+                    p[2] = x0
+                if x1 > p[3]:
+                    p[3] = x1
         (fx, fy), c = self._scale, _CELL
-        boxes: list[Box] = []
-        while cells:
-            stack = [cells.pop()]
-            y0 = y1 = stack[0][0]
-            x0 = x1 = stack[0][1]
-            while stack:  # 8-connected flood fill over the cells that changed
-                y, x = stack.pop()
-                y0, y1, x0, x1 = min(y0, y), max(y1, y), min(x0, x), max(x1, x)
-                for dy in (-1, 0, 1):
-                    for dx in (-1, 0, 1):
-                        n = (y + dy, x + dx)
-                        if n in cells:
-                            cells.remove(n)
-                            stack.append(n)
-            # Tightened to the changed pixels inside the cells, then scaled to the input.
-            part = changed[y0 * c:(y1 + 1) * c, x0 * c:(x1 + 1) * c]
-            rows, cols = np.nonzero(part.any(axis=1))[0], np.nonzero(part.any(axis=0))[0]
-            top, left = y0 * c + int(rows[0]), x0 * c + int(cols[0])
-            bottom, right = y0 * c + int(rows[-1]) + 1, x0 * c + int(cols[-1]) + 1
+        found: list[tuple[int, int, Box]] = []
+        for y0, y1, x0, x1 in pieces.values():
+            # Tightened to the changed pixels inside the cells (the first and last changed
+            # byte of the piece's rectangle, row by row and column by column: two copies and
+            # four C searches instead of four numpy reductions), then scaled to the input.
+            top, left = y0 * c, x0 * c
+            part = changed[top:(y1 + 1) * c, left:(x1 + 1) * c]
+            rows, cols = part.shape
+            by_row, by_col = part.tobytes(), part.T.tobytes()
+            bottom, right = top + by_row.rfind(1) // cols + 1, left + by_col.rfind(1) // rows + 1
+            top += by_row.find(1) // cols
+            left += by_col.find(1) // rows
             x0_, y0_ = int(left * fx), int(top * fy)
-            boxes.append((x0_, y0_, math.ceil(right * fx) - x0_, math.ceil(bottom * fy) - y0_))
-        boxes.sort(key=lambda b: b[2] * b[3], reverse=True)
-        return tuple(boxes)
+            box = (x0_, y0_, math.ceil(right * fx) - x0_, math.ceil(bottom * fy) - y0_)
+            found.append((-box[2] * box[3], len(found), box))
+        found.sort()
+        return tuple(box for _, _, box in found)
 
     def _relearn(self, t: float) -> None:
         self._bg_stats = None
@@ -469,21 +552,25 @@ class MotionDetector:
     # -- the learned bar --------------------------------------------------------------------
 
     def _hour(self, wall: float | None) -> int:
-        return time.localtime(time.time() if wall is None else wall).tm_hour
+        second = math.floor(time.time() if wall is None else wall)
+        cached = self._hour_at
+        if cached[0] != second:  # localtime() reads whole seconds: once a second is as good
+            cached = self._hour_at = (second, time.localtime(second).tm_hour)
+        return cached[1]
 
-    def _bar(self, wall: float | None) -> float:
+    def _bar(self, hour: int) -> float:
         floor = self.config.min_area
         if not self.config.learn:
             return floor
-        seconds, mean, var = self._hours[self._hour(wall)]
+        seconds, mean, var = self._hours[hour]
         if seconds < _LEARN_WARMUP:
             return floor
         return max(floor, min(mean + _LEARN_K * math.sqrt(var), max(_LEARN_CAP, floor)))
 
-    def _learn(self, area: float, dt: float, wall: float | None) -> None:
+    def _learn(self, area: float, dt: float, hour: int) -> None:
         if dt <= 0:
             return
-        h = self._hours[self._hour(wall)]
+        h = self._hours[hour]
         a = 1.0 - math.exp(-dt / _LEARN_TAU)
         # Until an hour has a time constant's worth of data, average plainly (a = dt / seconds)
         # so its first minutes are not dragged towards zero.
@@ -496,7 +583,7 @@ class MotionDetector:
 
     def threshold(self, wall: float | None = None) -> float:
         """The bar (percent of the watched picture) in effect at `wall` (default now)."""
-        return self._bar(wall)
+        return self._bar(self._hour(wall))
 
     def export_stats(self) -> dict[str, Any]:
         """The learned statistics as a small JSON-able dict, for the catalog."""
