@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,20 @@ def write_video(path: Path, frames: Iterable[Any], fps: int) -> Path:
             raise ValueError("write_video: no frames")
         out.mux(stream.encode(None))
     return path
+
+
+def wait_page(page: Any, condition: Callable[[], Any] | str, timeout: float = 15.0) -> None:
+    """Until `condition()` is true, or the JS expression `condition` is in the page; polled
+    from here every 0.1 s. Not page.wait_for_function: it evaluates its predicate with eval()
+    when the first try is false, and the pages' CSP rightly forbids that (the test then
+    fails only when the page is slow)."""
+    check: Callable[[], Any] = ((lambda: page.evaluate(f"() => Boolean({condition})"))
+                                if isinstance(condition, str) else condition)
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page did not get there in {timeout:g} s: {condition}")
+        page.wait_for_timeout(100)
 
 
 # Debian's chromium, which Playwright drives (make test installs both); one per test file.

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from conftest import Pancake
+from conftest import Pancake, wait_page
 from web_helpers import HOST, ROOT, Proxy, make_hash_file, start_pancake
 
 from raspberry_pancake.recorder.web import auth
@@ -45,10 +43,10 @@ def test_live_page_logs_in_shows_moving_frames_and_logs_out(
         page.wait_for_url(base + "/")
         # Frames arrive and are shown: the counter rises and the image changes.
         # (Polled from here: the page's CSP rightly forbids the eval wait_for_function needs.)
-        _wait(page, lambda: int(page.inner_text("#frames")) >= 3)
+        wait_page(page, lambda: int(page.inner_text("#frames")) >= 3)
         first_seq = page.get_attribute("#frame", "data-seq")
         first_src = page.get_attribute("#frame", "src")
-        _wait(page, lambda: int(page.inner_text("#frames")) >= 8
+        wait_page(page, lambda: int(page.inner_text("#frames")) >= 8
               and page.get_attribute("#frame", "data-seq") != first_seq)
         assert page.get_attribute("#frame", "src") != first_src
         frames = int(page.inner_text("#frames"))
@@ -60,7 +58,7 @@ def test_live_page_logs_in_shows_moving_frames_and_logs_out(
         assert page.inner_text("#clock")[:2] == "20"
         assert page.inner_text("#viewers") == "1"
         # One camera: the page as before, plus its state badge with the frame's age.
-        _wait(page, lambda: page.inner_text("#badge").startswith("LIVE "))
+        wait_page(page, lambda: page.inner_text("#badge").startswith("LIVE "))
         assert page.inner_text("#badge").endswith(" s")
         natural = page.evaluate(
             "[document.getElementById('frame').naturalWidth, document.getElementById('frame').naturalHeight]")
@@ -80,7 +78,7 @@ def test_live_page_logs_in_shows_moving_frames_and_logs_out(
         # A second tab of the same session watches too; logging out in the first closes its
         # websocket, and it goes to the login page by itself.
         other.goto(base + "/")
-        _wait(other, lambda: int(other.inner_text("#frames")) >= 2)
+        wait_page(other, lambda: int(other.inner_text("#frames")) >= 2)
         page.click("#logout")
         # The logout's redirect, or the page's own move once its socket is closed: either.
         page.wait_for_url(base + "/login*")
@@ -107,7 +105,7 @@ def test_the_page_recovers_from_a_stall_by_itself(
         def said() -> list[str]:
             return page.evaluate("window.connSaid")  # type: ignore[no-any-return]
 
-        _wait(page, lambda: frames() >= 5)
+        wait_page(page, lambda: frames() >= 5)
         # Everything the connection line says, in order (evaluate is not subject to the CSP).
         page.evaluate("""window.connSaid = [];
             new MutationObserver(() => window.connSaid.push(document.getElementById('conn')
@@ -116,29 +114,22 @@ def test_the_page_recovers_from_a_stall_by_itself(
         # 1. The next ack is lost: the server waits for it for ever; the page acks again.
         connections = proxy.accepted
         proxy.drop_next_from_client()
-        _wait(page, lambda: any("asking again" in t for t in said()), 15)
+        wait_page(page, lambda: any("asking again" in t for t in said()), 15)
         stalled_at = frames()
-        _wait(page, lambda: frames() >= stalled_at + 5, 15)
+        wait_page(page, lambda: frames() >= stalled_at + 5, 15)
         assert proxy.accepted == connections, "acking again should have been enough"
         # 2. The connection hangs (nothing closes it): the page gives up on it and reconnects.
         page.evaluate("window.connSaid = []")
         proxy.freeze()
-        _wait(page, lambda: any("no picture" in t for t in said()), 10)
+        wait_page(page, lambda: any("no picture" in t for t in said()), 10)
         page.screenshot(path=str(ARTIFACTS / "live-stalled.png"))
         frozen_at = frames()
-        _wait(page, lambda: frames() >= frozen_at + 5, 30)
+        wait_page(page, lambda: frames() >= frozen_at + 5, 30)
         assert any("reconnecting" in t for t in said()), said()
         assert proxy.accepted > connections, "the page did not open a new connection"
         assert page.inner_text("#conn") == "live"
         context.close()
 
-
-def _wait(page: object, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("the page did not get there in time")
-        page.wait_for_timeout(100)  # type: ignore[attr-defined]
 
 
 def _fits(page: object, width: int, height: int) -> None:

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 import numpy as np
 import pytest
-from conftest import Listener, Pancake, doc_screenshot, run_pancake
+from conftest import Listener, Pancake, doc_screenshot, run_pancake, wait_page
 from PIL import Image
 from test_faces_recognition import still_video
 from web_helpers import HOST, LISTENING, ROOT, get, make_hash_file, post_login, wait_port
@@ -341,7 +341,7 @@ def test_naming_from_the_event_in_chromium(site: Site, browser: Any, obama: Real
     assert [faces.nth(i).locator(".fname").inner_text() for i in range(3)] == [
         "unknown", "Joe?", "unknown"]
     assert faces.nth(2).locator("input").count() == 0  # too small to name
-    page.wait_for_function("[...document.querySelectorAll('#p-face-list img.crop')]"
+    wait_page(page, "[...document.querySelectorAll('#p-face-list img.crop')]"
                            ".every(i => i.naturalWidth > 0)")
 
     first = '#p-face-list li.eface[data-index="0"]'
@@ -457,7 +457,7 @@ def test_the_faces_page_manages_each_store_in_chromium(site: Site, browser: Any,
     page.click("#submit")
     page.wait_for_url(base + "/faces")
     # Front's store first: Erin is not in it; "add from camera" offers front only.
-    page.wait_for_function("!document.getElementById('none').hidden"
+    wait_page(page, "!document.getElementById('none').hidden"
                            " || document.querySelectorAll('#people .person').length > 0")
     assert "Erin" not in page.inner_text("#people")
     visible = "[...document.querySelectorAll('#camera option')].filter(o => !o.hidden).map(o => o.value)"
@@ -466,7 +466,7 @@ def test_the_faces_page_manages_each_store_in_chromium(site: Site, browser: Any,
     page.wait_for_selector("#people .person:has-text('Erin')")
     assert page.evaluate(visible) == ["back"]
     assert page.input_value("#camera") == "back"
-    page.wait_for_function("[...document.querySelectorAll('#people img')]"
+    wait_page(page, "[...document.querySelectorAll('#people img')]"
                            ".every(i => i.naturalWidth > 0)")
     doc_screenshot(page, "faces-stores.png", full_page=True)
     # Renamed here: the event on the back door names her so.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Listener, Pancake, doc_screenshot
+from conftest import Listener, Pancake, doc_screenshot, wait_page
 from test_faces_recognition import still_video
 from web_helpers import HOST, LISTENING, ROOT, get, make_hash_file, post_login, wait_port
 
@@ -197,13 +197,13 @@ def test_add_from_camera_in_chromium(site: Site, browser: Any) -> None:
     page.wait_for_selector("#none:not([hidden])")
     page.click("#look")
     page.wait_for_selector("#found li.face")
-    page.wait_for_function("document.getElementById('picture').naturalWidth > 0")
+    wait_page(page, "document.getElementById('picture').naturalWidth > 0")
     assert page.locator("#boxes .box").count() == 1
     assert "unknown" in page.locator("#boxes .box").inner_text()
     page.fill("#found input", "Barack")
     page.click("#found button.add")
     page.wait_for_selector("#people .person:has-text('Barack')")
-    page.wait_for_function("[...document.querySelectorAll('#people img')]"
+    wait_page(page, "[...document.querySelectorAll('#people img')]"
                            ".every(i => i.naturalWidth > 0)")
     assert "Added to Barack" in page.inner_text("#message")
     assert [p.name for p in FaceStore(site.store).people()] == ["Barack"]

@@ -6,11 +6,10 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import Pancake, doc_screenshot, free_port, run_pancake
+from conftest import Pancake, doc_screenshot, free_port, run_pancake, wait_page
 from web_helpers import HOST, ROOT, WsClient, get, wait_port
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -48,13 +47,6 @@ def get_health(port: int) -> dict[str, Any]:
     return result
 
 
-def _wait(page: Any, condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("the page did not get there in time")
-        page.wait_for_timeout(100)
-
 
 def frames(page: Any, camera: str) -> int:
     return int(page.get_attribute(f'.tile[data-camera="{camera}"]', "data-frames") or 0)
@@ -78,8 +70,9 @@ def test_grid_enlarge_and_back_stream_only_what_is_shown(
     assert page.locator(".tile").count() == 3
     titles = [page.inner_text(f'.tile[data-camera="{n}"] .title') for n in ("front", "yard", "garden")]
     assert titles == ["Front door", "Yard", "Garden"]
-    _wait(page, lambda: frames(page, "front") >= 3 and frames(page, "yard") >= 3)
-    _wait(page, lambda: badge(page, "front").startswith("LIVE") and badge(page, "yard").startswith("LIVE"))
+    wait_page(page, lambda: frames(page, "front") >= 3 and frames(page, "yard") >= 3)
+    wait_page(page, lambda: badge(page, "front").startswith("LIVE")
+              and badge(page, "yard").startswith("LIVE"))
     assert badge(page, "garden").startswith("OFFLINE")
     # 3 cameras: a 2x2 grid (two on the first row, the third below), inside the window.
     boxes = [page.locator(f'.tile[data-camera="{n}"]').bounding_box() for n in ("front", "yard", "garden")]
@@ -122,18 +115,18 @@ def test_grid_enlarge_and_back_stream_only_what_is_shown(
     page.keyboard.press("Escape")
     page.wait_for_url(base + "/")
     yard = frames(page, "yard")
-    _wait(page, lambda: frames(page, "yard") >= yard + 3)
+    wait_page(page, lambda: frames(page, "yard") >= yard + 3)
     assert page.locator('.tile[data-camera="yard"]').is_visible()
 
     # A bookmark of one camera opens it enlarged.
     page.goto(base + "/?camera=yard")
-    _wait(page, lambda: frames(page, "yard") >= 2)
+    wait_page(page, lambda: frames(page, "yard") >= 2)
     assert page.locator('.tile[data-camera="front"]').is_hidden()
 
     # A phone held upright: the grid still fits.
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(base + "/")
-    _wait(page, lambda: frames(page, "front") >= 2 and frames(page, "yard") >= 2)
+    wait_page(page, lambda: frames(page, "front") >= 2 and frames(page, "yard") >= 2)
     boxes = [page.locator(f'.tile[data-camera="{n}"]').bounding_box() for n in ("front", "yard", "garden")]
     assert all(b["x"] >= 0 and b["x"] + b["width"] <= 391 for b in boxes), boxes
     page.screenshot(path=str(ARTIFACTS / "cameras-grid-phone.png"))
@@ -217,7 +210,7 @@ def test_a_tile_scrolled_out_of_view_costs_no_jpeg_until_it_is_scrolled_in(
     page = context.new_page()
     page.goto(f"http://{HOST}:{p.port}/")
     # Five cameras: a scrolling grid of two columns; the fifth tile is below the window.
-    _wait(page, lambda: all(frames(page, f"c{i}") >= 2 for i in range(4)))
+    wait_page(page, lambda: all(frames(page, f"c{i}") >= 2 for i in range(4)))
     boxes = [page.locator(f'.tile[data-camera="c{i}"]').bounding_box() for i in range(5)]
     assert boxes[4]["y"] >= 600, boxes
     before = encodes(p.port)
@@ -229,7 +222,7 @@ def test_a_tile_scrolled_out_of_view_costs_no_jpeg_until_it_is_scrolled_in(
     page.screenshot(path=str(ARTIFACTS / "cameras-five.png"))
     # Scrolled into view, it streams.
     page.locator('.tile[data-camera="c4"]').scroll_into_view_if_needed()
-    _wait(page, lambda: frames(page, "c4") >= 2)
+    wait_page(page, lambda: frames(page, "c4") >= 2)
     assert encodes(p.port)["c4"] >= 2
     context.close()
     assert p.stop()[0] == 0

@@ -14,7 +14,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import Listener, Pancake, run_pancake
+from conftest import Listener, Pancake, run_pancake, wait_page
 from web_helpers import (
     HOST,
     LISTENING,
@@ -201,7 +201,7 @@ def test_a_stroke_painted_in_chromium_is_saved_white_where_painted(
     page.click("#submit")
     page.wait_for_url(base + "/mask?camera=cam")
     page.wait_for_selector("#message:has-text('No mask yet')")
-    page.wait_for_function("document.getElementById('picture').naturalWidth > 0")
+    wait_page(page, "document.getElementById('picture').naturalWidth > 0")
     assert page.evaluate("[document.getElementById('picture').naturalWidth, "
                          "document.getElementById('picture').naturalHeight]") == [320, 240]
 

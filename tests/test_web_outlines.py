@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import ROOT, Pancake, doc_screenshot
+from conftest import ROOT, Pancake, doc_screenshot, wait_page
 from web_helpers import HOST, LISTENING, WsClient, get, wait_port
 
 from raspberry_pancake.recorder.web import handlers
@@ -200,14 +200,6 @@ def test_a_disarmed_camera_sends_no_boxes_and_sends_them_again_when_armed(
 
 # Last: the browser fixture keeps an event loop running in this thread (Playwright's sync API),
 # and asyncio.run() cannot start another after it.
-def _wait(page: Any, condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("the page did not get there in time")
-        page.wait_for_timeout(100)
-
-
 SQUARE, YARD = '.tile[data-camera="square"]', '.tile[data-camera="yard"]'
 
 
@@ -243,7 +235,7 @@ def test_the_page_draws_outlines_over_the_picture_jpeg_and_h264_single_and_grid(
         def showing(p: Any = page, r: str = root) -> bool:
             return int(p.get_attribute(r, "data-frames") or 0) >= 3
 
-        _wait(page, showing, 15)
+        wait_page(page, showing, 15)
         if name != "grid":
             assert page.get_attribute(root, "data-path") == name
         assert page.evaluate(DRAWN, root)[0] == 0  # off until asked
@@ -252,7 +244,7 @@ def test_the_page_draws_outlines_over_the_picture_jpeg_and_h264_single_and_grid(
         assert page.evaluate(f"localStorage.getItem('pancake.outlines.{key}')") == "1"
     # The grid's other camera has no motion detector: its toggle is off and cannot be set.
     grid_page = pages["grid"][0]
-    _wait(grid_page, lambda: grid_page.is_disabled(f"{YARD} .outlines-toggle"), 10)
+    wait_page(grid_page, lambda: grid_page.is_disabled(f"{YARD} .outlines-toggle"), 10)
     assert not grid_page.is_disabled(f"{SQUARE} .outlines-toggle")
 
     # People walk within one pass of the clip: every picture gets its outlines, inside the
@@ -291,6 +283,6 @@ def test_the_page_draws_outlines_over_the_picture_jpeg_and_h264_single_and_grid(
     page = pages["jpeg"][0]
     page.check(".outlines-toggle")
     page.reload()
-    _wait(page, lambda: int(page.inner_text("#frames")) >= 1, 15)
+    wait_page(page, lambda: int(page.inner_text("#frames")) >= 1, 15)
     assert page.is_checked(".outlines-toggle")
     context.close()

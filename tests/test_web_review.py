@@ -12,7 +12,7 @@ from typing import Any
 
 import av
 from av.video.frame import PictureType
-from conftest import Pancake, doc_screenshot, schedule_customize
+from conftest import Pancake, doc_screenshot, schedule_customize, wait_page
 from web_helpers import HOST, ROOT, make_hash_file, start_pancake
 
 from raspberry_pancake.recorder.web import auth
@@ -34,13 +34,6 @@ def raw(port: int, path: str, headers: dict[str, str] | None = None,
     finally:
         conn.close()
 
-
-def _wait(page: Any, condition: Any, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        page.wait_for_timeout(100)
 
 
 def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
@@ -155,7 +148,7 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
     doc_screenshot(page, "review-events.png")  # docs/ only when asked (PANCAKE_DOC_SHOTS=1)
     page.locator(".card").first.click()
     page.wait_for_selector("#player[open]")
-    _wait(page, lambda: page.evaluate(
+    wait_page(page, lambda: page.evaluate(
         "document.getElementById('p-video').readyState >= 2 && "
         "document.getElementById('p-video').currentTime > 0.2"))
     assert page.get_attribute("#p-video", "poster") == newest["snapshot"]
@@ -163,7 +156,7 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
 
     # Keep: the clip is protected in the catalog, and a kept clip is not deleted.
     page.click("#p-keep")
-    _wait(page, lambda: page.inner_text("#p-keep") == "Release")
+    wait_page(page, lambda: page.inner_text("#p-keep") == "Release")
     with Catalog.open(db) as c:
         rec = c.recording(newest["clip"])
         assert rec is not None and rec.kept
@@ -181,7 +174,7 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
     cards.nth(1).click()
     page.wait_for_selector("#player[open]")
     page.click("#p-delete")
-    _wait(page, lambda: page.locator(".card").count() == 1)
+    wait_page(page, lambda: page.locator(".card").count() == 1)
     with Catalog.open(db) as c:
         gone = c.recording(oldest["clip"])
         assert gone is not None and gone.deleted
@@ -218,13 +211,13 @@ def test_events_and_recordings_are_reviewed_played_kept_and_deleted(
     box = page.locator("#timeline").bounding_box()
     frac = (first["start"] + 1.0 - day["start"]) / (day["end"] - day["start"])
     page.mouse.click(box["x"] + frac * box["width"], box["y"] + box["height"] / 2)
-    _wait(page, lambda: page.evaluate("document.getElementById('video').currentTime > 0.3"))
+    wait_page(page, lambda: page.evaluate("document.getElementById('video').currentTime > 0.3"))
     shown = page.inner_text("#file")
     assert shown.endswith(".h264"), shown
     # Seek to just before the end of that segment: playback crosses into the next file.
     page.evaluate("(() => { const v = document.getElementById('video'); "
                   "v.currentTime = Math.max(0, v.duration - 0.5); })()")
-    _wait(page, lambda: page.inner_text("#file") != shown, timeout=20)
+    wait_page(page, lambda: page.inner_text("#file") != shown, timeout=20)
     doc_screenshot(page, "review-recordings.png")
 
     # A range cut from consecutive segments: one mp4, remuxed, spanning the boundary.
@@ -359,7 +352,7 @@ def test_a_long_remux_streams_from_its_first_fragment_and_the_cache_seeks(
         v.id = 'probe'; v.muted = true; v.src = src; document.body.append(v);
         v.addEventListener('playing', () => { window.playingAt = Date.now(); }, {once: true});
         v.play(); }""", f"/media/r{rids[1]}.mp4")
-    _wait(page, lambda: page.evaluate("document.getElementById('probe').currentTime > 0.3"))
+    wait_page(page, lambda: page.evaluate("document.getElementById('probe').currentTime > 0.3"))
     deadline = time.monotonic() + 30
     while not cached(rids[1]) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -371,7 +364,7 @@ def test_a_long_remux_streams_from_its_first_fragment_and_the_cache_seeks(
         v.addEventListener('loadedmetadata', () => { v.currentTime = v.duration - 20; v.play(); },
         {once: true}); }""", f"/media/r{rids[1]}.mp4")
     duration = frames / fps
-    _wait(page, lambda: page.evaluate("document.getElementById('probe').currentTime")
+    wait_page(page, lambda: page.evaluate("document.getElementById('probe').currentTime")
           > duration - 19.5, timeout=30)
     assert abs(page.evaluate("document.getElementById('probe').duration") - duration) < 1
     assert 206 in statuses, statuses
