@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -18,6 +19,7 @@ from streams import NAL_IDR, NAL_PPS, NAL_SLICE, NAL_SPS, StreamServer, nal_unit
 from web_helpers import HOST, ROOT, Received, WsClient, get, get_json, start_pancake, wait_port
 
 from raspberry_pancake.recorder.frames import Packet, PacketHub, Unit
+from raspberry_pancake.recorder.web.handlers import binary_frame_head
 
 FPS = 15
 PASSTHROUGH_LINE = "recording it as is (passthrough, no re-encode)"
@@ -239,6 +241,55 @@ def test_the_hub_puts_the_last_sps_pps_before_an_idr_that_lacks_them() -> None:
 
 # (Last in the file: while the module's browser is open, Playwright's loop runs and
 # asyncio.run, which the websocket tests use, refuses to start.)
+@pytest.mark.parametrize("codec", ["h264", "jpeg"])
+def test_a_picture_sent_with_a_status_message_is_not_held_back_by_nagle(
+        codec: str, tmp_path: Path, pancakes: list[Pancake]) -> None:
+    # The status (at least once a second) and the picture are two writes: with Nagle's
+    # algorithm on, the picture waited for the client's delayed ACK of the status (40 ms or
+    # more, every second). Measured at the client as the gap between the two arrivals.
+    daemon = start_pancake(pancakes, recording(tmp_path), tmp_path)
+
+    async def scenario() -> list[float]:
+        client = await connect(daemon.port, f"codec={codec}")
+        gaps: list[float] = []
+        text_at: float | None = None
+        end = time.monotonic() + 6.0
+        while time.monotonic() < end:
+            msg = await asyncio.wait_for(client.conn.read_message(), 5.0)
+            assert msg is not None, "websocket closed"
+            now = time.monotonic()
+            if isinstance(msg, str):
+                text_at = now
+                continue
+            if text_at is not None:
+                gaps.append(now - text_at)
+                text_at = None
+            await client.ack()
+        client.close()
+        return gaps
+
+    gaps = asyncio.run(scenario())
+    assert daemon.stop()[0] == 0
+    assert len(gaps) >= 4, gaps  # a status at least once a second
+    # Both leave in the same loop iteration: a median of 20 ms is half Linux's smallest delayed
+    # ACK (40 ms), which every one of them waited before the fix.
+    assert statistics.median(gaps) < 0.02, gaps
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 300_000])
+def test_the_binary_frame_header_follows_rfc_6455(length: int) -> None:
+    head = binary_frame_head(length)
+    assert head[0] == 0x82  # FIN, binary
+    assert not head[1] & 0x80  # a server never masks
+    n = head[1] & 0x7F
+    if length < 126:
+        assert (n, len(head)) == (length, 2)
+    elif length <= 0xFFFF:
+        assert (n, len(head), int.from_bytes(head[2:], "big")) == (126, 4, length)
+    else:
+        assert (n, len(head), int.from_bytes(head[2:], "big")) == (127, 10, length)
+
+
 # ---- the page, in Debian's chromium ---------------------------------------------------------
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
