@@ -56,3 +56,42 @@ def test_one_camera_from_flags_logs_no_camera(tmp_path: Path, pancakes: list[Pan
     assert rc == 0, p.log()
     lines = parsed(p)
     assert lines and all(m["camera"] is None for m in lines), p.log()
+
+
+def os_thread_names(p: Pancake) -> set[str]:
+    names = set()
+    for task in Path(f"/proc/{p.proc.pid}/task").iterdir():
+        try:
+            names.add((task / "comm").read_text().strip())
+        except FileNotFoundError:
+            pass  # a thread that ended meanwhile
+    return names
+
+
+def test_stages_carry_their_names_in_the_kernel(tmp_path: Path, pancakes: list[Pancake]) -> None:
+    # What `top -H` shows: the stage, and under --config its camera (cut to Linux's 15 bytes).
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    config = tmp_path / "cameras.toml"
+    config.write_text(
+        f'catalog = "{tmp_path / "pancake.db"}"\n'
+        f'[camera.front]\nsource = "testsrc"\nfps = {FPS}\ndetect = "motion"\n'
+        f'record_continuous = "{rec}"\n'
+        f'[camera.yard]\nsource = "testsrc"\nfps = {FPS}\nrecord_continuous = "{rec}"\n')
+    p = run_pancake(pancakes, ["--config", str(config)], tmp_path)
+    p.wait_for("live view on http", timeout=30)
+    deadline = time.monotonic() + 20
+    want = {"front:detector", "front:encoder", "yard:encoder", "front:segments"}
+    while not want <= os_thread_names(p) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert want <= os_thread_names(p), os_thread_names(p)
+    rc, _ = p.stop()
+    assert rc == 0, p.log()
+    single = run_pancake(pancakes, ["--source", "testsrc", "--fps", str(FPS),
+                                    "--record-continuous", str(rec), "--detect", "motion"],
+                         tmp_path)
+    single.wait_for("live view on http", timeout=30)
+    deadline = time.monotonic() + 20
+    while not {"detector", "encoder"} <= os_thread_names(single) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {"detector", "encoder"} <= os_thread_names(single), os_thread_names(single)

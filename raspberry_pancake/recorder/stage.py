@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 import threading
 
 from raspberry_pancake.shared.logs import camera_scope, thread_camera
 
 log = logging.getLogger(__name__)
+
+PR_SET_NAME = 15  # <linux/prctl.h>
+_libc: ctypes.CDLL | None = None
+
+
+def name_os_thread(name: str) -> None:
+    """The calling thread's name in the kernel too (`top -H`, `ps -L`, /proc/PID/task/*/comm),
+    cut to Linux's 15 bytes; nothing happens where that cannot be done."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.prctl(PR_SET_NAME, name.encode("utf-8", "replace")[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        return
 
 
 class Stage:
@@ -53,6 +72,7 @@ class Stage:
         self._thread.start()
 
     def _main(self) -> None:
+        name_os_thread(f"{self.log_camera}:{self.name}" if self.log_camera else self.name)
         with camera_scope(self.log_camera):
             self._run_once()
 
