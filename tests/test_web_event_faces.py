@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +17,10 @@ import pytest
 from conftest import Listener, Pancake, doc_screenshot, run_pancake, wait_page
 from PIL import Image
 from test_faces_recognition import still_video
-from web_helpers import HOST, LISTENING, ROOT, get, make_hash_file, post_login, wait_port
+from web_helpers import HOST, LISTENING, ROOT, Session, get, make_hash_file, wait_port
 
 from raspberry_pancake.recorder.detect.faces import load_models
-from raspberry_pancake.recorder.web import auth, handlers
+from raspberry_pancake.recorder.web import auth
 from raspberry_pancake.shared.catalog import Catalog
 from raspberry_pancake.shared.faces import UNKNOWN, FaceStore, SeenFace, read_event_faces
 
@@ -56,46 +55,20 @@ def small_crop(photo: str) -> bytes:
     return out.getvalue()
 
 
-class Site:
+class Site(Session):
     """The pancake of this file: cameras front and back (each its own faces store), side (no
     faces), --login; a session with its XSRF token."""
 
     def __init__(self, p: Pancake, tmp: Path) -> None:
+        super().__init__(p.port, PASSWORD, "/events")
         self.p = p
         self.tmp = tmp
         self.db = tmp / "pancake.db"
         self.stores = {"front": tmp / "faces-front", "back": tmp / "faces-back"}
-        login = post_login(p.port, PASSWORD)
-        cookie = login.cookie(handlers.SESSION_COOKIE)
-        assert cookie, login.headers
-        self.session = f"{handlers.SESSION_COOKIE}={cookie}"
-        status, _, body = get(p.port, "/events", {"Cookie": self.session})
-        assert status == 200, body[:300]
-        m = re.search(rb'data-xsrf="([^"]+)"', body)
-        assert m, body[:300]
-        self.token = m.group(1).decode()
-        self.headers = {"Cookie": f"{self.session}; _xsrf={self.token}",
-                        "X-XSRFToken": self.token}
         self._labels = 0
 
     def store(self, camera: str) -> FaceStore:
         return FaceStore(self.stores[camera])
-
-    def call(self, method: str, path: str, body: Any = None,
-             headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection(HOST, self.p.port, timeout=60)
-        try:
-            data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=data, headers={
-                **(self.headers if headers is None else headers),
-                **({"Content-Type": "application/json"} if data is not None else {})})
-            r = conn.getresponse()
-            got = r.read()
-            if not r.getheader("Content-Type", "").startswith("application/json"):
-                return r.status, got
-            return r.status, json.loads(got) if got else {}
-        finally:
-            conn.close()
 
     def event(self, camera: str, faces: list[SeenFace], names: list[str]) -> tuple[int, float]:
         """A real catalog event on `camera` (the page's own trigger), with `faces` in the

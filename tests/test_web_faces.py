@@ -3,9 +3,6 @@ listed, added from the camera, renamed, removed; the add-from-camera flow in Chr
 
 from __future__ import annotations
 
-import http.client
-import json
-import re
 import stat
 import time
 from collections.abc import Iterator
@@ -15,47 +12,22 @@ from typing import Any
 import pytest
 from conftest import Listener, Pancake, doc_screenshot, wait_page
 from test_faces_recognition import still_video
-from web_helpers import HOST, LISTENING, ROOT, get, make_hash_file, post_login, wait_port
+from web_helpers import HOST, LISTENING, ROOT, Session, get, make_hash_file, wait_port
 
-from raspberry_pancake.recorder.web import auth, handlers
+from raspberry_pancake.recorder.web import auth
 from raspberry_pancake.shared.faces import FaceStore
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 PASSWORD = "pancakes for breakfast"
 
 
-class Site:
+class Site(Session):
     def __init__(self, pancake: Pancake, store: Path, listener: Listener, tmp: Path) -> None:
+        super().__init__(pancake.port, PASSWORD, "/faces")
         self.p = pancake
         self.store = store
         self.listener = listener
         self.tmp = tmp
-        result = post_login(pancake.port, PASSWORD)
-        cookie = result.cookie(handlers.SESSION_COOKIE)
-        assert cookie, result.headers
-        self.session = f"{handlers.SESSION_COOKIE}={cookie}"
-        status, _, body = get(pancake.port, "/faces", {"Cookie": self.session})
-        assert status == 200, body[:300]
-        m = re.search(rb'data-xsrf="([^"]+)"', body)
-        assert m, body[:300]
-        token = m.group(1).decode()
-        self.headers = {"Cookie": f"{self.session}; _xsrf={token}", "X-XSRFToken": token}
-
-    def call(self, method: str, path: str, body: Any = None,
-             headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection(HOST, self.p.port, timeout=60)
-        try:
-            data = None if body is None else json.dumps(body)
-            conn.request(method, path, body=data, headers={
-                **(self.headers if headers is None else headers),
-                **({"Content-Type": "application/json"} if data is not None else {})})
-            r = conn.getresponse()
-            raw = r.read()
-            if not r.getheader("Content-Type", "").startswith("application/json"):
-                return r.status, raw  # a crop, or Tornado's own 404 page for no route
-            return r.status, json.loads(raw) if raw else {}
-        finally:
-            conn.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import json
 import re
 import socket
 import subprocess
@@ -237,6 +238,45 @@ def post_login(port: int, password: str | bytes, *, token: str | None = "auto",
 
 
 # --- websocket clients -------------------------------------------------------------------
+
+
+class Session:
+    """A client logged in to a pancake run with --login: its session cookie, the XSRF token
+    the page `page` gave it, and JSON calls carrying both (or `headers` instead)."""
+
+    def __init__(self, port: int, password: str, page: str = "/") -> None:
+        from raspberry_pancake.recorder.web import handlers
+
+        self.port = port
+        result = post_login(port, password)
+        cookie = result.cookie(handlers.SESSION_COOKIE)
+        assert cookie, result.headers
+        self.session = f"{handlers.SESSION_COOKIE}={cookie}"
+        status, _, body = get(port, page, {"Cookie": self.session})
+        assert status == 200, body[:300]
+        m = re.search(rb'data-xsrf="([^"]+)"', body)
+        assert m, body[:300]
+        self.token = m.group(1).decode()
+        self.headers = {"Cookie": f"{self.session}; _xsrf={self.token}",
+                        "X-XSRFToken": self.token}
+
+    def call(self, method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, Any]:
+        """(status, the JSON answer) — or the bytes when the answer is not JSON (a crop,
+        Tornado's own page for no route)."""
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
+        try:
+            data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data, headers={
+                **(self.headers if headers is None else headers),
+                **({"Content-Type": "application/json"} if data is not None else {})})
+            r = conn.getresponse()
+            got = r.read()
+            if not r.getheader("Content-Type", "").startswith("application/json"):
+                return r.status, got
+            return r.status, json.loads(got) if got else {}
+        finally:
+            conn.close()
 
 
 @dataclass
