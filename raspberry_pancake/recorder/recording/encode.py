@@ -142,7 +142,7 @@ class EncoderThread(Stage):
         self._encoder.restart()
 
     def request_stop(self) -> None:
-        """Encode what is queued, flush, then end. Blocks only if the queue is full, briefly."""
+        """Encode what is queued, flush, then end. Never waits (Inbox.close())."""
         self._inbox.close()
 
     def salvage(self, stopping: bool) -> None:
