@@ -306,6 +306,9 @@ def test_postproc_uploads_once_across_a_restart_and_per_camera(tmp_path: Path) -
         send_event(name, {"h264": str(h264 / "front/20240623-1715.h264"), "camera": "front"})
         # Uploaded after the start's catch-up: once it is there, a repeat would have shown.
         wait_for(lambda: (remote / "front" / DAY / "20240623-1715.mp4").is_file(), 30)
+        # The file is there a moment before the upload is recorded: stopped in between, the
+        # upload is sent again at the next start (by design), and the catalog says not yet.
+        second.wait_log(": uploaded 20240623-1715.mp4")
     finally:
         assert second.terminate() == 0
     assert not (remote / DAY / "20240623-1700.mp4").exists()
