@@ -107,6 +107,8 @@ def test_mp4_retention_stricter_than_h264_converts_and_uploads_nothing_twice(
             send_event(later.name, {"h264": str(new)})
             target = ftpd.root / REMOTE / "2024/06/23" / f"{new.stem}.mp4"
             wait_for(target.exists, 30)
+            # Recorded, not only at the server (stopped in between, it is sent again later).
+            wait_for(lambda: f": uploaded {new.stem}.mp4" in later.log(), 30)
         finally:
             assert later.proc.terminate() == 0
         assert later.log().count("convert: converted ") == 1, later.log()

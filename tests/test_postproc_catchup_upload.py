@@ -168,6 +168,7 @@ def test_uploaded_files_are_not_uploaded_again_on_restart(tmp_path: Path,
         # The new file is uploaded after any catch-up of older ones (oldest first): once it
         # is there, a repeated upload would have shown.
         wait_for(lambda: (day / "20240623-2100.mp4").exists(), 30)
+        second.wait_log(": uploaded 20240623-2100.mp4")  # recorded, not only at the server
     finally:
         assert second.terminate() == 0
     assert ftpd.received == [f"{n}.mp4.part" for n in names] + ["20240623-2100.mp4.part"]
