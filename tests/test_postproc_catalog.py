@@ -108,7 +108,7 @@ def test_mp4_retention_stricter_than_h264_converts_and_uploads_nothing_twice(
             target = ftpd.root / REMOTE / "2024/06/23" / f"{new.stem}.mp4"
             wait_for(target.exists, 30)
             # Recorded, not only at the server (stopped in between, it is sent again later).
-            wait_for(lambda: f": uploaded {new.stem}.mp4" in later.log(), 30)
+            wait_for(lambda n=new.stem, p=later: f": uploaded {n}.mp4" in p.log(), 30)
         finally:
             assert later.proc.terminate() == 0
         assert later.log().count("convert: converted ") == 1, later.log()
