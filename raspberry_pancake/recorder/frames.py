@@ -103,6 +103,11 @@ def nal_units(data: bytes) -> list[bytes]:
     return units
 
 
+def nal_type(unit: bytes) -> int:
+    """A NAL unit's type (its first byte's low five bits)."""
+    return unit[0] & 0x1F
+
+
 def nal_types(data: bytes) -> list[int]:
     """The NAL unit types of an Annex-B byte string, in order (emulation prevention means
     00 00 01 only ever starts a unit)."""
@@ -168,10 +173,10 @@ class PacketHub:
         with self._lock:
             if NAL_SPS in types:
                 # A new SPS invalidates the old PPS as well: keep only this packet's sets.
-                self._sets = [u for u in nal_units(data) if u[0] & 0x1F in (NAL_SPS, NAL_PPS)]
+                self._sets = [u for u in nal_units(data) if nal_type(u) in (NAL_SPS, NAL_PPS)]
             elif idr and self._sets:
                 units = nal_units(data)
-                data = self._with_sets(units, [u[0] & 0x1F for u in units], self._sets)
+                data = self._with_sets(units, [nal_type(u) for u in units], self._sets)
             self._seq += 1
             unit = Unit(self._seq, data, idr, packet.mono, packet.wall)
             self._latest = unit

@@ -8,32 +8,21 @@ from typing import Any
 import av
 import av.bitstream
 
-from raspberry_pancake.recorder.frames import Packet, PacketSink
+from raspberry_pancake.recorder.frames import (
+    NAL_AUD,
+    NAL_PPS,
+    NAL_SPS,
+    START_CODE,
+    Packet,
+    PacketSink,
+    nal_type,
+    nal_units,
+)
 from raspberry_pancake.recorder.recording.splits import SplitClock
 from raspberry_pancake.shared.logs import RateLimiter
 
 log = logging.getLogger(__name__)
 _limit = RateLimiter()
-
-START_CODE = b"\x00\x00\x00\x01"
-NAL_SPS, NAL_PPS, NAL_AUD = 7, 8, 9
-
-
-def nal_units(data: bytes) -> list[bytes]:
-    """The NAL units of an Annex-B byte string, without their start codes."""
-    units = []
-    for chunk in data.split(b"\x00\x00\x01"):
-        # A four-byte start code leaves its leading zero on the previous unit: trailing zero
-        # bytes are never part of a NAL unit (it ends with the RBSP stop bit).
-        unit = chunk.rstrip(b"\x00")
-        if unit:
-            units.append(unit)
-    return units
-
-
-def nal_type(unit: bytes) -> int:
-    return unit[0] & 0x1F
-
 
 class ParameterSets:
     """Puts the newest SPS/PPS before every keyframe of an Annex-B stream that lacks them.

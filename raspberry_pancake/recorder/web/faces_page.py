@@ -169,6 +169,22 @@ class _FacesBase(_Api):
             return None
         return doc
 
+    def posted(self, *keys: str) -> tuple[dict[str, Any], list[str]] | None:
+        """A POST's JSON object and the strings under `keys`, or None having answered
+        (refused: 401/403; not a JSON object, or a key that is not a string: 400)."""
+        if self.refused():
+            return None
+        doc = self.body()
+        if doc is None:
+            return None
+        values = []
+        for key in keys:
+            value = self.text(doc, key)
+            if value is None:
+                return None
+            values.append(value)
+        return doc, values
+
     def text(self, doc: dict[str, Any], key: str) -> str | None:
         value = doc.get(key)
         if not isinstance(value, str):
@@ -248,14 +264,10 @@ class RenameHandler(_FacesBase):
     """POST /api/faces/rename {"name": OLD, "new": NEW} (XSRF)."""
 
     async def post(self) -> None:
-        if self.refused():
+        got = self.posted("name", "new")
+        if got is None or (store := self.store(got[0])) is None:
             return
-        doc = self.body()
-        if doc is None or (store := self.store(doc)) is None:
-            return
-        old, new = self.text(doc, "name"), None
-        if old is None or (new := self.text(doc, "new")) is None:
-            return
+        old, new = got[1]
         person = await self.change("rename", store.rename, old, new)
         if person is not None:
             log.info("faces page: %d face(s) renamed from the page", len(person.faces))
@@ -268,14 +280,10 @@ class RemoveHandler(_FacesBase):
     """POST /api/faces/remove {"name": NAME} (XSRF): the person, their embeddings, crops."""
 
     async def post(self) -> None:
-        if self.refused():
+        got = self.posted("name")
+        if got is None or (store := self.store(got[0])) is None:
             return
-        doc = self.body()
-        if doc is None or (store := self.store(doc)) is None:
-            return
-        name = self.text(doc, "name")
-        if name is None:
-            return
+        (name,) = got[1]
         person = await self.change("remove", store.remove, name)
         if person is not None:
             # No name in the log: who is enrolled is the user's business, not the journal's.
@@ -331,14 +339,10 @@ class AddHandler(_FacesBase):
     look joins NAME's faces (a new person if nobody has that name)."""
 
     async def post(self) -> None:
-        if self.refused():
+        got = self.posted("name")
+        if got is None:
             return
-        doc = self.body()
-        if doc is None:
-            return
-        name = self.text(doc, "name")
-        if name is None:
-            return
+        doc, (name,) = got
         token, index = doc.get("look"), doc.get("face")
         look = self.faces.look(token) if isinstance(token, str) else None
         if look is None:
